@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv and installs
+# what it needs from the package registries; nothing else is required but Python >= 3.10.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo
+DEMO_SHARDS := 4
+DEMO_SAMPLES := 24
+LAST := $(shell printf '%06d' $$(($(DEMO_SHARDS) - 1)))
+
+.PHONY: demo test lint bench render image clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the project's metadata changes; the stamp names the extras installed.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/shardflow synth $(DEMO)/in --shards $(DEMO_SHARDS) --samples $(DEMO_SAMPLES)
+	$(BIN)/shardflow augment '$(DEMO)/in/in-{000000..$(LAST)}.tar' \
+		'$(DEMO)/out/out-{000000..$(LAST)}.tar' --recipe seed
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,90 @@
+"""Command-line pieces shared by the step commands (augment, verify)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .errors import UsageError
+from .storage import StorageOptions
+
+STORAGE_OPTIONS_VARIABLE = "SHARDFLOW_STORAGE_OPTIONS"
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("storage")
+    group.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an fsspec storage option, e.g. endpoint_url=http://minio:9000 or anon=true "
+        "(VALUE is read as JSON when it parses, else as a string; repeatable)",
+    )
+    group.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help=f"all storage options as one JSON object (default: ${STORAGE_OPTIONS_VARIABLE})",
+    )
+
+
+def storage_options(args: argparse.Namespace) -> StorageOptions:
+    """Options from $SHARDFLOW_STORAGE_OPTIONS, then --storage-options, then --storage-option."""
+    options: dict[str, Any] = {}
+    for source, text in (
+        (f"${STORAGE_OPTIONS_VARIABLE}", os.environ.get(STORAGE_OPTIONS_VARIABLE)),
+        ("--storage-options", args.storage_options),
+    ):
+        if text:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{source} is not valid JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise UsageError(f"{source} must be a JSON object")
+            options.update(value)
+    for item in args.storage_option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option {item!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    group.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout, for scripts"
+    )
+
+
+def show_bar(args: argparse.Namespace) -> bool:
+    """A progress bar only for a person at a terminal."""
+    return not (args.quiet or args.json) and sys.stderr.isatty()
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value

@@ -1,0 +1,47 @@
+"""The three kinds of failure, and the exit status each one maps to.
+
+Keeping them apart is what lets a batch go on after one bad shard, lets a bad sample be
+counted instead of killing its shard, and lets a typo in a parameter fail in a second,
+before any byte is read.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class ShardflowError(Exception):
+    """Base class; `exit_code` is what the CLI returns for it."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(ShardflowError):
+    """Bad arguments, recipe, scheme or missing extra: detected before any work is done."""
+
+    exit_code = EXIT_USAGE
+
+
+class ShardError(ShardflowError):
+    """The shard as a whole cannot be processed; nothing is published for it.
+
+    The message is one line naming the shard, the sample key when there is one, and the cause.
+    """
+
+    def __init__(self, shard: str, cause: str, key: str | None = None) -> None:
+        self.shard = shard
+        self.key = key
+        self.cause = cause
+        where = f"{shard}: key {key!r}" if key is not None else shard
+        super().__init__(f"{where}: {cause}")
+
+
+class SampleError(Exception):
+    """One sample cannot be processed; with --on-error skip it is counted and listed by key."""
+
+    def __init__(self, key: str, cause: str) -> None:
+        self.key = key
+        self.cause = cause
+        super().__init__(f"key {key!r}: {cause}")

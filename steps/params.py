@@ -1,0 +1,84 @@
+"""Strict reading of an operation's parameters, so that a typo in a recipe fails at once.
+
+Recipes arrive as Argo parameters and files written by hand; a misspelt `shortr: 256`
+silently ignored would cost a whole run. Every read is typed and every leftover key is an
+error naming the operation and listing what it accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UsageError
+
+
+class RecipeError(UsageError):
+    """The recipe is malformed; the message names the operation and the parameter."""
+
+
+class Params:
+    """Typed, consumed-once access to one operation's parameters."""
+
+    def __init__(self, where: str, raw: dict[str, Any], accepted: tuple[str, ...]) -> None:
+        unknown = sorted(set(raw) - set(accepted))
+        if unknown:
+            expected = ", ".join(accepted) if accepted else "no parameters"
+            raise RecipeError(f"{where}: unknown parameter {unknown[0]!r} (expected: {expected})")
+        self.where = where
+        self._raw = raw
+
+    def has(self, name: str) -> bool:
+        return name in self._raw
+
+    def error(self, message: str) -> RecipeError:
+        return RecipeError(f"{self.where}: {message}")
+
+    def int(self, name: str, default: int | None = None, *, minimum: int | None = None) -> int:
+        value = self._raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"{name} must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def optional_int(self, name: str, *, minimum: int | None = None) -> int | None:
+        return self.int(name, minimum=minimum) if name in self._raw else None
+
+    def float(self, name: str, default: float, *, low: float, high: float) -> float:
+        value = self._raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(f"{name} must be a number, got {value!r}")
+        if not low <= value <= high:
+            raise self.error(f"{name} must be between {low} and {high}, got {value}")
+        return float(value)
+
+    def str(self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str:
+        value = self._raw.get(name, default)
+        if not isinstance(value, str) or not value:
+            raise self.error(f"{name} must be a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise self.error(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._raw.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(f"{name} must be true or false, got {value!r}")
+        return value
+
+    def str_list(self, name: str, default: list[str] | None = None) -> list[str]:
+        value = self._raw.get(name, default)
+        if isinstance(value, str):
+            value = [part for part in value.replace(";", ",").split(",") if part]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise self.error(f"{name} must be a list of names, got {value!r}")
+        return value
+
+    def mapping(self, name: str) -> dict[str, Any]:
+        value = self._raw.get(name)
+        if not isinstance(value, dict) or not value:
+            raise self.error(f"{name} must be a non-empty mapping, got {value!r}")
+        return value
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        return self._raw.get(name, default)

@@ -1,0 +1,78 @@
+"""A recipe made ready to run: plugins resolved, JPEG draft decoding planned, and one
+function that turns a raw sample into an outcome (written, dropped or failed).
+
+`process` is called from several threads at once: it shares no mutable state between
+samples (each gets its own dict and its own seeded generator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import SampleError
+from .ops import Convert, DecodeImage, Dropped, Resize, SampleContext
+from .recipe import Recipe
+from .samples import RawSample
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one sample; exactly one of members, dropped or failed is set."""
+
+    key: str
+    members: list[tuple[str, bytes]] | None = None
+    dropped: str | None = None
+    failed: str | None = None
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, *, max_pixels: int, allowed_plugins: Iterable[str]) -> None:
+        self.recipe = recipe
+        self.max_pixels = max_pixels
+        allowed = list(allowed_plugins)
+        for op in recipe.ops:
+            for plugin in (getattr(op, "function", None), getattr(op, "predicate", None)):
+                if plugin is not None:
+                    plugin.resolve(allowed)
+        self._plan_draft_decoding()
+        self._reads = recipe.reads()
+        self._steps = recipe.ops[:-1]
+        self._encoder = recipe.encoder
+
+    def _plan_draft_decoding(self) -> None:
+        """Let an image step decode a JPEG at reduced size when a resize follows it."""
+        ops = self.recipe.ops
+        for index, op in enumerate(ops):
+            if not isinstance(op, DecodeImage):
+                continue
+            following = index + 1
+            while isinstance(ops[following], Convert) and ops[following].field_name == op.target:
+                following += 1
+            resize = ops[following]
+            if isinstance(resize, Resize) and resize.field_name == op.target:
+                op.draft = resize.draft_target
+
+    def wants(self, extension: str) -> bool:
+        """Whether an input member must be read into memory (the rest is skipped unread)."""
+        return self._reads is None or extension in self._reads
+
+    @property
+    def expected_extensions(self) -> list[str] | None:
+        return self._encoder.expected_extensions()
+
+    def process(self, raw: RawSample) -> Outcome:
+        if raw.problem:
+            return Outcome(raw.key, failed=raw.problem)
+        sample = {"__key__": raw.key, **raw.data}
+        ctx = SampleContext(raw.key, self.recipe.seed, self.max_pixels)
+        try:
+            for step in self._steps:
+                sample = step.apply(sample, ctx)
+            return Outcome(raw.key, members=self._encoder.encode(sample, ctx))
+        except Dropped as drop:
+            return Outcome(raw.key, dropped=drop.reason)
+        except SampleError as error:
+            return Outcome(raw.key, failed=error.cause)
+        except Exception as exc:  # a decoder or plugin bug must cost one sample, not the shard
+            return Outcome(raw.key, failed=f"unexpected {type(exc).__name__}: {exc}")

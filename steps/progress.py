@@ -1,0 +1,119 @@
+"""Progress for people and for Argo.
+
+Argo reads `N/M` from the file named by `ARGO_PROGRESS_FILE` every few seconds and shows it
+per node and summed over the workflow. We count each shard as 100 units (the share of its
+bytes read so far), so a one-shard task still moves smoothly and a workflow's total weighs
+every shard the same. In a terminal a bar shows the same count with samples and speed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TextIO
+
+from tqdm import tqdm
+
+UNITS_PER_SHARD = 100
+ARGO_PROGRESS_FILE = "ARGO_PROGRESS_FILE"
+INTERVAL_VARIABLE = "SHARDFLOW_PROGRESS_INTERVAL"
+
+
+def write_progress_file(path: str, done: int, total: int) -> None:
+    """Replace the file's content with `done/total` in one step (readers never see it torn)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as stream:
+        stream.write(f"{done}/{total}")
+    os.replace(temporary, path)
+
+
+class Progress:
+    """Tracks shards done, the current shard's bytes, and samples; reports to bar and file."""
+
+    def __init__(
+        self,
+        total_shards: int,
+        *,
+        bar: bool,
+        argo_file: str | None = None,
+        interval: float | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.total = total_shards * UNITS_PER_SHARD
+        self._argo_file = argo_file
+        self._interval = interval if interval is not None else _interval_from_env()
+        self._shards_done = 0
+        self._total_shards = total_shards
+        self._current_units = 0
+        self._size: int | None = None
+        self._samples = 0
+        self._started = time.monotonic()
+        self._last_file_write = float("-inf")
+        self._bar = (
+            tqdm(
+                total=self.total,
+                desc="augment",
+                unit="%",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
+                file=stream or sys.stderr,
+                mininterval=0.5,
+            )
+            if bar
+            else None
+        )
+        self._report(force=True)
+
+    @property
+    def done(self) -> int:
+        return self._shards_done * UNITS_PER_SHARD + self._current_units
+
+    def shard_started(self, size: int | None) -> None:
+        self._size = size
+        self._current_units = 0
+
+    def advance(self, bytes_read: int, samples: int = 0) -> None:
+        self._samples += samples
+        if self._size:
+            units = min(UNITS_PER_SHARD - 1, UNITS_PER_SHARD * bytes_read // self._size)
+            self._current_units = max(self._current_units, units)
+        self._report()
+
+    def shard_finished(self) -> None:
+        self._shards_done += 1
+        self._current_units = 0
+        self._size = None
+        self._report(force=True)
+
+    def close(self) -> None:
+        self._report(force=True)
+        if self._bar is not None:
+            self._bar.close()
+
+    def _report(self, force: bool = False) -> None:
+        done = self.done
+        if self._bar is not None:
+            self._bar.n = done
+            elapsed = max(time.monotonic() - self._started, 1e-9)
+            self._bar.set_postfix_str(
+                f"shard {min(self._shards_done + 1, self._total_shards)}/{self._total_shards}, "
+                f"{self._samples} samples, {self._samples / elapsed:.1f}/s",
+                refresh=force,
+            )
+            if force:
+                self._bar.refresh()
+        if self._argo_file:
+            now = time.monotonic()
+            if force or now - self._last_file_write >= self._interval:
+                self._last_file_write = now
+                try:
+                    write_progress_file(self._argo_file, done, self.total)
+                except OSError:
+                    self._argo_file = None  # progress must never fail the work
+
+
+def _interval_from_env() -> float:
+    try:
+        return float(os.environ.get(INTERVAL_VARIABLE, "3"))
+    except ValueError:
+        return 3.0

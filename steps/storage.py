@@ -1,0 +1,244 @@
+"""Every byte in and out goes through here: fsspec URLs, the pipe: gate, atomic publishing.
+
+Inputs are streamed (local files, http(s), s3, gs, anything fsspec knows, gzip inferred from
+the name). Outputs appear at their URL only when complete: on local disk through a hidden
+temporary file renamed into place; on S3 and GCS through an upload that is only committed on
+success and aborted on failure (a killed process leaves an unfinished multipart upload, which
+is invisible and which a bucket lifecycle rule cleans up); elsewhere through a temporary
+object moved into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import braceexpand
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import ShardError, UsageError
+
+StorageOptions = dict[str, Any]
+
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+_COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}  # file objects with commit()/discard()
+_READ_ONLY = {"http", "https"}
+
+
+def expand(pattern: str) -> list[str]:
+    """Brace-expand a shard pattern (`train-{000000..000554}.tar`) into URLs, in order."""
+    try:
+        urls = list(braceexpand.braceexpand(pattern))
+    except Exception as exc:  # braceexpand raises plain exceptions on malformed patterns
+        raise UsageError(f"cannot expand pattern {pattern!r}: {exc}") from None
+    if not urls or not all(urls):
+        raise UsageError(f"pattern {pattern!r} expands to no URL")
+    return urls
+
+
+def scheme(url: str) -> str:
+    """The URL's scheme, "file" for a plain path."""
+    protocol, _ = fsspec.core.split_protocol(url)
+    return protocol or "file"
+
+
+def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
+    """Raise UsageError for a URL we cannot or must not use; called before any work starts."""
+    if url.startswith("pipe:"):
+        if writing:
+            raise UsageError(f"{url!r}: pipe: outputs cannot be published atomically")
+        if not allow_pipe:
+            raise UsageError(
+                f"{url!r}: pipe: URLs run a shell command and are refused unless --allow-pipe "
+                "is given"
+            )
+        return
+    name = scheme(url)
+    if writing and name in _READ_ONLY:
+        raise UsageError(
+            f"{url!r}: {name}:// is read-only; write outputs to a path, s3:// or gs://"
+        )
+    try:
+        fsspec.get_filesystem_class(name)
+    except ValueError:
+        raise UsageError(f"{url!r}: unknown URL scheme {name!r}") from None
+    except ImportError:
+        extra = _EXTRAS.get(name)
+        hint = f"pip install 'shardflow[{extra}]'" if extra else "install its fsspec back-end"
+        raise UsageError(f"{url!r}: {name}:// needs an optional dependency: {hint}") from None
+
+
+def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url, **options)
+
+
+@contextlib.contextmanager
+def open_input(
+    url: str, options: StorageOptions, *, allow_pipe: bool = False
+) -> Iterator[BinaryIO]:
+    """A binary stream of the shard; raises ShardError if it cannot be opened."""
+    check_url(url, writing=False, allow_pipe=allow_pipe)
+    if url.startswith("pipe:"):
+        with _open_pipe(url) as stream:
+            yield stream
+        return
+    try:
+        opened = fsspec.open(url, "rb", compression="infer", **options)
+        stream = opened.open()
+    except FileNotFoundError:
+        raise ShardError(url, "input shard does not exist") from None
+    except PermissionError as exc:
+        raise ShardError(url, f"permission denied: {exc}") from None
+    except OSError as exc:
+        raise ShardError(url, f"cannot open input: {exc}") from None
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+@contextlib.contextmanager
+def _open_pipe(url: str) -> Iterator[BinaryIO]:
+    command = url[len("pipe:") :]
+    process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    try:
+        yield process.stdout  # type: ignore[misc]
+    finally:
+        process.stdout.close()
+        status = process.wait()
+    if status != 0:
+        raise ShardError(url, f"pipe command exited with status {status}: {shlex.quote(command)}")
+
+
+def exists(url: str, options: StorageOptions) -> bool:
+    fs, path = _filesystem(url, options)
+    return fs.exists(path)
+
+
+def remove(url: str, options: StorageOptions) -> None:
+    """Delete the object if it exists."""
+    fs, path = _filesystem(url, options)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path)
+
+
+def size(url: str, options: StorageOptions) -> int | None:
+    """The stored size in bytes, or None when unknown or not the size of what is read
+    (compressed and pipe: inputs)."""
+    if url.startswith("pipe:") or fsspec.utils.infer_compression(url):
+        return None
+    try:
+        fs, path = _filesystem(url, options)
+        value = fs.size(path)
+    except Exception:  # progress is best effort: any back-end error just means "unknown"
+        return None
+    return value if isinstance(value, int) else None
+
+
+def read_bytes(url: str, options: StorageOptions) -> bytes | None:
+    """The whole content of a small object, or None if it does not exist."""
+    fs, path = _filesystem(url, options)
+    try:
+        with fs.open(path, "rb") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def publish_atomically(url: str, options: StorageOptions) -> Iterator[BinaryIO]:
+    """Yield a writable stream; the object appears at `url` only if the block ends normally."""
+    check_url(url, writing=True)
+    fs, path = _filesystem(url, options)
+    if isinstance(fs, LocalFileSystem):
+        with _publish_local(path) as stream:
+            yield stream
+    elif set(_protocols(fs)) & _COMMIT_ON_CLOSE:
+        with _publish_committed(fs, path) as stream:
+            yield stream
+    else:
+        with _publish_by_move(fs, path) as stream:
+            yield stream
+
+
+def write_atomically(url: str, data: bytes, options: StorageOptions) -> None:
+    with publish_atomically(url, options) as stream:
+        stream.write(data)
+
+
+def temporary_name(path: str) -> str:
+    """A hidden sibling of `path` that no shard pattern matches: `.NAME.<random>.partial`."""
+    directory, _, name = path.rpartition("/")
+    hidden = f".{name}.{uuid.uuid4().hex[:12]}.partial"
+    return f"{directory}/{hidden}" if directory else hidden
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+@contextlib.contextmanager
+def _publish_local(path: str) -> Iterator[BinaryIO]:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    temporary = temporary_name(path)
+    stream = open(temporary, "wb")  # noqa: SIM115 (closed on both paths below)
+    try:
+        yield stream
+        stream.flush()
+        os.fsync(stream.fileno())
+        stream.close()
+        os.replace(temporary, path)
+    except BaseException:
+        stream.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _publish_committed(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+    stream = fs.open(path, "wb", autocommit=False)
+    try:
+        yield stream
+        stream.close()
+        stream.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            stream.discard()
+        raise
+
+
+@contextlib.contextmanager
+def _publish_by_move(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+    temporary = temporary_name(path)
+    try:
+        with fs.open(temporary, "wb") as stream:
+            yield stream
+        fs.mv(temporary, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(temporary)
+        raise

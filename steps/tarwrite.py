@@ -1,0 +1,59 @@
+"""A deterministic tar writer that hashes what it writes.
+
+Same input, same recipe, same bytes: every member gets mtime 0, owner 0:0 with empty names,
+mode 0444, and GNU format (long names use a GNU long-name header, never a per-member PAX
+header). The size and sha256 of the archive are computed on the way out, so the manifest
+can state them without reading the shard back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from typing import BinaryIO
+
+
+class HashingWriter:
+    """A write-only file object that forwards to `sink` and keeps a running sha256 and size."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        self._sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+
+class ShardWriter:
+    """Writes members in the order given; `close()` returns (size, sha256) of the archive."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._out = HashingWriter(sink)
+        # Closed by close(); not a context manager because the archive outlives __init__.
+        self._tar = tarfile.open(fileobj=self._out, mode="w|", format=tarfile.GNU_FORMAT)  # noqa: SIM115
+
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o444
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> tuple[int, str]:
+        self._tar.close()
+        self._out.flush()
+        return self._out.size, self._out.sha256

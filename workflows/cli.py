@@ -1,0 +1,44 @@
+"""The `shardflow` command: step commands (augment, verify) and orchestration commands.
+
+Each command module registers its own sub-parser; orchestration modules import Hera only
+when their command runs, so a pod running `shardflow augment` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from shardflow.steps import __version__, augment_cli, recipe_cli, synth_cli
+from shardflow.steps.errors import ShardflowError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardflow",
+        description="Augment and filter WebDataset tar shards offline: locally, or on "
+        "Kubernetes as an Argo Workflows DAG.",
+    )
+    parser.add_argument("--version", action="version", version=f"shardflow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (augment_cli, recipe_cli, synth_cli):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ShardflowError as exc:
+        print(f"shardflow {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("shardflow: interrupted; nothing partial was published", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
