@@ -39,6 +39,7 @@ class Progress:
         argo_file: str | None = None,
         interval: float | None = None,
         stream: TextIO | None = None,
+        desc: str = "augment",
     ) -> None:
         self.total = total_shards * UNITS_PER_SHARD
         self._argo_file = argo_file
@@ -53,7 +54,7 @@ class Progress:
         self._bar = (
             tqdm(
                 total=self.total,
-                desc="augment",
+                desc=desc,
                 unit="%",
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
                 file=stream or sys.stderr,

@@ -80,16 +80,22 @@ def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileS
 
 @contextlib.contextmanager
 def open_input(
-    url: str, options: StorageOptions, *, allow_pipe: bool = False
+    url: str,
+    options: StorageOptions,
+    *,
+    allow_pipe: bool = False,
+    compression: str | None = "infer",
 ) -> Iterator[BinaryIO]:
-    """A binary stream of the shard; raises ShardError if it cannot be opened."""
+    """A binary stream of the shard; raises ShardError if it cannot be opened.
+
+    `compression=None` gives the stored bytes as they are (verify hashes those)."""
     check_url(url, writing=False, allow_pipe=allow_pipe)
     if url.startswith("pipe:"):
         with _open_pipe(url) as stream:
             yield stream
         return
     try:
-        opened = fsspec.open(url, "rb", compression="infer", **options)
+        opened = fsspec.open(url, "rb", compression=compression, **options)
         stream = opened.open()
     except FileNotFoundError:
         raise ShardError(url, "input shard does not exist") from None
