@@ -20,6 +20,7 @@ from .cli_common import (
 )
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .images import rely_on_own_pixel_limit
 from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_mpx <= 0 or args.max_member_mb <= 0:
         raise UsageError("--max-mpx and --max-member-mb must be positive")
     recipe = load_recipe(args.recipe, label_field=args.label_field)
+    rely_on_own_pixel_limit()
     pipeline = Pipeline(
         recipe,
         max_pixels=int(args.max_mpx * 1_000_000),

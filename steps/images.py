@@ -22,6 +22,13 @@ _ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
 
+def rely_on_own_pixel_limit() -> None:
+    """Turn off Pillow's process-wide bomb check (a warning above 89 Mpx, an error above 179):
+    `decode_image` checks every header against the configured limit before decoding, and
+    reports the declared size, which Pillow's error does not."""
+    Image.MAX_IMAGE_PIXELS = None
+
+
 class ImageDecodeError(Exception):
     """The member is not a usable image; the message says why in one line."""
 
@@ -39,6 +46,10 @@ def decode_image(
         raise ImageDecodeError(f"cannot decode .{extension} as an image (jpg, png, webp)")
     try:
         image = Image.open(io.BytesIO(data), formats=[pil_format])
+    except Image.DecompressionBombError as exc:  # Pillow's own, coarser limit fired first
+        raise ImageDecodeError(
+            f".{extension} image is above the limit of {max_pixels / 1e6:g} Mpx (--max-mpx): {exc}"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f".{extension} member is not a valid {pil_format} image") from None
     except (OSError, ValueError, SyntaxError) as exc:

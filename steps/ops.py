@@ -469,11 +469,10 @@ class Filter(Operation):
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         if self.min_width or self.min_height:
             image = _image(sample, self.field_name, ctx, "filter")
-            if image.width < self.min_width or image.height < self.min_height:
-                raise Dropped(
-                    f"image {image.width}x{image.height} is smaller than "
-                    f"{self.min_width}x{self.min_height}"
-                )
+            if image.width < self.min_width:
+                raise Dropped(f"image width {image.width} is below min_width {self.min_width}")
+            if image.height < self.min_height:
+                raise Dropped(f"image height {image.height} is below min_height {self.min_height}")
         if self.predicate is not None and not self.predicate.call(sample, ctx.key):
             raise Dropped(f"predicate {self.predicate.reference} returned false")
         return sample

@@ -25,7 +25,8 @@ class Params:
             expected = ", ".join(accepted) if accepted else "no parameters"
             raise RecipeError(f"{where}: unknown parameter {unknown[0]!r} (expected: {expected})")
         self.where = where
-        self._raw = raw
+        # null means "default": canonical recipes spell out unset optional parameters as null
+        self._raw = {k: v for k, v in raw.items() if v is not None}
 
     def has(self, name: str) -> bool:
         return name in self._raw

@@ -28,6 +28,9 @@ class HashingWriter:
         self.size += len(data)
         return len(data)
 
+    def tell(self) -> int:
+        return self.size
+
     def flush(self) -> None:
         self._sink.flush()
 
@@ -41,8 +44,9 @@ class ShardWriter:
 
     def __init__(self, sink: BinaryIO) -> None:
         self._out = HashingWriter(sink)
-        # Closed by close(); not a context manager because the archive outlives __init__.
-        self._tar = tarfile.open(fileobj=self._out, mode="w|", format=tarfile.GNU_FORMAT)  # noqa: SIM115
+        # Plain "w" mode writes straight through (no stream buffer whose finaliser would try to
+        # flush into an aborted sink); close() adds the end-of-archive blocks and padding.
+        self._tar = tarfile.TarFile(fileobj=self._out, mode="w", format=tarfile.GNU_FORMAT)
 
     def add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
