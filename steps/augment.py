@@ -113,16 +113,20 @@ def augment_shard(
     try:
         manifest = _write_shard(input_url, output_url, pipeline, options, progress, started)
     except ShardError as exc:
+        error = str(exc)
+    except Exception as exc:  # a back-end or library failure must not end the batch
+        error = f"{input_url}: unexpected {type(exc).__name__}: {exc}"
+    else:
         return ShardResult(
-            input_url, output_url, "failed", error=str(exc), seconds=time.monotonic() - started
+            input_url,
+            output_url,
+            "written",
+            counts=manifest["counts"],
+            seconds=time.monotonic() - started,
+            output_size=manifest["output_size"],
         )
     return ShardResult(
-        input_url,
-        output_url,
-        "written",
-        counts=manifest["counts"],
-        seconds=time.monotonic() - started,
-        output_size=manifest["output_size"],
+        input_url, output_url, "failed", error=error, seconds=time.monotonic() - started
     )
 
 

@@ -175,7 +175,7 @@ def _select_batch(pairs: list[tuple[str, str]], args: argparse.Namespace) -> lis
 
 def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progress) -> None:
     if result.status == "failed":
-        _write_line(f"shardflow: error: {result.error}", progress, sys.stderr)
+        progress.write_line(f"shardflow: error: {result.error}", sys.stderr)
         return
     if args.quiet or args.json:
         return
@@ -190,15 +190,7 @@ def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progr
             f"{counts['failed']} failed of {counts['read']} read "
             f"({_megabytes(result.output_size)}, {result.seconds:.1f} s, {rate:.1f} samples/s)"
         )
-    _write_line(line, progress, sys.stdout)
-
-
-def _write_line(line: str, progress: Progress, stream) -> None:
-    bar = getattr(progress, "_bar", None)
-    if bar is not None:
-        bar.write(line, file=stream)
-    else:
-        print(line, file=stream, flush=True)
+    progress.write_line(line, sys.stdout)
 
 
 def _report_summary(

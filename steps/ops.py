@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -306,7 +305,7 @@ class CenterCrop(Operation):
     def params(self) -> dict[str, Any]:
         return {"width": self.width, "height": self.height, "field": self.field_name}
 
-    def _box(self, image: Image.Image, ctx: SampleContext, left: int, top: int) -> tuple:
+    def _box(self, left: int, top: int) -> tuple[int, int, int, int]:
         return (left, top, left + self.width, top + self.height)
 
     def _check(self, image: Image.Image, ctx: SampleContext) -> None:
@@ -322,7 +321,7 @@ class CenterCrop(Operation):
         self._check(image, ctx)
         left = (image.width - self.width) // 2
         top = (image.height - self.height) // 2
-        sample[self.field_name] = image.crop(self._box(image, ctx, left, top))
+        sample[self.field_name] = image.crop(self._box(left, top))
         return sample
 
 
@@ -337,7 +336,7 @@ class RandomCrop(CenterCrop):
         self._check(image, ctx)
         left = int(ctx.rng.integers(0, image.width - self.width + 1))
         top = int(ctx.rng.integers(0, image.height - self.height + 1))
-        sample[self.field_name] = image.crop(self._box(image, ctx, left, top))
+        sample[self.field_name] = image.crop(self._box(left, top))
         return sample
 
 
@@ -714,5 +713,3 @@ def parse_operation(index: int, raw: Any) -> Operation:
             raise RecipeError(f"{where} ({name}): parameters must be a mapping, got {params!r}")
     return op_class.parse(Params(f"{where} ({name})", params, op_class.accepted))
 
-
-Planner = Callable[[images.Size], images.Size | None]

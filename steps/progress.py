@@ -86,6 +86,13 @@ class Progress:
         self._size = None
         self._report(force=True)
 
+    def write_line(self, line: str, stream: TextIO) -> None:
+        """Print a line without tearing the bar."""
+        if self._bar is not None:
+            self._bar.write(line, file=stream)
+        else:
+            print(line, file=stream, flush=True)
+
     def close(self) -> None:
         self._report(force=True)
         if self._bar is not None:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import SampleError, ShardError
+from .errors import ShardError
 from .tarstream import TarFormatError, TarMember, TarReader
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -44,7 +44,7 @@ def unsafe_name_reason(name: str) -> str | None:
     """Why a member name must not be trusted, or None when it is safe."""
     if not name:
         return "empty member name"
-    if max(name) >= "\udc80" and any("\udc80" <= ch <= "\udcff" for ch in name):
+    if any("\udc80" <= ch <= "\udcff" for ch in name):  # undecodable bytes, surrogate-escaped
         return "member name is not valid UTF-8"
     if _CONTROL.search(name):
         return "member name contains control characters"
@@ -147,7 +147,3 @@ def _key_of(name: str | None) -> str | None:
     parts = split_member_name(name) if name else None
     return parts[0] if parts else None
 
-
-def sample_failure(sample: RawSample) -> SampleError | None:
-    """The problem found while reading, as a SampleError, if there was one."""
-    return SampleError(sample.key, sample.problem) if sample.problem else None

@@ -109,18 +109,38 @@ def open_input(
         stream.close()
 
 
+class _PipeReader:
+    """The command's stdout; at end of stream, a failed command raises instead of returning
+    b"", so its failure is seen while the shard is still unpublished (`|| true` and a short
+    download cannot pass for a complete shard)."""
+
+    def __init__(self, url: str, process: subprocess.Popen) -> None:
+        self._url = url
+        self._process = process
+
+    def read(self, size: int = -1) -> bytes:
+        assert self._process.stdout is not None
+        data = self._process.stdout.read(size)
+        if not data and size != 0:
+            status = self._process.wait()
+            if status != 0:
+                command = shlex.quote(self._url[len("pipe:") :])
+                raise ShardError(self._url, f"pipe command exited with status {status}: {command}")
+        return data
+
+
 @contextlib.contextmanager
 def _open_pipe(url: str) -> Iterator[BinaryIO]:
     command = url[len("pipe:") :]
     process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE)
     assert process.stdout is not None
     try:
-        yield process.stdout  # type: ignore[misc]
+        yield _PipeReader(url, process)  # type: ignore[misc]
     finally:
         process.stdout.close()
-        status = process.wait()
-    if status != 0:
-        raise ShardError(url, f"pipe command exited with status {status}: {shlex.quote(command)}")
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 def exists(url: str, options: StorageOptions) -> bool:

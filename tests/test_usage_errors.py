@@ -110,3 +110,10 @@ def test_recipe_command_prints_an_editable_recipe(tmp_path: Path) -> None:
     (tmp_path / "copy.yaml").write_text(shown.stdout)
     again = run_cli("recipe", str(tmp_path / "copy.yaml"))
     assert again.stdout.splitlines()[0] == shown.stdout.splitlines()[0]  # same hash
+
+
+def test_a_failing_pipe_command_publishes_nothing(tmp_path: Path, shard: Path) -> None:
+    result = run_cli("augment", f"pipe:cat {shard}; exit 3", tmp_path / "out.tar", "--allow-pipe")
+    assert result.returncode == 1
+    assert "exited with status 3" in result.stderr
+    assert not (tmp_path / "out.tar").exists()
