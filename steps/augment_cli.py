@@ -50,10 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument(
         "--recipe",
         default="seed",
+        metavar="RECIPE",
         help=f"built-in name ({', '.join(BUILTIN_RECIPES)}), a .yaml/.json file or URL, or "
         "inline JSON (default: seed)",
     )
-    recipe.add_argument("--label-field", help="JSON path of the class label in label steps")
+    recipe.add_argument(
+        "--label-field", metavar="PATH", help="JSON path of the class label in label steps"
+    )
     recipe.add_argument(
         "--plugins",
         metavar="MODULES",
@@ -76,17 +79,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     behaviour.add_argument(
         "--threads",
         type=positive_int,
+        metavar="N",
         help="worker threads per shard (default: the CPUs this process may use)",
     )
     behaviour.add_argument(
         "--max-mpx",
         type=float,
+        metavar="MPX",
         default=64.0,
         help="largest image accepted, in megapixels, checked before decoding (default: 64)",
     )
     behaviour.add_argument(
         "--max-member-mb",
         type=float,
+        metavar="MB",
         default=64.0,
         help="largest member read into memory, in MB (default: 64)",
     )
@@ -97,11 +103,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     batch = parser.add_argument_group("batches (one Argo task = one batch)")
     batch.add_argument(
-        "--task-index", type=non_negative_int, help="process only batch number I (0-based)"
+        "--task-index",
+        type=non_negative_int,
+        metavar="I",
+        help="process only batch number I (0-based)",
     )
     batch.add_argument(
         "--shards-per-task",
         type=positive_int,
+        metavar="N",
         default=1,
         help="shards per batch, with --task-index (default: 1)",
     )
