@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shardflow.steps import __version__, augment_cli, recipe_cli, synth_cli
+from shardflow.steps import __version__, augment_cli, recipe_cli, synth_cli, verify_cli
 from shardflow.steps.errors import ShardflowError
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shardflow {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (augment_cli, recipe_cli, synth_cli):
+    for module in (augment_cli, recipe_cli, synth_cli, verify_cli):
         module.register(subparsers)
     return parser
 

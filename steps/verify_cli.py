@@ -1,0 +1,326 @@
+"""`shardflow verify OUTPUTS`: prove every output shard is complete and right (the DAG's last
+step, and a command people run by hand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+from . import storage
+from .cli_common import (
+    add_output_arguments,
+    add_storage_arguments,
+    non_negative_int,
+    positive_int,
+    show_bar,
+    storage_options,
+)
+from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
+from .cpus import available_cpus
+from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
+from .progress import ARGO_PROGRESS_FILE, Progress
+from .verify import ShardReport, check_pairing, verify_shard
+
+REPORT_FORMAT = "shardflow.verify/1"
+MAX_SHEET_PIXELS = 64_000_000
+
+DESCRIPTION = """\
+Verify output shards: stream each one once (hashing it, never holding member data) and check
+it against the manifest the augment step wrote beside it: the archive is whole (header
+checksums, member data, end-of-archive blocks), its size and sha256 are the manifest's, the
+member list and sizes are the manifest's, every sample has exactly the expected members, no
+key repeats, and the sample count is the manifest's written count. With --inputs, outputs and
+inputs are paired by position: each output must come from its paired input, and each input
+must have exactly one output.
+
+Prints a table (one row per shard) and, as the last line, a one-line summary.
+
+exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was checked)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="verify output shards against their manifests",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("outputs", metavar="OUTPUTS", help="output shard URL or brace pattern")
+    parser.add_argument(
+        "--inputs",
+        metavar="INPUTS",
+        help="the input shards, a pattern expanding to as many URLs as OUTPUTS (paired by "
+        "position)",
+    )
+    parser.add_argument(
+        "--expect",
+        metavar="EXTS",
+        help="members every sample must have, e.g. png,cls (default: the manifest's expect)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="shards checked at once (default: twice the CPUs this process may use, at most 16)",
+    )
+    files = parser.add_argument_group("files written (any fsspec URL)")
+    files.add_argument("--report", metavar="URL", help="write the JSON report here")
+    files.add_argument(
+        "--summary-file",
+        metavar="URL",
+        help="write the one-line summary here (for an Argo output parameter)",
+    )
+    files.add_argument(
+        "--sample-sheet",
+        metavar="URL",
+        help="write a contact sheet PNG of a few output images, labelled with key and class",
+    )
+    files.add_argument(
+        "--sheet-shards",
+        type=non_negative_int,
+        default=4,
+        help="shards shown on the sample sheet, spread over OUTPUTS (default: 4)",
+    )
+    files.add_argument(
+        "--sheet-samples",
+        type=positive_int,
+        default=4,
+        help="samples shown per shard, its first ones (default: 4)",
+    )
+    add_storage_arguments(parser)
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = storage_options(args)
+    outputs, inputs = _shards(args.outputs, args.inputs)
+    expect = parse_expect(args.expect)
+    for url in (args.report, args.summary_file, args.sample_sheet):
+        if url:
+            storage.check_url(url, writing=True)
+    started = time.monotonic()
+    reports, rows = _check_all(outputs, inputs, expect, options, args)
+    if inputs:
+        check_pairing(reports, inputs)
+    seconds = time.monotonic() - started
+    summary = summary_line(reports, seconds)
+    document = report_document(args, expect, reports, summary, seconds)
+    if args.json:
+        json.dump(document, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif args.quiet:
+        for report in reports:
+            for problem in report.problems:
+                print(f"shardflow verify: {report.output}: {problem}", file=sys.stderr)
+    else:
+        print(format_table(reports), flush=True)
+    written = _write_files(args, options, document, summary, rows)
+    if not (args.json or args.quiet):
+        for line in written:
+            print(line)
+        print(summary, flush=True)  # the last line: what the DAG shows
+    return EXIT_OK if all(r.status == "ok" for r in reports) else EXIT_FAILED
+
+
+def _check_all(
+    outputs: list[str],
+    inputs: list[str] | None,
+    expect: list[str] | None,
+    options: storage.StorageOptions,
+    args: argparse.Namespace,
+) -> tuple[list[ShardReport], list[SheetRow]]:
+    """Every shard checked in a bounded pool of threads (the work is I/O and hashing, both
+    outside the GIL); reports in OUTPUTS order, and the sample sheet's rows."""
+    sheet_positions = (
+        set(choose_shards(len(outputs), args.sheet_shards)) if args.sample_sheet else set()
+    )
+
+    def check(position: int) -> tuple[ShardReport, SheetRow | None]:
+        keep = args.sheet_samples if position in sheet_positions else 0
+        report = verify_shard(
+            outputs[position],
+            options,
+            expect=expect,
+            input_url=inputs[position] if inputs else None,
+            keep_samples=keep,
+            keep=wanted_extension,
+        )
+        row = None
+        if keep:  # thumbnails now, in this worker, so full images are never held for long
+            tiles = [make_tile(s, max_pixels=MAX_SHEET_PIXELS) for s in report.kept]
+            row = SheetRow(outputs[position], tiles)
+        report.kept = []
+        return report, row
+
+    progress = Progress(
+        len(outputs),
+        bar=show_bar(args),
+        argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
+        desc="verify",
+    )
+    reports: dict[int, ShardReport] = {}
+    rows: dict[int, SheetRow] = {}
+    threads = args.threads or min(16, 2 * available_cpus())
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
+            futures = {pool.submit(check, i): i for i in range(len(outputs))}
+            for future in as_completed(futures):
+                position = futures[future]
+                reports[position], row = future.result()
+                if row is not None:
+                    rows[position] = row
+                progress.advance(0, reports[position].samples)
+                progress.shard_finished()
+    finally:
+        progress.close()
+    return [reports[i] for i in range(len(outputs))], [rows[i] for i in sorted(rows)]
+
+
+def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
+    outputs = storage.expand(output_pattern)
+    for url in outputs:
+        storage.check_url(url, writing=False)
+    if input_pattern is None:
+        return outputs, None
+    inputs = storage.expand(input_pattern)
+    if len(inputs) != len(outputs):
+        raise UsageError(
+            f"{len(inputs)} input shards but {len(outputs)} output shards: --inputs must "
+            "expand to as many URLs as OUTPUTS (they are paired by position)"
+        )
+    return outputs, inputs
+
+
+def parse_expect(text: str | None) -> list[str] | None:
+    """`png,cls` -> ["png", "cls"]; extensions as samples.split_member_name gives them."""
+    if text is None:
+        return None
+    extensions = [part.strip().lower() for part in text.split(",")]
+    if not all(extensions) or any("/" in e or e.startswith(".") for e in extensions):
+        raise UsageError(f"--expect {text!r} is not a comma-separated list of extensions")
+    if len(set(extensions)) != len(extensions):
+        raise UsageError(f"--expect {text!r} names an extension twice")
+    return extensions
+
+
+def summary_line(reports: list[ShardReport], seconds: float) -> str:
+    """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED."""
+    total = len(reports)
+    passed = sum(r.status == "ok" for r in reports)
+    samples = sum(r.samples for r in reports)
+    size = sum(r.bytes for r in reports)
+    checked = f"{samples} samples, {_human(size)} checked in {seconds:.1f} s"
+    if passed == total:
+        return f"verify: OK: {total} of {total} shards passed; {checked}"
+    by_status = [
+        f"{count} {status}"
+        for status in ("missing", "incomplete", "failed")
+        if (count := sum(r.status == status for r in reports))
+    ]
+    return (
+        f"verify: FAILED: {total - passed} of {total} shards did not pass "
+        f"({', '.join(by_status)}); {passed} passed; {checked}"
+    )
+
+
+def format_table(reports: list[ShardReport]) -> str:
+    """shard, samples, members, bytes, status, first problem; then every problem of shards
+    that have more than one."""
+    header = ("shard", "samples", "members", "bytes", "status", "problem")
+    rows = []
+    for report in reports:
+        first = str(report.problems[0]) if report.problems else ""
+        if len(report.problems) > 1:
+            first += f" (+{len(report.problems) - 1} more, below)"
+        rows.append(
+            (
+                report.output,
+                str(report.samples),
+                str(report.members),
+                _human(report.bytes),
+                report.status,
+                first,
+            )
+        )
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    right = {1, 2, 3}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row[:-1])
+        ]
+        return "  ".join([*cells, row[-1]]).rstrip()
+
+    lines = [line(header), *map(line, rows)]
+    for report in reports:
+        if len(report.problems) > 1:
+            lines.append(f"{report.output}:")
+            lines += [f"  - {problem}" for problem in report.problems]
+    return "\n".join(lines)
+
+
+def report_document(
+    args: argparse.Namespace,
+    expect: list[str] | None,
+    reports: list[ShardReport],
+    summary: str,
+    seconds: float,
+) -> dict[str, Any]:
+    by_status = {s: sum(r.status == s for r in reports) for s in ("ok", "failed", "incomplete")}
+    by_status["missing"] = sum(r.status == "missing" for r in reports)
+    return {
+        "format": REPORT_FORMAT,
+        "outputs": args.outputs,
+        "inputs": args.inputs,
+        "expect": expect,
+        "passed": all(r.status == "ok" for r in reports),
+        "summary": {
+            "line": summary,
+            "shards": len(reports),
+            "status": by_status,
+            "samples": sum(r.samples for r in reports),
+            "members": sum(r.members for r in reports),
+            "bytes": sum(r.bytes for r in reports),
+            "seconds": round(seconds, 3),
+        },
+        "shards": [r.to_dict() for r in reports],
+    }
+
+
+def _write_files(
+    args: argparse.Namespace,
+    options: storage.StorageOptions,
+    document: dict[str, Any],
+    summary: str,
+    rows: list[SheetRow],
+) -> list[str]:
+    """Write the report, sheet and summary file; the lines saying what was written."""
+    said = []
+    try:
+        if args.report:
+            data = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+            storage.write_atomically(args.report, data, options)
+            said.append(f"report: {args.report}")
+        if args.sample_sheet:
+            storage.write_atomically(args.sample_sheet, render_sheet(rows), options)
+            tiles = sum(len(row.tiles) for row in rows)
+            said.append(f"sample sheet: {args.sample_sheet} ({tiles} samples)")
+        if args.summary_file:
+            storage.write_atomically(args.summary_file, summary.encode("utf-8") + b"\n", options)
+    except OSError as exc:
+        raise ShardflowError(f"cannot write the verification files: {exc}") from None
+    return said
+
+
+def _human(size: int) -> str:
+    if size < 1_000_000:
+        return f"{size / 1e3:.1f} kB"
+    if size < 1_000_000_000:
+        return f"{size / 1e6:.1f} MB"
+    return f"{size / 1e9:.2f} GB"
