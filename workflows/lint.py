@@ -1,0 +1,127 @@
+"""Checks Argo's JSON schema cannot make: every `{{...}}` resolves, every name exists.
+
+`argo lint` does this server-side; we cannot run it here, so `shardflow render` and the tests
+run these checks on every manifest. They cover the constructs our DAG uses (DAG and container
+templates, withSequence, depends); anything else is reported rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import argo_vars
+from .depends import DependsError, task_names
+
+_LOOPS = ("withSequence", "withItems", "withParam")
+
+
+def check_manifest(manifest: dict[str, Any]) -> list[str]:
+    """Problems found in a Workflow or WorkflowTemplate, one line each ([] when clean)."""
+    spec = manifest.get("spec", {})
+    templates = {t.get("name"): t for t in spec.get("templates", [])}
+    workflow_parameters = {p["name"] for p in spec.get("arguments", {}).get("parameters", [])}
+    problems: list[str] = []
+    if spec.get("entrypoint") not in templates:
+        problems.append(f"entrypoint {spec.get('entrypoint')!r} is not a template")
+    for key, value in spec.items():
+        if key != "templates":
+            problems += _check_strings(f"spec.{key}", value, workflow_parameters, set())
+    for name, template in templates.items():
+        inputs = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
+        body = {key: value for key, value in template.items() if key != "dag"}
+        problems += _check_strings(f"template {name}", body, workflow_parameters, inputs)
+        if "dag" in template:
+            problems += _check_dag(name, template["dag"], templates, workflow_parameters, inputs)
+    return problems
+
+
+def _check_strings(
+    where: str, value: Any, workflow_parameters: set[str], inputs: set[str], extra: tuple = ()
+) -> list[str]:
+    problems = []
+    for path, text in argo_vars.strings(value):
+        for name in argo_vars.references(text):
+            if name in extra or _resolves(name, workflow_parameters, inputs):
+                continue
+            problems.append(f"{where}: {path}: {{{{{name}}}}} resolves to nothing")
+    return problems
+
+
+def _resolves(name: str, workflow_parameters: set[str], inputs: set[str]) -> bool:
+    scope, _, rest = name.partition(".parameters.")
+    if scope == "workflow":
+        return rest in workflow_parameters
+    if scope == "inputs":
+        return rest in inputs
+    return False
+
+
+def _check_dag(
+    dag_name: str,
+    dag: dict[str, Any],
+    templates: dict[str, dict[str, Any]],
+    workflow_parameters: set[str],
+    inputs: set[str],
+) -> list[str]:
+    tasks = {task["name"]: task for task in dag.get("tasks", [])}
+    problems: list[str] = []
+    upstream: dict[str, set[str]] = {}
+    for name, task in tasks.items():
+        try:
+            upstream[name] = _depends_on(task)
+        except DependsError as exc:
+            problems.append(f"template {dag_name}: task {name}: {exc}")
+            upstream[name] = set()
+        missing = upstream[name] - set(tasks)
+        problems += [
+            f"template {dag_name}: task {name}: depends on {t!r}, not a task" for t in missing
+        ]
+    for name, task in tasks.items():
+        where = f"template {dag_name}: task {name}"
+        template = templates.get(task.get("template"))
+        if template is None:
+            problems.append(f"{where}: template {task.get('template')!r} does not exist")
+            continue
+        ancestors = _ancestors(name, upstream)
+        outputs = {
+            f"tasks.{t}.outputs.parameters.{p['name']}"
+            for t in ancestors
+            if t in tasks and tasks[t].get("template") in templates
+            for p in templates[tasks[t]["template"]].get("outputs", {}).get("parameters", [])
+        }
+        loop = ("item",) if any(key in task for key in _LOOPS) else ()
+        problems += _check_strings(
+            where, task, workflow_parameters, inputs, extra=tuple(outputs) + loop
+        )
+        problems += _check_arguments(where, task, template)
+    return problems
+
+
+def _check_arguments(where: str, task: dict[str, Any], template: dict[str, Any]) -> list[str]:
+    given = {p["name"] for p in task.get("arguments", {}).get("parameters", [])}
+    declared = template.get("inputs", {}).get("parameters", [])
+    required = {p["name"] for p in declared if "value" not in p and "default" not in p}
+    problems = [
+        f"{where}: input {p!r} of {template['name']} is not given" for p in required - given
+    ]
+    unknown = given - {p["name"] for p in declared}
+    problems += [f"{where}: argument {p!r} is not an input of {template['name']}" for p in unknown]
+    return problems
+
+
+def _depends_on(task: dict[str, Any]) -> set[str]:
+    if "depends" in task:
+        return task_names(task["depends"])
+    return set(task.get("dependencies", []))
+
+
+def _ancestors(name: str, upstream: dict[str, set[str]]) -> set[str]:
+    """Tasks that finish before `name` starts: only their outputs may be referenced."""
+    seen: set[str] = set()
+    stack = list(upstream.get(name, set()))
+    while stack:
+        current = stack.pop()
+        if current not in seen and current != name:
+            seen.add(current)
+            stack += upstream.get(current, set())
+    return seen

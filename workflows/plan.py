@@ -1,0 +1,157 @@
+"""How a run splits into tasks, computed from the patterns alone (no storage is touched).
+
+The DAG's first pod computes this so that the Argo form needs only the input and output
+patterns, and so that a bad parameter fails one small pod instead of every augment pod.
+`shardflow submit` and `shardflow run` compute the same plan up front for the same reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardflow.steps import storage
+from shardflow.steps.augment import plan_shards
+from shardflow.steps.errors import UsageError
+
+AUTO = "auto"
+# Every augment task is two Argo nodes (a retry node and its pod), and the UI and controller
+# slow down past about 2,000 nodes: 1,000 tasks is the most one workflow should hold.
+MAX_TASKS = 1000
+REPORT_NAME = "verify-report.json"
+SAMPLE_SHEET_NAME = "verify-samples.png"
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    shards: int
+    shards_per_task: int
+    tasks: int
+    outputs: str
+    report: str
+    sample_sheet: str
+
+    def parameters(self) -> dict[str, str]:
+        """The plan pod's Argo output parameters, by name."""
+        return {
+            "tasks": str(self.tasks),
+            "shards-per-task": str(self.shards_per_task),
+            "outputs": self.outputs,
+            "report": self.report,
+            "sample-sheet": self.sample_sheet,
+        }
+
+    def describe(self) -> str:
+        per = "shard" if self.shards_per_task == 1 else "shards"
+        return (
+            f"{self.shards} shard(s) in {self.tasks} augment task(s) of {self.shards_per_task} "
+            f"{per}; outputs {self.outputs}; verify report {self.report}"
+        )
+
+
+def plan_tasks(
+    input_pattern: str,
+    output_pattern: str,
+    shards_per_task: str = AUTO,
+    *,
+    max_tasks: int = MAX_TASKS,
+    check_urls: bool = True,
+) -> TaskPlan:
+    """Count shards and tasks; raise UsageError for anything that would fail every task.
+
+    check_urls=False skips the URL scheme checks, for a client that submits to a cluster whose
+    image has storage back-ends (gcsfs, s3fs) this machine may lack.
+    """
+    if max_tasks < 1:
+        raise UsageError("--max-tasks must be positive")
+    inputs = storage.expand(input_pattern)
+    outputs: list[str] | str = (
+        output_pattern if output_pattern.endswith("/") else storage.expand(output_pattern)
+    )
+    pairs = plan_shards(inputs, outputs)
+    if check_urls:
+        _check_urls(pairs)
+    per_task = _shards_per_task(shards_per_task, len(pairs), max_tasks)
+    tasks = -(-len(pairs) // per_task)
+    if tasks > max_tasks:
+        raise UsageError(
+            f"{len(pairs)} shards in batches of {per_task} make {tasks} tasks, more than the "
+            f"{max_tasks} a workflow handles well: use shards-per-task "
+            f"{-(-len(pairs) // max_tasks)} or more (or {AUTO}), or split the dataset into "
+            "several workflows (README: scaling)"
+        )
+    output_urls = [output for _, output in pairs]
+    directory = _common_directory(output_urls)
+    return TaskPlan(
+        shards=len(pairs),
+        shards_per_task=per_task,
+        tasks=tasks,
+        outputs=_outputs_pattern(input_pattern, output_pattern, output_urls),
+        report=directory + REPORT_NAME,
+        sample_sheet=directory + SAMPLE_SHEET_NAME,
+    )
+
+
+def _shards_per_task(text: str, shards: int, max_tasks: int) -> int:
+    if text.strip() == AUTO:
+        return max(1, -(-shards // max_tasks))
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(
+            f"shards-per-task {text!r} is neither a positive integer nor {AUTO!r}"
+        ) from None
+    if value < 1:
+        raise UsageError(f"shards-per-task {value} is not a positive integer")
+    return value
+
+
+def _check_urls(pairs: list[tuple[str, str]]) -> None:
+    """One check per URL scheme: expanding a pattern never mixes per-URL risks otherwise."""
+    seen: set[tuple[str, bool]] = set()
+    for input_url, output_url in pairs:
+        if input_url == output_url:
+            raise UsageError(f"{input_url!r} is both an input and an output")
+        for url, writing in ((input_url, False), (output_url, True)):
+            key = (storage.scheme(url) if not url.startswith("pipe:") else "pipe", writing)
+            if key not in seen:
+                seen.add(key)
+                storage.check_url(url, writing=writing)
+
+
+def _common_directory(urls: list[str]) -> str:
+    """The deepest directory holding every URL, with its trailing slash ("" for the cwd)."""
+    directories = [url.split("/")[:-1] for url in urls]
+    common = directories[0]
+    for parts in directories[1:]:
+        size = 0
+        while size < min(len(common), len(parts)) and common[size] == parts[size]:
+            size += 1
+        common = common[:size]
+    return "".join(part + "/" for part in common)
+
+
+def _outputs_pattern(input_pattern: str, output_pattern: str, output_urls: list[str]) -> str:
+    """A pattern naming exactly the outputs, for verify (which takes no directory form)."""
+    if not output_pattern.endswith("/"):
+        return output_pattern
+    pattern = output_pattern + input_pattern[_last_separator(input_pattern) + 1 :]
+    if storage.expand(pattern) != output_urls:
+        raise UsageError(
+            f"cannot name the outputs in {output_pattern!r} as one pattern (the input's "
+            "braces span directories): give OUTPUT as a pattern of file names"
+        )
+    return pattern
+
+
+def _last_separator(pattern: str) -> int:
+    """Index of the last "/" outside braces (-1 if none)."""
+    depth = 0
+    last = -1
+    for index, char in enumerate(pattern):
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth = max(0, depth - 1)
+        elif char == "/" and depth == 0:
+            last = index
+    return last

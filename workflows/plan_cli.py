@@ -1,0 +1,72 @@
+"""`shardflow plan INPUT OUTPUT`: the DAG's first pod; also useful by hand to preview a run.
+
+It touches no storage (except to read a recipe given as a URL), so it costs seconds whatever
+the dataset's size, and its output parameters are all the DAG needs to fan out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shardflow.steps.cli_common import positive_int
+from shardflow.steps.recipe import load_recipe
+
+from .plan import AUTO, MAX_TASKS, plan_tasks
+
+DESCRIPTION = """\
+Check a run's parameters and split it into tasks: expand the INPUT and OUTPUT patterns, check
+that they pair up and that the recipe loads, and compute the number of augment tasks and where
+verification writes its report. In the Argo DAG this is the first pod; --write-params writes
+one file per output parameter (tasks, shards-per-task, outputs, report, sample-sheet).
+
+exit status: 0 planned, 2 usage error."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="check parameters and count the DAG's tasks (the DAG's first pod)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="INPUT", help="input shard URL or brace pattern")
+    parser.add_argument("output", metavar="OUTPUT", help="output shard pattern, or dir/")
+    parser.add_argument(
+        "--shards-per-task",
+        default=AUTO,
+        metavar="N",
+        help=f"shards per augment task, or {AUTO} (default): one per task unless that makes "
+        "more than --max-tasks tasks",
+    )
+    parser.add_argument("--recipe", default="seed", help="recipe to check (default: seed)")
+    parser.add_argument(
+        "--max-tasks",
+        type=positive_int,
+        default=MAX_TASKS,
+        help=f"refuse plans with more tasks than this (default: {MAX_TASKS})",
+    )
+    parser.add_argument(
+        "--write-params",
+        type=Path,
+        metavar="DIR",
+        help="write each output parameter to DIR/NAME (for Argo's valueFrom.path)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_tasks(args.input, args.output, args.shards_per_task, max_tasks=args.max_tasks)
+    load_recipe(args.recipe)
+    parameters = plan.parameters()
+    if args.write_params is not None:
+        args.write_params.mkdir(parents=True, exist_ok=True)
+        for name, value in parameters.items():
+            (args.write_params / name).write_text(value)
+    if args.json:
+        print(json.dumps({"shards": plan.shards, **parameters}, indent=1))
+    else:
+        print(f"plan: {plan.describe()}")
+    return 0
