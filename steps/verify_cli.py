@@ -272,8 +272,10 @@ def report_document(
     summary: str,
     seconds: float,
 ) -> dict[str, Any]:
-    by_status = {s: sum(r.status == s for r in reports) for s in ("ok", "failed", "incomplete")}
-    by_status["missing"] = sum(r.status == "missing" for r in reports)
+    """The JSON report (format shardflow.verify/1): the run, a summary, one entry per shard
+    with its problems as {kind, message}."""
+    statuses = ("ok", "failed", "incomplete", "missing")
+    by_status = {s: sum(r.status == s for r in reports) for s in statuses}
     return {
         "format": REPORT_FORMAT,
         "outputs": args.outputs,
