@@ -25,11 +25,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/shardflow synth $(DEMO)/in --shards $(DEMO_SHARDS) --samples $(DEMO_SAMPLES)
-	$(BIN)/shardflow augment '$(DEMO)/in/in-{000000..$(LAST)}.tar' \
+	$(BIN)/shardflow run '$(DEMO)/in/in-{000000..$(LAST)}.tar' \
 		'$(DEMO)/out/out-{000000..$(LAST)}.tar' --recipe seed
-	$(BIN)/shardflow verify '$(DEMO)/out/out-{000000..$(LAST)}.tar' \
-		--inputs '$(DEMO)/in/in-{000000..$(LAST)}.tar' \
-		--report $(DEMO)/out/verify-report.json --sample-sheet $(DEMO)/out/sample-sheet.png
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

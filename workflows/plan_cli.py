@@ -68,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"shards": plan.shards, **parameters}, indent=1))
     else:
-        print(f"plan: {plan.describe()}")
+        print(plan.describe())
     return 0

@@ -1,0 +1,439 @@
+"""Run a rendered Argo DAG on this machine, the way the controller would run it on a cluster.
+
+The executor reads the manifest, not our Python: the same parameters, `{{...}}` substitution,
+withSequence fan-out, depends expressions, output parameters read from files and container
+command lines, run as subprocesses instead of pods. So `shardflow run` tests the manifests in
+argo/ end to end, and a user's laptop run behaves like their cluster run.
+
+What stands in for Kubernetes: a pool of at most `workers` processes (spec.parallelism); each
+node's emptyDir volumes become directories of its own, and arguments and output paths under
+their mount points are mapped there; each node gets its own ARGO_PROGRESS_FILE, polled as
+Argo's executor polls it; each worker is pinned to its share of the CPUs, as a pod's CPU limit
+would confine it, so the step's thread count (which follows affinity and cgroup quota) does
+not multiply by the number of workers. Not emulated: retries, deadlines, resources,
+security contexts, secrets (a local run uses the caller's environment and credentials).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardflow.steps.errors import EXIT_FAILED, UsageError
+
+from . import argo_vars
+from .depends import TaskOutcome, evaluate, task_names
+
+POLL_SECONDS = 0.2
+PROGRESS_INTERVAL = "1"  # seconds between a step's progress-file writes (Argo reads every 3 s)
+# The image's entrypoint is this very program: run it with this interpreter.
+SHARDFLOW = [sys.executable, "-m", "shardflow.workflows.cli"]
+
+
+def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    """Workflow parameter values: defaults, overridden by `given`, checked as Argo checks them."""
+    declared = manifest["spec"].get("arguments", {}).get("parameters", [])
+    names = {p["name"] for p in declared}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise UsageError(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    values = {**argo_vars.parameter_values(declared), **given}
+    for parameter in declared:
+        name = parameter["name"]
+        if name not in values:
+            raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
+        enum = parameter.get("enum")
+        if enum and values[name] not in enum:
+            raise UsageError(f"parameter {name}={values[name]!r} is not one of {', '.join(enum)}")
+    return values
+
+
+@dataclass
+class Node:
+    """One pod: a template invoked with its inputs resolved."""
+
+    name: str
+    task: str
+    template: dict[str, Any]
+    inputs: dict[str, str]
+    directory: Path
+    process: subprocess.Popen | None = None
+    exit_code: int | None = None
+    phase: str | None = None
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    _started: float = 0.0
+    _mounts: dict[str, Path] = field(default_factory=dict)
+    _slot: int | None = None
+
+    @property
+    def progress_file(self) -> Path:
+        return self.directory / "progress"
+
+    @property
+    def stdout(self) -> Path:
+        return self.directory / "stdout"
+
+    @property
+    def stderr(self) -> Path:
+        return self.directory / "stderr"
+
+    def progress(self) -> float:
+        """Fraction done, from the node's ARGO_PROGRESS_FILE (`N/M`), as Argo reads it."""
+        if self.phase is not None:
+            return 1.0
+        try:
+            done, total = self.progress_file.read_text().split("/")
+            return min(1.0, max(0.0, int(done) / int(total))) if int(total) > 0 else 0.0
+        except (OSError, ValueError):
+            return 0.0
+
+
+@dataclass
+class RunResult:
+    phase: str
+    exit_code: int
+    outcomes: dict[str, TaskOutcome]
+    nodes: list[Node]
+    global_outputs: dict[str, str]
+
+
+class Events:
+    """What a display hears about; the default hears nothing."""
+
+    def task_planned(self, task: str, nodes: list[Node]) -> None: ...
+
+    def task_omitted(self, task: str) -> None: ...
+
+    def node_finished(self, node: Node) -> None: ...
+
+    def progress(self, done: float, total: int, running: list[Node]) -> None: ...
+
+
+class LocalExecutor:
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        parameters: dict[str, str],
+        *,
+        workers: int,
+        directory: Path,
+        events: Events | None = None,
+    ) -> None:
+        self.spec = manifest["spec"]
+        self.templates = {t["name"]: t for t in self.spec.get("templates", [])}
+        self.parameters = resolve_parameters(manifest, parameters)
+        self.workers = max(1, workers)
+        self.directory = directory
+        self.events = events or Events()
+        self.cpus = _CpuSlots(self.workers)
+        entry = self.templates.get(self.spec.get("entrypoint"))
+        if entry is None or "dag" not in entry:
+            raise UsageError("the local executor runs a manifest whose entrypoint is a DAG")
+        self.tasks = entry["dag"]["tasks"]
+
+    def run(self) -> RunResult:
+        outcomes: dict[str, TaskOutcome] = {}
+        task_outputs: dict[str, str] = {}
+        task_nodes: dict[str, list[Node]] = {}
+        global_outputs: dict[str, str] = {}
+        pending = list(self.tasks)
+        queue: deque[Node] = deque()
+        running: list[Node] = []
+        try:
+            while pending or queue or running:
+                for task in [t for t in pending if _upstream(t) <= set(outcomes)]:
+                    pending.remove(task)
+                    name = task["name"]
+                    if "depends" in task and not evaluate(task["depends"], outcomes):
+                        outcomes[name] = TaskOutcome("Omitted")
+                        self.events.task_omitted(name)
+                        continue
+                    nodes = self._expand(task, task_outputs)
+                    task_nodes[name] = nodes
+                    queue.extend(nodes)
+                    self.events.task_planned(name, nodes)
+                while queue and len(running) < self.workers:
+                    node = queue.popleft()
+                    self._start(node)
+                    running.append(node)
+                for node in [n for n in running if n.process and n.process.poll() is not None]:
+                    running.remove(node)
+                    self._finish(node, global_outputs)
+                    self.events.node_finished(node)
+                for name, nodes in task_nodes.items():
+                    if name not in outcomes and all(n.phase for n in nodes):
+                        outcomes[name] = _group_outcome(self._task(name), nodes)
+                        if len(nodes) == 1 and not _loops(self._task(name)):
+                            for key, value in nodes[0].outputs.items():
+                                task_outputs[f"tasks.{name}.outputs.parameters.{key}"] = value
+                if (
+                    pending
+                    and not (queue or running)
+                    and not any(_upstream(t) <= set(outcomes) for t in pending)
+                ):
+                    names = ", ".join(t["name"] for t in pending)
+                    raise UsageError(f"tasks {names} wait for tasks that never run")
+                all_nodes = [n for nodes in task_nodes.values() for n in nodes]
+                self.events.progress(
+                    sum(n.progress() for n in all_nodes), len(all_nodes), list(running)
+                )
+                if queue or running:
+                    time.sleep(POLL_SECONDS)
+        finally:
+            for node in running:
+                if node.process and node.process.poll() is None:
+                    node.process.terminate()
+                    node.process.wait()
+        nodes = [n for nodes in task_nodes.values() for n in nodes]
+        phase, exit_code = self._result(outcomes, task_nodes)
+        return RunResult(phase, exit_code, outcomes, nodes, global_outputs)
+
+    def _task(self, name: str) -> dict[str, Any]:
+        return next(t for t in self.tasks if t["name"] == name)
+
+    def _expand(self, task: dict[str, Any], task_outputs: dict[str, str]) -> list[Node]:
+        """The task's nodes: one, or one per withSequence/withItems item."""
+        name = task["name"]
+        template = self.templates.get(task["template"])
+        if template is None or "container" not in template:
+            raise UsageError(f"task {name}: the local executor runs container templates only")
+        scope = {**self._workflow_scope(), **task_outputs}
+        items = _items(task, scope)
+        nodes = []
+        for index, item in enumerate(items if items is not None else [None]):
+            node_name = name if item is None else f"{name}({index})"
+            item_scope = scope if item is None else {**scope, "item": item}
+            arguments = {
+                p["name"]: argo_vars.substitute(str(p.get("value", "")), item_scope, node_name)
+                for p in task.get("arguments", {}).get("parameters", [])
+            }
+            inputs = {}
+            for declared in template.get("inputs", {}).get("parameters", []):
+                value = arguments.get(declared["name"], declared.get("value"))
+                if value is None:
+                    raise UsageError(f"{node_name}: input {declared['name']!r} is not given")
+                inputs[declared["name"]] = str(value)
+            directory = self.directory / node_name
+            directory.mkdir(parents=True, exist_ok=True)
+            nodes.append(Node(node_name, name, template, inputs, directory))
+        return nodes
+
+    def _workflow_scope(self) -> dict[str, str]:
+        return {f"workflow.parameters.{k}": v for k, v in self.parameters.items()}
+
+    def _start(self, node: Node) -> None:
+        scope = {
+            **self._workflow_scope(),
+            **{f"inputs.parameters.{k}": v for k, v in node.inputs.items()},
+        }
+        raw = node.template["container"]
+        node._mounts = self._empty_dirs(node, raw)
+        # Map the manifest's own paths before substituting: parameter values (the user's
+        # input and output paths) are host paths here and must stay as given.
+        mapped = [
+            _map_path(arg, node._mounts) for arg in raw.get("command", []) + raw.get("args", [])
+        ]
+        command = argo_vars.substitute_all(mapped, scope, node.name)
+        container = argo_vars.substitute_all({"env": raw.get("env", [])}, scope, node.name)
+        if command[:1] == ["shardflow"]:
+            command = SHARDFLOW + command[1:]
+        env = dict(os.environ)
+        env.update({e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e})
+        env["ARGO_PROGRESS_FILE"] = str(node.progress_file)
+        env["SHARDFLOW_PROGRESS_INTERVAL"] = PROGRESS_INTERVAL
+        if "/tmp" in node._mounts:
+            env["TMPDIR"] = str(node._mounts["/tmp"])
+        (node.directory / "command.json").write_text(json.dumps(command))
+        node._slot, cpus = self.cpus.acquire()
+        with node.stdout.open("wb") as out, node.stderr.open("wb") as err:
+            node._started = time.monotonic()
+            try:
+                with _pinned(cpus):
+                    node.process = subprocess.Popen(
+                        command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env
+                    )
+            except OSError as exc:
+                node.error = f"cannot start {command[0]}: {exc}"
+                node.process = _Exited(127)
+
+    def _empty_dirs(self, node: Node, container: dict[str, Any]) -> dict[str, Path]:
+        volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
+        volumes.update({v["name"]: v for v in node.template.get("volumes", [])})
+        mounts = {}
+        for mount in container.get("volumeMounts", []):
+            volume = volumes.get(mount["name"], {})
+            if "emptyDir" in volume:
+                local = node.directory / "volumes" / mount["name"]
+                local.mkdir(parents=True, exist_ok=True)
+                mounts[mount["mountPath"].rstrip("/") or "/"] = local
+        return mounts
+
+    def _finish(self, node: Node, global_outputs: dict[str, str]) -> None:
+        assert node.process is not None
+        node.exit_code = node.process.wait()
+        node.seconds = time.monotonic() - node._started
+        self.cpus.release(node._slot)
+        node.phase = "Succeeded" if node.exit_code == 0 else "Failed"
+        if node.error:
+            node.phase = "Errored"
+        for parameter in node.template.get("outputs", {}).get("parameters", []):
+            source = parameter.get("valueFrom", {})
+            try:
+                value = Path(_map_path(source["path"], node._mounts)).read_text()
+                value = value[:-1] if value.endswith("\n") else value
+            except (KeyError, OSError):
+                if "default" not in source:
+                    if node.phase == "Succeeded":
+                        node.phase = "Errored"
+                        node.error = f"output parameter {parameter['name']!r} was not written"
+                    continue
+                value = str(source["default"])
+            node.outputs[parameter["name"]] = value
+            if "globalName" in parameter:
+                global_outputs[parameter["globalName"]] = value
+
+    def _result(
+        self, outcomes: dict[str, TaskOutcome], task_nodes: dict[str, list[Node]]
+    ) -> tuple[str, int]:
+        """The DAG's phase from its leaf tasks, as Argo assesses it; the exit status to match."""
+        upstream = {t["name"]: _upstream(t) for t in self.tasks}
+        depended = set().union(*upstream.values())
+        failed = ("Failed", "Errored")
+        ran_in_order = [n for t in self.tasks for n in task_nodes.get(t["name"], [])]
+        for leaf in [t["name"] for t in self.tasks if t["name"] not in depended]:
+            outcome = outcomes.get(leaf, TaskOutcome("Omitted"))
+            if outcome.phase in failed:
+                nodes = [n for n in task_nodes[leaf] if n.phase in failed]
+            elif outcome.phase == "Omitted" and any(
+                outcomes[a].phase in failed for a in _ancestors(leaf, upstream) if a in outcomes
+            ):
+                nodes = [n for n in ran_in_order if n.phase in failed]
+            else:
+                continue
+            codes = [n.exit_code for n in nodes if n.exit_code]
+            return "Failed", codes[0] if codes else EXIT_FAILED
+        return "Succeeded", 0
+
+
+class _Exited:
+    """Stands in for a process that could not be started."""
+
+    def __init__(self, code: int) -> None:
+        self.returncode = code
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def wait(self) -> int:
+        return self.returncode
+
+    def terminate(self) -> None:
+        pass
+
+
+def _upstream(task: dict[str, Any]) -> set[str]:
+    if "depends" in task:
+        return task_names(task["depends"])
+    return set(task.get("dependencies", []))
+
+
+def _ancestors(name: str, upstream: dict[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(upstream.get(name, ()))
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack += upstream.get(current, ())
+    return seen
+
+
+def _loops(task: dict[str, Any]) -> bool:
+    return any(key in task for key in ("withSequence", "withItems", "withParam"))
+
+
+def _items(task: dict[str, Any], scope: dict[str, str]) -> list[str] | None:
+    """The loop's items as strings, or None when the task does not loop."""
+    where = f"task {task['name']}"
+    if "withItems" in task:
+        return [item if isinstance(item, str) else json.dumps(item) for item in task["withItems"]]
+    if "withParam" in task:
+        value = json.loads(argo_vars.substitute(task["withParam"], scope, where))
+        return [item if isinstance(item, str) else json.dumps(item) for item in value]
+    if "withSequence" not in task:
+        return None
+    sequence = argo_vars.substitute_all(task["withSequence"], scope, where)
+    try:
+        start = int(sequence.get("start", 0))
+        stop = start + int(sequence["count"]) if "count" in sequence else int(sequence["end"]) + 1
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"{where}: bad withSequence {sequence}: {exc}") from None
+    fmt = sequence.get("format")
+    return [fmt % number if fmt else str(number) for number in range(start, stop)]
+
+
+def _group_outcome(task: dict[str, Any], nodes: list[Node]) -> TaskOutcome:
+    phases = [n.phase or "Errored" for n in nodes]
+    phase = next((p for p in ("Failed", "Errored") if p in phases), "Succeeded")
+    return TaskOutcome(phase, phases if _loops(task) else [])
+
+
+def _map_path(argument: str, mounts: dict[str, Path]) -> str:
+    """An argument naming a path under an emptyDir mount (also as --opt=PATH), mapped locally."""
+    option, equals, value = argument.partition("=")
+    prefix, text = (option + equals, value) if equals and option.startswith("-") else ("", argument)
+    for mount_path, local in mounts.items():
+        if text == mount_path or text.startswith(mount_path.rstrip("/") + "/"):
+            return prefix + str(local) + text[len(mount_path.rstrip("/")) :]
+    return argument
+
+
+class _CpuSlots:
+    """Splits this process's CPUs between the workers, one share per running node."""
+
+    def __init__(self, workers: int) -> None:
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows: no pinning
+            cpus = []
+        if cpus and workers <= len(cpus):
+            self.shares = [
+                cpus[i * len(cpus) // workers : (i + 1) * len(cpus) // workers]
+                for i in range(workers)
+            ]
+        else:
+            self.shares = [[cpus[i % len(cpus)]] if cpus else [] for i in range(workers)]
+        self.free = list(range(workers))
+
+    def acquire(self) -> tuple[int, list[int]]:
+        slot = self.free.pop(0)
+        return slot, self.shares[slot]
+
+    def release(self, slot: int | None) -> None:
+        if slot is not None:
+            self.free.append(slot)
+
+
+@contextlib.contextmanager
+def _pinned(cpus: list[int]) -> Iterator[None]:
+    """Pin the calling thread while it forks: the child inherits the mask, nothing races."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)

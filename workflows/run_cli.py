@@ -1,0 +1,208 @@
+"""`shardflow run INPUTS OUTPUTS`: the Argo DAG on this machine (the embedded default).
+
+It runs the rendered manifest (argo/workflow.yaml, or --manifest), so a local run and a cluster
+run execute the same pods with the same command lines and end with the same report and status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE, positive_int
+from shardflow.steps.cpus import available_cpus
+from shardflow.steps.errors import UsageError
+
+from .executor import Events, LocalExecutor, Node, RunResult
+
+DESCRIPTION = """\
+Run the Argo DAG on this machine: plan, then the augment tasks in a pool of worker processes,
+then verify, exactly as the rendered manifest describes (the same command lines, parameters
+and dependencies as on a cluster). One progress bar follows every task's ARGO_PROGRESS_FILE;
+the run ends with verify's table and summary.
+
+exit status: verify's (0 every output shard verified, 1 a shard is missing or wrong), or 2
+for a usage error found by the plan step."""
+
+ERROR_LINES = 12
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the Argo DAG locally: plan, augment in parallel, verify",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="INPUTS", help="input shard pattern")
+    parser.add_argument("output", metavar="OUTPUTS", help="output shard pattern, or dir/")
+    parser.add_argument("--recipe", help="built-in name, .yaml/.json file or URL, inline JSON")
+    parser.add_argument("--shards-per-task", metavar="N", help="shards per task, or auto")
+    parser.add_argument("--on-error", choices=("skip", "fail"))
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other workflow parameter (repeatable), as with argo submit -p",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        help="tasks running at once, each pinned to its share of the CPUs (default: the CPUs "
+        "this process may use, at most the manifest's parallelism)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        help="a rendered Workflow or WorkflowTemplate to run (default: argo/workflow.yaml as "
+        "`shardflow render` makes it)",
+    )
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        metavar="DIR",
+        help="keep each task's command, output and progress file in DIR (by default they are "
+        "kept only when the run fails)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only failures and verify")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = _manifest(args.manifest)
+    parameters = _parameters(args)
+    parallelism = manifest["spec"].get("parallelism") or available_cpus()
+    workers = args.workers or max(1, min(available_cpus(), parallelism))
+    directory = args.logs or Path(tempfile.mkdtemp(prefix="shardflow-run-"))
+    display = _Display(quiet=args.quiet, bar=not args.quiet and sys.stderr.isatty())
+    started = time.monotonic()
+    try:
+        executor = LocalExecutor(
+            manifest, parameters, workers=workers, directory=directory, events=display
+        )
+        result = executor.run()
+    finally:
+        display.close()
+    keep = args.logs is not None or result.phase != "Succeeded"
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    _report(result, workers, time.monotonic() - started, directory if keep else None)
+    if display.final_output:
+        print(display.final_output, flush=True)
+    return result.exit_code
+
+
+def _manifest(path: Path | None) -> dict:
+    if path is None:
+        from .render import workflow_manifest  # imports Hera: only this command needs it
+
+        return workflow_manifest()
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"--manifest {path}: {exc}") from None
+    if not isinstance(document, dict) or "spec" not in document:
+        raise UsageError(f"--manifest {path}: not an Argo Workflow or WorkflowTemplate")
+    return document
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, str]:
+    given = {"input": args.input, "output": args.output}
+    for name in ("recipe", "shards_per_task", "on_error"):
+        value = getattr(args, name)
+        if value is not None:
+            given[name.replace("_", "-")] = value
+    if os.environ.get(STORAGE_OPTIONS_VARIABLE):
+        given["storage-options"] = os.environ[STORAGE_OPTIONS_VARIABLE]
+    for item in args.parameter:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"-p {item!r} is not NAME=VALUE")
+        given[name] = value
+    return given
+
+
+class _Display(Events):
+    """One bar for the whole DAG (a task counts 1, filled by its progress file) and a line per
+    finished task: what the Argo UI shows, in a terminal."""
+
+    def __init__(self, *, quiet: bool, bar: bool) -> None:
+        self.quiet = quiet
+        self.final_output = ""  # verify's table and summary: what a run ends with
+        self.bar = (
+            tqdm(
+                total=1,
+                desc="run",
+                unit="task",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} tasks "
+                "[{elapsed}<{remaining}]{postfix}",
+                file=sys.stderr,
+                mininterval=0.2,
+            )
+            if bar
+            else None
+        )
+
+    def task_omitted(self, task: str) -> None:
+        self._write(f"{task}: omitted (its depends expression is false)")
+
+    def node_finished(self, node: Node) -> None:
+        stdout = _read(node.stdout)
+        if node.phase != "Succeeded":
+            reason = node.error or f"exit status {node.exit_code}"
+            self._write(f"{node.name}: {node.phase} ({reason}) after {node.seconds:.1f} s")
+            for line in _read(node.stderr).splitlines()[-ERROR_LINES:]:
+                self._write(f"  {line}")
+        elif not self.quiet and node.task != "verify":
+            last = stdout.strip().splitlines()[-1:] or [""]
+            self._write(f"{node.name}: {node.phase} in {node.seconds:.1f} s: {last[0]}")
+        if node.task == "verify":
+            self.final_output = stdout.rstrip("\n")
+
+    def progress(self, done: float, total: int, running: list[Node]) -> None:
+        if self.bar is None or total == 0:
+            return
+        self.bar.total = total
+        self.bar.n = round(done, 1)
+        names = ", ".join(n.name for n in running[:3]) + (", ..." if len(running) > 3 else "")
+        self.bar.set_postfix_str(f"running {names}" if names else "", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+
+def _report(result: RunResult, workers: int, seconds: float, logs: Path | None) -> None:
+    counts: dict[str, int] = {}
+    for node in result.nodes:
+        counts[node.task] = counts.get(node.task, 0) + 1
+    pods = ", ".join(f"{count} {task}" for task, count in counts.items())
+    where = f"; task logs in {logs}" if logs else ""
+    print(
+        f"workflow {result.phase} in {seconds:.1f} s ({pods} with {workers} worker(s)){where}",
+        flush=True,
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
