@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from shardflow.steps.errors import UsageError
 
@@ -49,6 +49,25 @@ class TaskOutcome:
 def task_names(expression: str) -> set[str]:
     """The tasks an expression waits for."""
     return {token.split(".")[0] for token in _tokens(expression) if token[0].isalnum()}
+
+
+def upstream(task: dict[str, Any]) -> set[str]:
+    """The tasks a DAG task waits for, from `depends` or the older `dependencies` list."""
+    if "depends" in task:
+        return task_names(task["depends"])
+    return set(task.get("dependencies", []))
+
+
+def ancestors(name: str, upstream_of: dict[str, set[str]]) -> set[str]:
+    """Every task that finishes before `name` starts (upstream_of: task -> its upstream)."""
+    seen: set[str] = set()
+    stack = list(upstream_of.get(name, ()))
+    while stack:
+        current = stack.pop()
+        if current not in seen and current != name:
+            seen.add(current)
+            stack += upstream_of.get(current, ())
+    return seen
 
 
 def evaluate(expression: str, outcomes: dict[str, TaskOutcome]) -> bool:

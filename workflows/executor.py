@@ -31,7 +31,7 @@ from typing import Any
 from shardflow.steps.errors import EXIT_FAILED, UsageError
 
 from . import argo_vars
-from .depends import TaskOutcome, evaluate, task_names
+from .depends import TaskOutcome, ancestors, evaluate, upstream
 
 POLL_SECONDS = 0.2
 PROGRESS_INTERVAL = "1"  # seconds between a step's progress-file writes (Argo reads every 3 s)
@@ -152,7 +152,7 @@ class LocalExecutor:
         running: list[Node] = []
         try:
             while pending or queue or running:
-                for task in [t for t in pending if _upstream(t) <= set(outcomes)]:
+                for task in [t for t in pending if upstream(t) <= set(outcomes)]:
                     pending.remove(task)
                     name = task["name"]
                     if "depends" in task and not evaluate(task["depends"], outcomes):
@@ -180,7 +180,7 @@ class LocalExecutor:
                 if (
                     pending
                     and not (queue or running)
-                    and not any(_upstream(t) <= set(outcomes) for t in pending)
+                    and not any(upstream(t) <= set(outcomes) for t in pending)
                 ):
                     names = ", ".join(t["name"] for t in pending)
                     raise UsageError(f"tasks {names} wait for tasks that never run")
@@ -307,8 +307,8 @@ class LocalExecutor:
         self, outcomes: dict[str, TaskOutcome], task_nodes: dict[str, list[Node]]
     ) -> tuple[str, int]:
         """The DAG's phase from its leaf tasks, as Argo assesses it; the exit status to match."""
-        upstream = {t["name"]: _upstream(t) for t in self.tasks}
-        depended = set().union(*upstream.values())
+        upstream_of = {t["name"]: upstream(t) for t in self.tasks}
+        depended = set().union(*upstream_of.values())
         failed = ("Failed", "Errored")
         ran_in_order = [n for t in self.tasks for n in task_nodes.get(t["name"], [])]
         for leaf in [t["name"] for t in self.tasks if t["name"] not in depended]:
@@ -316,7 +316,7 @@ class LocalExecutor:
             if outcome.phase in failed:
                 nodes = [n for n in task_nodes[leaf] if n.phase in failed]
             elif outcome.phase == "Omitted" and any(
-                outcomes[a].phase in failed for a in _ancestors(leaf, upstream) if a in outcomes
+                outcomes[a].phase in failed for a in ancestors(leaf, upstream_of) if a in outcomes
             ):
                 nodes = [n for n in ran_in_order if n.phase in failed]
             else:
@@ -340,23 +340,6 @@ class _Exited:
 
     def terminate(self) -> None:
         pass
-
-
-def _upstream(task: dict[str, Any]) -> set[str]:
-    if "depends" in task:
-        return task_names(task["depends"])
-    return set(task.get("dependencies", []))
-
-
-def _ancestors(name: str, upstream: dict[str, set[str]]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(upstream.get(name, ()))
-    while stack:
-        current = stack.pop()
-        if current not in seen:
-            seen.add(current)
-            stack += upstream.get(current, ())
-    return seen
 
 
 def _loops(task: dict[str, Any]) -> bool:

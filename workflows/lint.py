@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import argo_vars
-from .depends import DependsError, task_names
+from .depends import DependsError, ancestors, upstream
 
 _LOOPS = ("withSequence", "withItems", "withParam")
 
@@ -65,14 +65,14 @@ def _check_dag(
 ) -> list[str]:
     tasks = {task["name"]: task for task in dag.get("tasks", [])}
     problems: list[str] = []
-    upstream: dict[str, set[str]] = {}
+    upstream_of: dict[str, set[str]] = {}
     for name, task in tasks.items():
         try:
-            upstream[name] = _depends_on(task)
+            upstream_of[name] = upstream(task)
         except DependsError as exc:
             problems.append(f"template {dag_name}: task {name}: {exc}")
-            upstream[name] = set()
-        missing = upstream[name] - set(tasks)
+            upstream_of[name] = set()
+        missing = upstream_of[name] - set(tasks)
         problems += [
             f"template {dag_name}: task {name}: depends on {t!r}, not a task" for t in missing
         ]
@@ -82,10 +82,10 @@ def _check_dag(
         if template is None:
             problems.append(f"{where}: template {task.get('template')!r} does not exist")
             continue
-        ancestors = _ancestors(name, upstream)
+        before = ancestors(name, upstream_of)
         outputs = {
             f"tasks.{t}.outputs.parameters.{p['name']}"
-            for t in ancestors
+            for t in before
             if t in tasks and tasks[t].get("template") in templates
             for p in templates[tasks[t]["template"]].get("outputs", {}).get("parameters", [])
         }
@@ -107,21 +107,3 @@ def _check_arguments(where: str, task: dict[str, Any], template: dict[str, Any])
     unknown = given - {p["name"] for p in declared}
     problems += [f"{where}: argument {p!r} is not an input of {template['name']}" for p in unknown]
     return problems
-
-
-def _depends_on(task: dict[str, Any]) -> set[str]:
-    if "depends" in task:
-        return task_names(task["depends"])
-    return set(task.get("dependencies", []))
-
-
-def _ancestors(name: str, upstream: dict[str, set[str]]) -> set[str]:
-    """Tasks that finish before `name` starts: only their outputs may be referenced."""
-    seen: set[str] = set()
-    stack = list(upstream.get(name, set()))
-    while stack:
-        current = stack.pop()
-        if current not in seen and current != name:
-            seen.add(current)
-            stack += upstream.get(current, set())
-    return seen
