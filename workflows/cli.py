@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from shardflow.steps import __version__, augment_cli, recipe_cli, synth_cli, verify_cli
 from shardflow.steps.errors import ShardflowError
-from shardflow.workflows import plan_cli, render_cli, run_cli
+from shardflow.workflows import plan_cli, render_cli, run_cli, submit_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shardflow {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run_cli, augment_cli, verify_cli, plan_cli, render_cli, recipe_cli, synth_cli):
+    for module in (
+        run_cli,
+        submit_cli,
+        augment_cli,
+        verify_cli,
+        plan_cli,
+        render_cli,
+        recipe_cli,
+        synth_cli,
+    ):
         module.register(subparsers)
     return parser
 

@@ -43,14 +43,24 @@ _FIRST = (
 _LAST = ("spec", "dag", "container", "templates", "tasks")
 
 
-def manifest(kind: type[Workflow], settings: dag.RenderSettings | None = None) -> dict:
-    """One manifest as a plain dict, exactly as it is written to argo/."""
-    model = dag.build(kind, settings or dag.RenderSettings()).build()
-    for template in model.spec.templates or []:
+def model(kind: type[Workflow], settings: dag.RenderSettings | None = None) -> Any:
+    """Hera's model of one manifest (what WorkflowsService submits)."""
+    built = dag.build(kind, settings or dag.RenderSettings()).build()
+    for template in built.spec.templates or []:
         display_name = dag.DISPLAY_NAMES.get(template.name or "")
         if display_name:
             template.annotations = {"workflows.argoproj.io/display-name": display_name}
-    return _ordered(model.model_dump(by_alias=True, exclude_none=True))
+    return built
+
+
+def to_dict(built: Any) -> dict:
+    """A Hera model as the plain dict written to argo/, keys in reading order."""
+    return _ordered(built.model_dump(by_alias=True, exclude_none=True))
+
+
+def manifest(kind: type[Workflow], settings: dag.RenderSettings | None = None) -> dict:
+    """One manifest as a plain dict, exactly as it is written to argo/."""
+    return to_dict(model(kind, settings))
 
 
 def workflow_manifest(settings: dag.RenderSettings | None = None) -> dict:

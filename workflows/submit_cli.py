@@ -1,0 +1,197 @@
+"""`shardflow submit INPUTS OUTPUTS`: submit the DAG to an Argo server through Hera.
+
+Connection settings follow the argo CLI's environment variables, so a shell already set up for
+`argo submit` works unchanged: ARGO_SERVER (host:port), ARGO_TOKEN, ARGO_NAMESPACE,
+ARGO_SECURE, ARGO_INSECURE_SKIP_VERIFY, ARGO_BASE_HREF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shardflow.steps.cli_common import positive_int
+from shardflow.steps.errors import EXIT_OK, ShardflowError, UsageError
+from shardflow.steps.recipe import BUILTIN_RECIPES, load_recipe
+
+from .plan import AUTO, plan_tasks
+
+DESCRIPTION = """\
+Submit the shardflow DAG to Argo Workflows: the whole Workflow (as argo/workflow.yaml), or with
+--from-template a Workflow that references the installed WorkflowTemplate. The patterns are
+planned here first, so a typo fails before anything reaches the cluster; a recipe given as a
+local file is sent inline, since pods cannot read this machine's disk.
+
+Connection (as the argo CLI): ARGO_SERVER=host:port, ARGO_TOKEN (with or without "Bearer "),
+ARGO_NAMESPACE (default: default), ARGO_SECURE=false for plain HTTP,
+ARGO_INSECURE_SKIP_VERIFY=true to accept any TLS certificate, ARGO_BASE_HREF.
+
+exit status: 0 submitted (or printed), 1 the server refused or could not be reached, 2 usage
+error."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "submit",
+        help="submit the DAG to an Argo server (ARGO_SERVER, ARGO_TOKEN, ...)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="INPUTS", help="input shard pattern (URLs pods can read)")
+    parser.add_argument("output", metavar="OUTPUTS", help="output shard pattern, or dir/")
+    parser.add_argument("--recipe", help="built-in name, inline JSON, a URL, or a local file")
+    parser.add_argument("--shards-per-task", metavar="N", help=f"shards per task, or {AUTO}")
+    parser.add_argument("--on-error", choices=("skip", "fail"))
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other workflow parameter (repeatable): image, cpu, memory, retries, ...",
+    )
+    parser.add_argument(
+        "--from-template",
+        nargs="?",
+        const="shardflow-augment",
+        metavar="NAME",
+        help="reference the installed WorkflowTemplate (default name: shardflow-augment)",
+    )
+    parser.add_argument("--parallelism", type=positive_int, help="pods running at once")
+    parser.add_argument("--namespace", "-n", help="namespace (default: $ARGO_NAMESPACE)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the Workflow as YAML instead of submitting"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hera.workflows import Workflow
+
+    from . import dag, render
+    from .executor import resolve_parameters
+
+    given = _given_parameters(args)
+    template = render.manifest(Workflow)
+    values = resolve_parameters(template, given)
+    plan = plan_tasks(
+        values["input"], values["output"], values["shards-per-task"], check_urls=False
+    )
+    print(f"plan: {plan.describe()}", file=sys.stderr)
+    if args.from_template:
+        model = _template_reference(args.from_template, given, args.parallelism)
+    else:
+        settings = dag.RenderSettings(parallelism=args.parallelism or dag.DEFAULT_PARALLELISM)
+        model = render.model(Workflow, settings)
+        for parameter in model.spec.arguments.parameters:
+            parameter.value = values[parameter.name]
+    if args.dry_run:
+        sys.stdout.write(render.to_yaml(render.to_dict(model)))
+        return EXIT_OK
+    return _submit(model, args.namespace)
+
+
+def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
+    given = {"input": args.input, "output": args.output}
+    for name in ("recipe", "shards_per_task", "on_error"):
+        value = getattr(args, name)
+        if value is not None:
+            given[name.replace("_", "-")] = value
+    for item in args.parameter:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"-p {item!r} is not NAME=VALUE")
+        given[name] = value
+    if "recipe" in given:
+        given["recipe"] = _portable_recipe(given["recipe"])
+    return given
+
+
+def _portable_recipe(spec: str) -> str:
+    """A recipe pods can read: built-ins, inline JSON and URLs as given; a local file inline."""
+    text = spec.strip()
+    if text in BUILTIN_RECIPES or text.startswith(("{", "[")):
+        load_recipe(text)
+        return text
+    if "://" in text:
+        return text  # read by the plan pod, with the pods' credentials
+    path = Path(text)
+    try:
+        document: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"recipe file {text!r}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe file {text!r} is not valid YAML or JSON: {exc}") from None
+    if isinstance(document, dict):
+        document.setdefault("name", path.stem)  # the same recipe hash as a local run
+    inline = json.dumps(document, separators=(",", ":"))
+    load_recipe(inline)
+    return inline
+
+
+def _template_reference(name: str, given: dict[str, str], parallelism: int | None) -> Any:
+    from hera.workflows import models
+
+    from .dag import NAME
+
+    return models.Workflow(
+        api_version="argoproj.io/v1alpha1",
+        kind="Workflow",
+        metadata=models.ObjectMeta(generate_name=f"{NAME}-"),
+        spec=models.WorkflowSpec(
+            workflow_template_ref=models.WorkflowTemplateRef(name=name),
+            arguments=models.Arguments(
+                parameters=[models.Parameter(name=k, value=v) for k, v in given.items()]
+            ),
+            parallelism=parallelism,
+        ),
+    )
+
+
+def _submit(model: Any, namespace: str | None) -> int:
+    from hera.exceptions import HeraException
+    from hera.workflows import WorkflowsService
+    from hera.workflows.models import WorkflowCreateRequest
+    from requests import RequestException
+
+    host, verify_ssl = _server()
+    namespace = namespace or os.environ.get("ARGO_NAMESPACE") or "default"
+    service = WorkflowsService(
+        host=host,
+        token=os.environ.get("ARGO_TOKEN") or None,
+        namespace=namespace,
+        verify_ssl=verify_ssl,
+    )
+    try:
+        created = service.create_workflow(WorkflowCreateRequest(workflow=model), namespace)
+    except HeraException as exc:
+        raise ShardflowError(f"the Argo server at {host} refused the workflow: {exc}") from None
+    except RequestException as exc:
+        raise ShardflowError(f"cannot reach the Argo server at {host}: {exc}") from None
+    name = created.metadata.name
+    print(f"submitted {name} to namespace {namespace}")
+    print(service.get_workflow_link(name))
+    return EXIT_OK
+
+
+def _server() -> tuple[str, bool]:
+    """The server's base URL and whether to verify TLS, from the argo CLI's variables."""
+    server = os.environ.get("ARGO_SERVER", "").strip()
+    if not server:
+        raise UsageError(
+            "set ARGO_SERVER to the Argo server's host:port (and ARGO_TOKEN, ARGO_NAMESPACE), "
+            "or use --dry-run"
+        )
+    if "://" not in server:
+        secure = os.environ.get("ARGO_SECURE", "true").lower() != "false"
+        server = ("https://" if secure else "http://") + server
+    base = os.environ.get("ARGO_BASE_HREF", "").strip("/")
+    host = server.rstrip("/") + "/" + (base + "/" if base else "")
+    insecure = os.environ.get("ARGO_INSECURE_SKIP_VERIFY", "false").lower() == "true"
+    return host, not insecure
