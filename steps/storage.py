@@ -23,6 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ShardError, UsageError
+from .storage_faults import ResumingReader, UploadStream, upload_errors
 
 StorageOptions = dict[str, Any]
 
@@ -74,8 +75,28 @@ def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
         raise UsageError(f"{url!r}: {name}:// needs an optional dependency: {hint}") from None
 
 
+def options_for(url: str, options: StorageOptions) -> StorageOptions:
+    """The storage options for `url`: the unscoped ones, then those under its scheme's names.
+
+    `{"endpoint_url": E}` applies to every URL; `{"s3": {"endpoint_url": E}, "http":
+    {"headers": H}}` lets an http input and an s3 output each get their own (a back-end
+    handed another's option fails: aiohttp rejects endpoint_url, aiobotocore headers).
+    """
+    names = set(_protocols(fsspec.get_filesystem_class(scheme(url))))
+    known = set(fsspec.available_protocols())
+    selected: StorageOptions = {}
+    scoped: StorageOptions = {}
+    for key, value in options.items():
+        if isinstance(value, dict) and key in known:
+            if key in names:
+                scoped.update(value)
+        else:
+            selected[key] = value
+    return {**selected, **scoped}
+
+
 def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(url, **options)
+    return fsspec.core.url_to_fs(url, **options_for(url, options))
 
 
 @contextlib.contextmanager
@@ -94,19 +115,17 @@ def open_input(
         with _open_pipe(url) as stream:
             yield stream
         return
-    try:
-        opened = fsspec.open(url, "rb", compression=compression, **options)
-        stream = opened.open()
-    except FileNotFoundError:
-        raise ShardError(url, "input shard does not exist") from None
-    except PermissionError as exc:
-        raise ShardError(url, f"permission denied: {exc}") from None
-    except OSError as exc:
-        raise ShardError(url, f"cannot open input: {exc}") from None
+    fs, path = _filesystem(url, options)
+    # Resumes after dropped connections; any failure is a ShardError naming the shard.
+    raw = ResumingReader(lambda: fs.open(path, "rb"), url)
+    if compression == "infer":
+        compression = fsspec.utils.infer_compression(url)
+    stream = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
     try:
         yield stream
     finally:
         stream.close()
+        raw.close()
 
 
 class _PipeReader:
@@ -187,10 +206,10 @@ def publish_atomically(url: str, options: StorageOptions) -> Iterator[BinaryIO]:
         with _publish_local(path) as stream:
             yield stream
     elif set(_protocols(fs)) & _COMMIT_ON_CLOSE:
-        with _publish_committed(fs, path) as stream:
+        with _publish_committed(fs, path, url) as stream:
             yield stream
     else:
-        with _publish_by_move(fs, path) as stream:
+        with _publish_by_move(fs, path, url) as stream:
             yield stream
 
 
@@ -245,25 +264,29 @@ def _fsync_directory(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def _publish_committed(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+def _publish_committed(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Iterator[BinaryIO]:
     stream = fs.open(path, "wb", autocommit=False)
     try:
-        yield stream
-        stream.close()
-        stream.commit()
+        yield UploadStream(stream, url)  # type: ignore[misc]
+        with upload_errors(url):
+            stream.close()
+            stream.commit()
     except BaseException:
         with contextlib.suppress(Exception):
             stream.discard()
+        # Closed for good: the file's finaliser would otherwise begin a new multipart upload.
+        stream.closed = True
         raise
 
 
 @contextlib.contextmanager
-def _publish_by_move(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+def _publish_by_move(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Iterator[BinaryIO]:
     temporary = temporary_name(path)
     try:
-        with fs.open(temporary, "wb") as stream:
-            yield stream
-        fs.mv(temporary, path)
+        with upload_errors(url), fs.open(temporary, "wb") as stream:
+            yield UploadStream(stream, url)  # type: ignore[misc]
+        with upload_errors(url):
+            fs.mv(temporary, path)
     except BaseException:
         with contextlib.suppress(Exception):
             fs.rm(temporary)
