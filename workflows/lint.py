@@ -83,6 +83,8 @@ def _check_dag(
             problems.append(f"{where}: template {task.get('template')!r} does not exist")
             continue
         before = ancestors(name, upstream_of)
+        if any(name in upstream_of.get(t, set()) for t in before | {name}):
+            problems.append(f"{where}: its dependencies form a cycle through itself")
         outputs = {
             f"tasks.{t}.outputs.parameters.{p['name']}"
             for t in before

@@ -1,0 +1,88 @@
+"""The plan step: task counts from patterns alone, batch sizes, and the parameters the DAG reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shardflow.steps.errors import UsageError
+from shardflow.workflows.plan import MAX_TASKS, plan_tasks
+
+from conftest import run_cli
+
+
+def test_openimages_size_runs_one_shard_per_task():
+    plan = plan_tasks("gs://b/train-{000000..000554}.tar", "gs://b/out/train-{000000..000554}.tar")
+    assert (plan.shards, plan.shards_per_task, plan.tasks) == (555, 1, 555)
+    assert plan.report == "gs://b/out/verify-report.json"
+    assert plan.sample_sheet == "gs://b/out/verify-samples.png"
+
+
+def test_laion_size_is_batched_to_stay_under_the_task_limit():
+    plan = plan_tasks("s3://l/{000000..229999}.tar", "s3://l/out/{000000..229999}.tar")
+    assert plan.shards == 230_000
+    assert plan.shards_per_task == 230
+    assert plan.tasks == 1000 == MAX_TASKS
+
+
+def test_explicit_batches_round_up_and_too_many_tasks_is_refused():
+    plan = plan_tasks("in-{0..9}.tar", "out-{0..9}.tar", "3")
+    assert (plan.shards_per_task, plan.tasks) == (3, 4)
+    with pytest.raises(UsageError, match=r"make 230000 tasks.*shards-per-task 230 or more"):
+        plan_tasks("s3://l/{000000..229999}.tar", "s3://l/o/{000000..229999}.tar", "1")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", ""])
+def test_bad_shards_per_task_is_a_usage_error(value):
+    with pytest.raises(UsageError, match="shards-per-task"):
+        plan_tasks("in-{0..3}.tar", "out-{0..3}.tar", value)
+
+
+def test_directory_output_gets_a_pattern_of_the_same_names():
+    plan = plan_tasks("gs://b/in/train-{000..009}.tar", "gs://b/out/")
+    assert plan.outputs == "gs://b/out/train-{000..009}.tar"
+    assert plan.report == "gs://b/out/verify-report.json"
+
+
+def test_directory_output_whose_names_cannot_be_one_pattern_is_refused():
+    with pytest.raises(UsageError, match="give OUTPUT as a pattern"):
+        plan_tasks("gs://b/{a,b/c}.tar", "gs://b/out/")
+
+
+def test_report_goes_to_the_deepest_directory_holding_every_output():
+    plan = plan_tasks("in/{a,b}/x.tar", "gs://b/out/{train,val}/x.tar")
+    assert plan.report == "gs://b/out/verify-report.json"
+    assert plan_tasks("a.tar", "b.tar").report == "verify-report.json"
+
+
+def test_mismatched_patterns_and_unknown_schemes_are_usage_errors():
+    with pytest.raises(UsageError, match="4 input shards but 3 output shards"):
+        plan_tasks("in-{0..3}.tar", "out-{0..2}.tar")
+    with pytest.raises(UsageError, match="unknown URL scheme"):
+        plan_tasks("in-{0..3}.tar", "nope://b/out-{0..3}.tar")
+    plan_tasks("in-{0..3}.tar", "nope://b/out-{0..3}.tar", check_urls=False)
+
+
+def test_plan_command_writes_one_file_per_output_parameter(tmp_path):
+    params = tmp_path / "params"
+    result = run_cli(
+        "plan", "--shards-per-task=2", "--write-params", params, "--", "in-{0..4}.tar", "out/"
+    )
+    assert result.returncode == 0, result.stderr
+    written = {path.name: path.read_text() for path in params.iterdir()}
+    assert written == {
+        "tasks": "3",
+        "shards-per-task": "2",
+        "outputs": "out/in-{0..4}.tar",
+        "report": "out/verify-report.json",
+        "sample-sheet": "out/verify-samples.png",
+    }
+    assert "5 shard(s) in 3 augment task(s) of 2 shards" in result.stdout
+
+
+def test_plan_command_checks_the_recipe_and_prints_json():
+    bad = run_cli("plan", "--recipe", "{not json", "in.tar", "out.tar")
+    assert bad.returncode == 2 and "inline recipe is not valid JSON" in bad.stderr
+    good = run_cli("plan", "--json", "--recipe", "train-224", "in-{0..1}.tar", "out-{0..1}.tar")
+    assert json.loads(good.stdout)["tasks"] == "2"
