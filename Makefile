@@ -35,5 +35,15 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# Benchmarks, never part of `make test` (benchmarks/README.md). Add the 2 GB shard's memory
+# row with: make bench BENCH_ARGS="--big-gb 2"
+BENCH_ARGS ?=
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,266 @@
+"""The pipelines `make bench` compares, each run alone in its own process by the runner.
+
+    python benchmarks/pipelines.py NAME --threads N --inputs A.tar B.tar --outputs X.tar Y.tar
+
+prints one JSON line: samples, wall and CPU seconds, bytes in and out, peak RSS. Timing
+starts after imports, so every pipeline is charged for its work, not its start-up.
+
+- docs: the webdataset docs recipe ("Writing Filters and Offline Augmentation") as published,
+  less its random-noise augmentation and with the class read from the JSON: float32 RGB
+  decode (what its "torchrgb" gives, without torch), per-image min-max, TarWriter png + cls.
+- seed / seed-pillow: `shardflow augment --recipe seed` through the API, with ISA-L PNG
+  (the fast-png extra) and with the Pillow fallback.
+- floor: the fastest exact decode + normalise + encode found, with nothing else (no
+  validation, no manifest, no hashing): libjpeg-turbo via imagecodecs, min/max and the same
+  lookup table via OpenCV, PNG as Up + ISA-L (the fastest lossless encoder that releases the
+  GIL and stays within 1.25x of the docs recipe's size), tarfile in and out.
+- floor-fpng: the same with fpng, the fastest PNG encoder found; it holds the GIL and
+  ignores encoder failures, so it stands for a one-core floor only.
+- train-224: `shardflow augment --recipe train-224` (shorter side 256, center crop 224,
+  JPEG q90).
+- img2dataset: the same job as img2dataset's resizer does it: OpenCV full decode, resize
+  with INTER_AREA, center crop, OpenCV JPEG encode; webdataset in, TarWriter out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+Runner = Callable[[list[str], list[str], int], int]
+PIPELINES: dict[str, Runner] = {}
+
+
+def pipeline(name: str) -> Callable[[Runner], Runner]:
+    def register(function: Runner) -> Runner:
+        PIPELINES[name] = function
+        return function
+
+    return register
+
+
+@pipeline("docs")
+def docs(inputs: list[str], outputs: list[str], threads: int) -> int:
+    import webdataset as wds
+
+    count = 0
+    for url, output in zip(inputs, outputs, strict=True):
+        src = (
+            wds.WebDataset(url, shardshuffle=False)
+            .decode("rgb")
+            .to_tuple("__key__", "jpg;png", "json")
+        )
+        with wds.TarWriter(output) as dst:
+            for key, image, data in src:
+                image -= np.amin(image)
+                image /= np.amax(image)
+                dst.write({"__key__": key, "png": image, "cls": data["cls"]})
+                count += 1
+    return count
+
+
+def _shardflow(recipe_name: str, inputs: list[str], outputs: list[str], threads: int) -> int:
+    from shardflow.steps.augment import AugmentOptions, augment_all
+    from shardflow.steps.images import rely_on_own_pixel_limit
+    from shardflow.steps.pipeline import Pipeline
+    from shardflow.steps.recipe import load_recipe
+
+    rely_on_own_pixel_limit()
+    process = Pipeline(load_recipe(recipe_name), max_pixels=64_000_000, allowed_plugins=[])
+    pairs = list(zip(inputs, outputs, strict=True))
+    count = 0
+    for result in augment_all(pairs, process, AugmentOptions(threads=threads)):
+        if result.status != "written":
+            raise SystemExit(f"{result.input}: {result.error}")
+        count += result.counts["written"]
+    return count
+
+
+@pipeline("seed")
+def seed(inputs: list[str], outputs: list[str], threads: int) -> int:
+    from shardflow.steps import encoders
+
+    if encoders.fast_deflate is None:
+        raise SystemExit("seed needs the fast-png extra (isal); seed-pillow runs without it")
+    return _shardflow("seed", inputs, outputs, threads)
+
+
+@pipeline("seed-pillow")
+def seed_pillow(inputs: list[str], outputs: list[str], threads: int) -> int:
+    from shardflow.steps import encoders
+
+    encoders.fast_deflate = None
+    return _shardflow("seed", inputs, outputs, threads)
+
+
+@pipeline("train-224")
+def train_224(inputs: list[str], outputs: list[str], threads: int) -> int:
+    return _shardflow("train-224", inputs, outputs, threads)
+
+
+def _tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) from a tar read as a stream, with no checks at all."""
+    key, fields = None, {}
+    with tarfile.open(url, "r|") as tar:
+        for member in tar:
+            stem, _, extension = member.name.partition(".")
+            if stem != key and key is not None:
+                yield key, fields
+                fields = {}
+            key = stem
+            fields[extension] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, fields
+
+
+def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _floor(encode: Callable[[np.ndarray], bytes]) -> Runner:
+    import cv2
+    import imagecodecs
+
+    from shardflow.steps.images import minmax_lut
+
+    cv2.setNumThreads(1)
+
+    def work(item: tuple[str, dict[str, bytes]]) -> tuple[str, bytes, bytes]:
+        key, fields = item
+        pixels = imagecodecs.jpeg8_decode(fields["jpg"])
+        lut = np.array(minmax_lut(int(pixels.min()), int(pixels.max())), dtype=np.uint8)
+        png = encode(cv2.LUT(pixels, lut))
+        return key, png, str(json.loads(fields["json"])["cls"]).encode()
+
+    def run(inputs: list[str], outputs: list[str], threads: int) -> int:
+        count = 0
+        with ThreadPoolExecutor(threads) as pool:
+            mapper = pool.map if threads > 1 else map
+            for url, output in zip(inputs, outputs, strict=True):
+                with tarfile.open(output, "w", format=tarfile.GNU_FORMAT) as tar:
+                    for key, png, cls in mapper(work, _tar_samples(url)):
+                        _tar_add(tar, f"{key}.png", png)
+                        _tar_add(tar, f"{key}.cls", cls)
+                        count += 1
+        return count
+
+    return run
+
+
+@pipeline("floor")
+def floor(inputs: list[str], outputs: list[str], threads: int) -> int:
+    from PIL import Image
+
+    from shardflow.steps.encoders import encode_png_fast
+
+    return _floor(lambda pixels: encode_png_fast(Image.fromarray(pixels)))(inputs, outputs, threads)
+
+
+@pipeline("floor-fpng")
+def floor_fpng(inputs: list[str], outputs: list[str], threads: int) -> int:
+    import fpng
+
+    return _floor(fpng.from_ndarray)(inputs, outputs, threads)
+
+
+@pipeline("img2dataset")
+def img2dataset_style(inputs: list[str], outputs: list[str], threads: int) -> int:
+    import cv2
+    import webdataset as wds
+
+    cv2.setNumThreads(1)  # as img2dataset's resizer does
+    size, crop = 256, 224
+
+    def resize(jpeg: bytes) -> bytes:
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+        height, width = image.shape[:2]
+        scale = size / min(height, width)
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LANCZOS4
+        shape = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = cv2.resize(image, shape, interpolation=interpolation)
+        top, left = (shape[1] - crop) // 2, (shape[0] - crop) // 2
+        image = image[top : top + crop, left : left + crop]
+        return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+    count = 0
+    for url, output in zip(inputs, outputs, strict=True):
+        src = wds.WebDataset(url, shardshuffle=False).to_tuple("__key__", "jpg", "json")
+        with wds.TarWriter(output) as dst:
+            for key, jpeg, data in src:
+                cls = json.loads(data)["cls"]
+                dst.write({"__key__": key, "jpg": resize(jpeg), "cls": cls})
+                count += 1
+    return count
+
+
+@pipeline("control")
+def control(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """Pure C work that releases the GIL (zlib on each JPEG): how much parallelism the
+    machine gives right now, to read the other pipelines' thread scaling against."""
+    import zlib
+
+    def work(item: tuple[str, dict[str, bytes]]) -> int:
+        return len(zlib.compress(item[1]["jpg"] * 8, 6))
+
+    count = 0
+    with ThreadPoolExecutor(threads) as pool:
+        for url, output in zip(inputs, outputs, strict=True):
+            count += sum(1 for _ in pool.map(work, _tar_samples(url)))
+            Path(output).write_bytes(b"")
+    return count
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. ru_maxrss is not: Linux carries the parent's high-water
+    mark across fork and exec, so every child would report at least the runner's RSS.
+    VmHWM belongs to the address space that exec created."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(PIPELINES))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--inputs", nargs="+", required=True)
+    parser.add_argument("--outputs", nargs="+", required=True)
+    args = parser.parse_args()
+    started_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    samples = PIPELINES[args.name](args.inputs, args.outputs, args.threads)
+    seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage.ru_utime - started_cpu.ru_utime) + (usage.ru_stime - started_cpu.ru_stime)
+    result = {
+        "name": args.name,
+        "threads": args.threads,
+        "samples": samples,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "bytes_in": sum(Path(p).stat().st_size for p in args.inputs),
+        "bytes_out": sum(Path(p).stat().st_size for p in args.outputs),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    json.dump(result, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""`make bench`: every pipeline side by side, in one run, on the same shards; prints the table.
+
+    .venv/bin/python benchmarks/run.py [--rounds 3] [--samples 64] [--big-gb 2]
+
+Each measurement runs in its own process (so peak RSS is that pipeline's own), and the rounds
+interleave the pipelines (so a neighbour's load on this shared machine falls on all of them
+alike); medians are reported. "Per core" is samples per CPU-second of the process (user +
+system), which a neighbour's load hardly moves; wall-clock figures are given beside it.
+Results go to stdout and to benchmarks/results/ (latest.md, latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import data
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+SHARDFLOW = str(Path(PYTHON).with_name("shardflow"))
+PER_CORE = ["docs", "seed", "seed-pillow", "floor", "floor-fpng", "train-224", "img2dataset"]
+SCALED = ["control", "seed", "train-224", "floor"]
+
+
+def run_pipeline(name: str, inputs: list[Path], out_dir: Path, threads: int) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [out_dir / path.name for path in inputs]
+    command = [PYTHON, str(HERE / "pipelines.py"), name, "--threads", str(threads)]
+    command += ["--inputs", *map(str, inputs), "--outputs", *map(str, outputs)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"pipeline {name} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Medians over rounds of one pipeline's runs."""
+    first = runs[0]
+    return {
+        "name": first["name"],
+        "threads": first["threads"],
+        "samples": first["samples"],
+        "per_core": statistics.median(r["samples"] / r["cpu_seconds"] for r in runs),
+        "wall": statistics.median(r["samples"] / r["seconds"] for r in runs),
+        "mb_in_per_s": statistics.median(r["bytes_in"] / r["seconds"] / 1e6 for r in runs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "out_per_sample": first["bytes_out"] / first["samples"],
+        "in_per_sample": first["bytes_in"] / first["samples"],
+        "rounds": len(runs),
+    }
+
+
+def per_core(shards: list[Path], work: Path, rounds: int) -> dict[str, dict]:
+    runs: dict[str, list[dict]] = {name: [] for name in PER_CORE}
+    for round_index in range(rounds):
+        for name in PER_CORE:
+            result = run_pipeline(name, shards, work / name, threads=1)
+            runs[name].append(result)
+            print(
+                f"  round {round_index + 1}/{rounds} {name:12s} "
+                f"{result['samples'] / result['cpu_seconds']:7.1f} samples/CPU-s",
+                file=sys.stderr,
+            )
+    return {name: summarise(results) for name, results in runs.items()}
+
+
+def compare_pixels(shards: list[Path], work: Path) -> dict:
+    """Decode every PNG the docs recipe and the seed recipe wrote and compare them."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    def pngs(path: Path) -> dict[str, np.ndarray]:
+        with tarfile.open(path) as tar:
+            return {
+                m.name: np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())))
+                for m in tar
+                if m.name.endswith(".png")
+            }
+
+    same = total = 0
+    worst = 0
+    for shard in shards:
+        docs, seed = pngs(work / "docs" / shard.name), pngs(work / "seed" / shard.name)
+        assert docs.keys() == seed.keys(), "the two recipes wrote different samples"
+        for name, pixels in docs.items():
+            total += 1
+            same += bool(np.array_equal(pixels, seed[name]))
+            worst = max(worst, int(np.abs(pixels.astype(int) - seed[name]).max()))
+    return {"samples": total, "identical": same, "max_difference": worst}
+
+
+def scaling(shards: list[Path], work: Path, rounds: int, cores: int) -> dict[str, dict]:
+    """Wall-clock samples/s at 1..cores threads, interleaved, per round; medians and ratios."""
+    walls: dict[str, dict[int, list[float]]] = {n: {} for n in SCALED}
+    for _ in range(rounds):
+        for name in SCALED:
+            for threads in range(1, cores + 1):
+                result = run_pipeline(name, shards, work / f"{name}-t{threads}", threads)
+                walls[name].setdefault(threads, []).append(result["samples"] / result["seconds"])
+    table = {}
+    for name, by_threads in walls.items():
+        ratios = {
+            t: statistics.median(a / b for a, b in zip(v, by_threads[1], strict=True))
+            for t, v in by_threads.items()
+        }
+        table[name] = {
+            "samples_per_s": {t: statistics.median(v) for t, v in by_threads.items()},
+            "speedup": ratios,
+            "speedup_each_round": {
+                t: [a / b for a, b in zip(v, by_threads[1], strict=True)]
+                for t, v in by_threads.items()
+            },
+        }
+    return table
+
+
+def cli_runs(shards: list[Path], work: Path) -> dict[str, dict]:
+    """`shardflow augment` and `shardflow run` over all the shards, as a user runs them."""
+    pattern = str(shards[0]).replace("000000", f"{{000000..{len(shards) - 1:06d}}}")
+    results = {}
+    for name, command in (
+        ("augment", [SHARDFLOW, "augment", pattern, "OUT/", "--recipe", "seed", "--quiet"]),
+        ("run", [SHARDFLOW, "run", pattern, "OUT/", "--recipe", "seed", "--quiet"]),
+    ):
+        out = work / f"cli-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        command = [str(out) + "/" if part == "OUT/" else part for part in command]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            results[name] = {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+            continue
+        written = sum(
+            json.loads(path.read_text())["counts"]["written"]
+            for path in out.glob("*.manifest.json")
+        )
+        results[name] = {"shards": len(shards), "samples": written, "seconds": seconds}
+    return results
+
+
+def big_shard(gigabytes: float, directory: Path, work: Path, cores: int) -> dict:
+    path = data.build_big_shard(directory / f"big-{gigabytes:g}gb.tar", gigabytes=gigabytes)
+    result = run_pipeline("seed", [path], work / "big", threads=cores)
+    (work / "big" / path.name).unlink(missing_ok=True)
+    result["input_gb"] = path.stat().st_size / 1e9
+    return result
+
+
+def markdown(report: dict) -> str:
+    rows = report["per_core"]
+    docs, floor, fpng = rows["docs"], rows["floor"], rows["floor-fpng"]
+    lines = [
+        f"Machine: {report['machine']}. Data: {report['data']}.",
+        "",
+        "| pipeline | samples/s per core | wall samples/s | MB/s in | peak RSS MB "
+        "| out bytes/sample | vs docs | vs floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {row['per_core']:.1f} | {row['wall']:.1f} | {row['mb_in_per_s']:.1f} "
+            f"| {row['peak_rss_mb']:.0f} | {row['out_per_sample'] / 1e3:,.0f} kB "
+            f"| {row['per_core'] / docs['per_core']:.1f}x "
+            f"| {row['per_core'] / floor['per_core']:.2f}x |"
+        )
+    seed, pillow = rows["seed"], rows["seed-pillow"]
+    train, i2d = rows["train-224"], rows["img2dataset"]
+    lines += [
+        "",
+        "Ratios (per core, medians of the rounds):",
+        f"- seed / docs: **{seed['per_core'] / docs['per_core']:.1f}x** "
+        f"(without the fast-png extra: {pillow['per_core'] / docs['per_core']:.1f}x); "
+        f"output size seed / docs: {seed['out_per_sample'] / docs['out_per_sample']:.3f}x "
+        f"(Pillow fallback {pillow['out_per_sample'] / docs['out_per_sample']:.3f}x)",
+        f"- floor / docs: {floor['per_core'] / docs['per_core']:.1f}x, "
+        f"floor-fpng / docs: {fpng['per_core'] / docs['per_core']:.1f}x "
+        f"(fpng output {fpng['out_per_sample'] / docs['out_per_sample']:.3f}x docs)",
+        f"- seed / floor: **{floor['per_core'] / seed['per_core']:.2f}x** slower than the floor "
+        f"({fpng['per_core'] / seed['per_core']:.2f}x slower than floor-fpng)",
+        f"- train-224 / img2dataset-style: **{train['per_core'] / i2d['per_core']:.2f}x**",
+    ]
+    pixels = report["pixels"]
+    lines.append(
+        f"- pixels, seed vs docs: {pixels['identical']} of {pixels['samples']} images identical "
+        f"(largest difference {pixels['max_difference']} levels)"
+    )
+    lines += [
+        "",
+        "Thread scaling (wall-clock samples/s, median of rounds; speedup vs 1 thread). "
+        "`control` is pure C work in threads (zlib on each JPEG): the parallelism this shared "
+        f"machine gave at the time (load average {report['load_before'][0]:.1f} before, "
+        f"{report['load_after'][0]:.1f} after).",
+    ]
+    lines += [
+        "",
+        "| pipeline | "
+        + " | ".join(
+            f"{t} thread{'s' if t > 1 else ''}" for t in report["scaling"]["seed"]["speedup"]
+        )
+        + " |",
+        "|---|" + "---:|" * len(report["scaling"]["seed"]["speedup"]),
+    ]
+    for name, row in report["scaling"].items():
+        cells = [
+            f"{row['samples_per_s'][t]:.1f}/s (x{row['speedup'][t]:.2f})"
+            for t in row["samples_per_s"]
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Several shards through the CLI (start-up, planning and verification included):"]
+    for name, row in report["cli"].items():
+        if "error" in row:
+            lines.append(f"- `shardflow {name}`: failed: {row['error']}")
+        else:
+            lines.append(
+                f"- `shardflow {name}` over {row['shards']} shards: {row['samples']} samples in "
+                f"{row['seconds']:.1f} s = {row['samples'] / row['seconds']:.1f} samples/s "
+                f"on {report['cores']} cores"
+            )
+    big = report.get("big")
+    if big:
+        lines += [
+            "",
+            f"Big shard: seed over a {big['input_gb']:.2f} GB shard ({big['samples']} samples, "
+            f"{big['threads']} threads): peak RSS **{big['peak_rss_mb']:.0f} MB**, "
+            f"{big['samples'] / big['seconds']:.1f} samples/s.",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=64, help="samples per shard")
+    parser.add_argument("--shards", type=int, default=2, help="shards in the per-core runs")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-gb", type=float, default=0, help="also run a shard this big")
+    parser.add_argument("--data", type=Path, default=HERE / "data")
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    print(f"building shards in {args.data} ...", file=sys.stderr)
+    shards = data.build_shards(args.data, shards=max(4, args.shards), samples=args.samples)
+    work = args.data / "out"
+    shutil.rmtree(work, ignore_errors=True)
+    report: dict = {
+        "machine": f"{cores} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "data": f"{args.shards} x {args.samples} samples per run, real photos as JPEGs "
+        f"500-1024 px, q75-95 (benchmarks/data.py)",
+        "cores": cores,
+        "load_before": os.getloadavg(),
+    }
+    print("per core (1 thread each) ...", file=sys.stderr)
+    report["per_core"] = per_core(shards[: args.shards], work, args.rounds)
+    report["pixels"] = compare_pixels(shards[: args.shards], work)
+    print("thread scaling ...", file=sys.stderr)
+    report["scaling"] = scaling(shards, work, args.rounds, cores)
+    print("CLI over several shards ...", file=sys.stderr)
+    report["cli"] = cli_runs(shards, work)
+    if args.big_gb > 0:
+        print(f"big shard ({args.big_gb:g} GB) ...", file=sys.stderr)
+        report["big"] = big_shard(args.big_gb, args.data, work, cores)
+    report["load_after"] = os.getloadavg()
+    text = markdown(report)
+    print(text)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.md").write_text(text + "\n")
+    (results / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
