@@ -29,8 +29,8 @@ def test_laion_size_is_batched_to_stay_under_the_task_limit():
 def test_explicit_batches_round_up_and_too_many_tasks_is_refused():
     plan = plan_tasks("in-{0..9}.tar", "out-{0..9}.tar", "3")
     assert (plan.shards_per_task, plan.tasks) == (3, 4)
-    with pytest.raises(UsageError, match=r"make 230000 tasks.*shards-per-task 230 or more"):
-        plan_tasks("s3://l/{000000..229999}.tar", "s3://l/o/{000000..229999}.tar", "1")
+    with pytest.raises(UsageError, match=r"make 2346 tasks.*shards-per-task 3 or more"):
+        plan_tasks("s3://l/{0000..2345}.tar", "s3://l/o/{0000..2345}.tar", "1")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", ""])
@@ -48,6 +48,11 @@ def test_directory_output_gets_a_pattern_of_the_same_names():
 def test_directory_output_whose_names_cannot_be_one_pattern_is_refused():
     with pytest.raises(UsageError, match="give OUTPUT as a pattern"):
         plan_tasks("gs://b/{a,b/c}.tar", "gs://b/out/")
+
+
+def test_two_inputs_with_one_output_name_are_refused():
+    with pytest.raises(UsageError, match="map to the same output"):
+        plan_tasks("gs://b/{x,y}/a-{0..1}.tar", "gs://b/out/")
 
 
 def test_report_goes_to_the_deepest_directory_holding_every_output():
