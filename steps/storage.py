@@ -243,7 +243,8 @@ def _publish_local(path: str) -> Iterator[BinaryIO]:
         stream.close()
         os.replace(temporary, path)
     except BaseException:
-        stream.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            stream.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise

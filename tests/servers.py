@@ -96,7 +96,9 @@ class _FaultyServer(ThreadingHTTPServer):
         self.faults: list[Fault] = []
         self.log: list[Request] = []
         self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -381,6 +383,15 @@ class S3Server:
     def env(self, endpoint: str | None = None) -> dict[str, str]:
         """The standard AWS variables a pod would get, pointing at this server (or a proxy)."""
         return {**self.credentials(), "AWS_ENDPOINT_URL": endpoint or self.url}
+
+    def options(self) -> dict[str, str]:
+        """Endpoint and credentials as fsspec storage options (what --storage-option sets)."""
+        credentials = self.credentials()
+        return {
+            "endpoint_url": self.url,
+            "key": credentials["AWS_ACCESS_KEY_ID"],
+            "secret": credentials["AWS_SECRET_ACCESS_KEY"],
+        }
 
     def client(self):
         import boto3

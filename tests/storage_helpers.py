@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,6 +83,18 @@ def verify(
     result = shardflow("verify", outputs, *extra, "--json", *args, env=env)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def verify_here(
+    outputs: str, *, inputs: str | None = None, options: dict | None = None
+) -> tuple[int, dict]:
+    """`shardflow verify` in this process (no interpreter start-up), storage options explicit."""
+    extra = ["--inputs", inputs] if inputs else []
+    with tempfile.TemporaryDirectory() as directory:
+        report = Path(directory) / "report.json"
+        storage = ["--storage-options", json.dumps(options or {})]
+        code = shardflow_main(["verify", outputs, *extra, *storage, "-q", "--report", str(report)])
+        return code, json.loads(report.read_text())
 
 
 def statuses(report: dict) -> dict[str, str]:

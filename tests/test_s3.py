@@ -33,16 +33,6 @@ def shards(tmp_path: Path) -> list[Path]:
     return [good_shard(tmp_path / "in" / f"in-{i:06d}.tar", count=3 + i) for i in (0, 2)]
 
 
-def s3_options(s3: S3Server) -> dict[str, str]:
-    """Endpoint and credentials as fsspec storage options (what --storage-option sets)."""
-    credentials = s3.credentials()
-    return {
-        "endpoint_url": s3.url,
-        "key": credentials["AWS_ACCESS_KEY_ID"],
-        "secret": credentials["AWS_SECRET_ACCESS_KEY"],
-    }
-
-
 def test_a_batch_on_s3_with_the_standard_aws_variables(
     s3: S3Server, shards: list[Path], tmp_path: Path
 ) -> None:
@@ -82,13 +72,13 @@ def test_endpoint_and_credentials_as_storage_options(
 ) -> None:
     bucket = s3.new_bucket()
     expected = reference_shard(shards[0], tmp_path)
-    flags = [f"--storage-option={key}={value}" for key, value in s3_options(s3).items()]
+    flags = [f"--storage-option={key}={value}" for key, value in s3.options().items()]
     upload = shardflow("augment", shards[0], f"s3://{bucket}/a.tar", *flags)
     assert upload.returncode == 0, upload.stderr
     assert s3.get(bucket, "a.tar") == expected
 
     local = tmp_path / "local" / "b.tar"
-    options = json.dumps(s3_options(s3))
+    options = json.dumps(s3.options())
     download = shardflow("augment", f"s3://{bucket}/a.tar", local, "--storage-options", options)
     assert download.returncode == 0, download.stderr
     assert local.exists()
@@ -112,7 +102,7 @@ def test_an_http_input_and_an_s3_output_each_take_their_own_options(
         "--storage-option",
         "http=" + json.dumps({"headers": token}),
         "--storage-option",
-        "s3=" + json.dumps(s3_options(s3)),
+        "s3=" + json.dumps(s3.options()),
     ]
     with FileServer(shards[0].parent, required_headers=token) as web:
         url = f"{web.url}/{shards[0].name}"
@@ -123,7 +113,7 @@ def test_an_http_input_and_an_s3_output_each_take_their_own_options(
             url,
             f"s3://{bucket}/unscoped.tar",
             "--storage-options",
-            json.dumps({"headers": token, **s3_options(s3)}),
+            json.dumps({"headers": token, **s3.options()}),
         )
     assert result.returncode == 0, result.stderr
     assert s3.get(bucket, "out.tar") == expected
