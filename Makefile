@@ -8,19 +8,21 @@ DEMO_SHARDS := 4
 DEMO_SAMPLES := 24
 LAST := $(shell printf '%06d' $$(($(DEMO_SHARDS) - 1)))
 
-.PHONY: demo test lint bench render image clean
+.PHONY: demo test lint bench render image constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall when the project's metadata changes; the stamp names the extras installed.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# The image's pins (containers/constraints.txt) apply here too: tests run what pods run.
+CONSTRAINTS := containers/constraints.txt
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -44,6 +46,20 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# Argo manifests (argo/*.yaml) from workflows/dag.py; a test fails when they are stale.
+render: $(VENV)/.installed
+	$(BIN)/shardflow render --write
+
+# The container image (containers/Dockerfile), tagged with the version the manifests default to.
+IMAGE ?= shardflow:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f containers/Dockerfile -t $(IMAGE) .
+
+# Re-pin the image's dependencies to the versions installed in .venv (after pyproject changes).
+constraints: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[s3,gcs,fast-png]'
+	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info
