@@ -136,13 +136,15 @@ def _floor(encode: Callable[[np.ndarray], bytes]) -> Runner:
     from shardflow.steps.images import minmax_lut
 
     cv2.setNumThreads(1)
+    identity = list(range(256))
 
     def work(item: tuple[str, dict[str, bytes]]) -> tuple[str, bytes, bytes]:
         key, fields = item
         pixels = imagecodecs.jpeg8_decode(fields["jpg"])
-        lut = np.array(minmax_lut(int(pixels.min()), int(pixels.max())), dtype=np.uint8)
-        png = encode(cv2.LUT(pixels, lut))
-        return key, png, str(json.loads(fields["json"])["cls"]).encode()
+        table = minmax_lut(int(pixels.min()), int(pixels.max()))
+        if table != identity:
+            pixels = cv2.LUT(pixels, np.array(table, dtype=np.uint8))
+        return key, encode(pixels), str(json.loads(fields["json"])["cls"]).encode()
 
     def run(inputs: list[str], outputs: list[str], threads: int) -> int:
         count = 0
@@ -161,11 +163,9 @@ def _floor(encode: Callable[[np.ndarray], bytes]) -> Runner:
 
 @pipeline("floor")
 def floor(inputs: list[str], outputs: list[str], threads: int) -> int:
-    from PIL import Image
+    from shardflow.steps.encoders import png_up_isal
 
-    from shardflow.steps.encoders import encode_png_fast
-
-    return _floor(lambda pixels: encode_png_fast(Image.fromarray(pixels)))(inputs, outputs, threads)
+    return _floor(png_up_isal)(inputs, outputs, threads)
 
 
 @pipeline("floor-fpng")

@@ -99,6 +99,7 @@ class MemberEncoder:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {"L": 0, "LA": 4, "RGB": 2, "RGBA": 6}
+_PNG_COLOR_TYPE_BY_BANDS = {1: 0, 2: 4, 3: 2, 4: 6}
 _PNG_FILTER_UP = 2
 
 
@@ -111,14 +112,20 @@ def encode_png_fast(image: Image.Image) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
         return buffer.getvalue()
-    rows = np.asarray(image).reshape(image.height, -1)
-    filtered = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    return png_up_isal(np.asarray(image))
+
+
+def png_up_isal(pixels: np.ndarray) -> bytes:
+    """8-bit (H, W) or (H, W, bands) pixels as PNG: Up filter on every row, ISA-L level 1."""
+    assert fast_deflate is not None, "needs the fast-png extra (isal)"
+    height, width = pixels.shape[:2]
+    bands = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
     filtered[:, 0] = _PNG_FILTER_UP
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    header = struct.pack(
-        ">IIBBBBB", image.width, image.height, 8, _PNG_COLOR_TYPES[image.mode], 0, 0, 0
-    )
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOR_TYPE_BY_BANDS[bands], 0, 0, 0)
     return b"".join(
         [
             _PNG_SIGNATURE,

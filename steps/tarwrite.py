@@ -46,7 +46,11 @@ class ShardWriter:
         self._out = HashingWriter(sink)
         # Plain "w" mode writes straight through (no stream buffer whose finaliser would try to
         # flush into an aborted sink); close() adds the end-of-archive blocks and padding.
-        self._tar = tarfile.TarFile(fileobj=self._out, mode="w", format=tarfile.GNU_FORMAT)
+        # Members are copied in 1 MiB pieces rather than tarfile's 16 KiB: a 750 kB PNG is then
+        # one write and one hash update instead of 46 (about 1.5 ms a sample in Python calls).
+        self._tar = tarfile.TarFile(
+            fileobj=self._out, mode="w", format=tarfile.GNU_FORMAT, copybufsize=1 << 20
+        )
 
     def add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
