@@ -210,7 +210,7 @@ class TarReader:
                 self._read_extension(info, header_offset)
                 continue
             name = pax.get("path", long_name if long_name is not None else info.name)
-            size = int(pax["size"]) if "size" in pax else info.size
+            size = _member_size(pax.get("size"), info.size, header_offset)
             self._last_name = name
             return TarMember(name=name, size=size, type=info.type, offset=start)
 
@@ -250,6 +250,23 @@ class TarReader:
                 )
             trailing += len(chunk)
         self.trailing_zero_bytes = trailing
+
+
+def _member_size(pax_size: str | None, header_size: int, offset: int) -> int:
+    """The data size, from a PAX record when there is one; a negative or non-numeric size
+    would desynchronise the stream (tarfile parses "-1" in the header as -1)."""
+    try:
+        size = int(pax_size) if pax_size is not None else header_size
+    except ValueError:
+        raise TarFormatError(
+            f"corrupt PAX header before byte {offset}: size {pax_size[:20]!r} is not a number",
+            offset=offset,
+        ) from None
+    if size < 0:
+        raise TarFormatError(
+            f"corrupt tar header at byte {offset}: negative size {size}", offset=offset
+        )
+    return size
 
 
 def _parse_pax(payload: bytes, offset: int) -> dict[str, str]:

@@ -19,6 +19,12 @@ from shardflow.steps.synthetic import synthetic_image
 Member = tuple[str, bytes]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    fuzz = parser.getgroup("fuzz", "seeded fuzzing of shards (tests/test_fuzz.py)")
+    fuzz.addoption("--fuzz-cases", type=int, default=100, help="cases per fuzz test")
+    fuzz.addoption("--fuzz-seed", type=int, default=1, help="seed; a case is (seed, number)")
+
+
 def image_bytes(
     width: int = 64, height: int = 48, fmt: str = "JPEG", seed: int = 0, mode: str = "RGB", **save
 ) -> bytes:
