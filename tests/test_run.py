@@ -125,7 +125,8 @@ def _probe_manifest() -> dict:
     )
     container = {
         "image": "unused",
-        "command": [sys.executable, "-c", probe],
+        # A parameter, not a literal: a literal path under /tmp would be the pod's emptyDir.
+        "command": ["{{workflow.parameters.python}}", "-c", probe],
         "args": ["/tmp", "{{inputs.parameters.word}}"],
         "env": [{"name": "GREETING", "value": "{{workflow.parameters.greeting}}"}],
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -133,7 +134,12 @@ def _probe_manifest() -> dict:
     return {
         "spec": {
             "entrypoint": "main",
-            "arguments": {"parameters": [{"name": "greeting", "value": "hello"}]},
+            "arguments": {
+                "parameters": [
+                    {"name": "greeting", "value": "hello"},
+                    {"name": "python", "value": sys.executable},
+                ]
+            },
             "volumes": [{"name": "tmp", "emptyDir": {}}],
             "templates": [
                 {
