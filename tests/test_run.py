@@ -195,3 +195,19 @@ def test_executor_substitutes_maps_empty_dirs_reads_outputs_and_pins_workers(tmp
         assert cpus == first[2]
     available = len(os.sched_getaffinity(0))
     assert first[2] == max(1, available // 2)  # each of 2 workers has its share of the CPUs
+
+
+def test_one_bar_sums_every_node_progress_file(tmp_path, capsys):
+    from shardflow.workflows.executor import Node
+    from shardflow.workflows.run_cli import _Display
+
+    nodes = [Node(f"augment({i})", "augment", {}, {}, tmp_path / str(i)) for i in range(3)]
+    for node, text in zip(nodes, ["37/100", "not progress", "250/100"], strict=True):
+        node.directory.mkdir()
+        node.progress_file.write_text(text)
+    assert [node.progress() for node in nodes] == [0.37, 0.0, 1.0]  # as Argo reads N/M
+    display = _Display(quiet=False, bar=True)
+    display.progress(sum(node.progress() for node in nodes), len(nodes), nodes[:2])
+    display.close()
+    bar = capsys.readouterr().err
+    assert "1.4/3 tasks" in bar and "running augment(0), augment(1)" in bar
