@@ -21,6 +21,7 @@ from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE, positive_int
 from shardflow.steps.cpus import available_cpus
 from shardflow.steps.errors import UsageError
 
+from .dag_arguments import add_dag_arguments, given_parameters
 from .executor import Events, LocalExecutor, Node, RunResult
 
 DESCRIPTION = """\
@@ -42,18 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="INPUTS", help="input shard pattern")
-    parser.add_argument("output", metavar="OUTPUTS", help="output shard pattern, or dir/")
-    parser.add_argument("--recipe", help="built-in name, .yaml/.json file or URL, inline JSON")
-    parser.add_argument("--shards-per-task", metavar="N", help="shards per task, or auto")
-    parser.add_argument("--on-error", choices=("skip", "fail"))
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="any other workflow parameter (repeatable), as with argo submit -p",
+    add_dag_arguments(
+        parser,
+        recipe_help="built-in name, .yaml/.json file or URL, inline JSON",
+        more="cpu, retries, storage-options, ...",
     )
     parser.add_argument(
         "--workers",
@@ -117,18 +110,9 @@ def _manifest(path: Path | None) -> dict:
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, str]:
-    given = {"input": args.input, "output": args.output}
-    for name in ("recipe", "shards_per_task", "on_error"):
-        value = getattr(args, name)
-        if value is not None:
-            given[name.replace("_", "-")] = value
-    if os.environ.get(STORAGE_OPTIONS_VARIABLE):
-        given["storage-options"] = os.environ[STORAGE_OPTIONS_VARIABLE]
-    for item in args.parameter:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"-p {item!r} is not NAME=VALUE")
-        given[name] = value
+    given = given_parameters(args)
+    if os.environ.get(STORAGE_OPTIONS_VARIABLE):  # the pods' variable must not undo the user's
+        given.setdefault("storage-options", os.environ[STORAGE_OPTIONS_VARIABLE])
     return given
 
 

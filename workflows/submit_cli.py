@@ -20,7 +20,8 @@ from shardflow.steps.cli_common import positive_int
 from shardflow.steps.errors import EXIT_OK, ShardflowError, UsageError
 from shardflow.steps.recipe import BUILTIN_RECIPES, load_recipe
 
-from .plan import AUTO, plan_tasks
+from .dag_arguments import add_dag_arguments, given_parameters
+from .plan import plan_tasks
 
 DESCRIPTION = """\
 Submit the shardflow DAG to Argo Workflows: the whole Workflow (as argo/workflow.yaml), or with
@@ -43,18 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="INPUTS", help="input shard pattern (URLs pods can read)")
-    parser.add_argument("output", metavar="OUTPUTS", help="output shard pattern, or dir/")
-    parser.add_argument("--recipe", help="built-in name, inline JSON, a URL, or a local file")
-    parser.add_argument("--shards-per-task", metavar="N", help=f"shards per task, or {AUTO}")
-    parser.add_argument("--on-error", choices=("skip", "fail"))
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="any other workflow parameter (repeatable): image, cpu, memory, retries, ...",
+    add_dag_arguments(
+        parser,
+        recipe_help="built-in name, inline JSON, a URL, or a local file (sent inline)",
+        more="image, cpu, memory, retries, service-account, ...",
     )
     parser.add_argument(
         "--from-template",
@@ -98,16 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
-    given = {"input": args.input, "output": args.output}
-    for name in ("recipe", "shards_per_task", "on_error"):
-        value = getattr(args, name)
-        if value is not None:
-            given[name.replace("_", "-")] = value
-    for item in args.parameter:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"-p {item!r} is not NAME=VALUE")
-        given[name] = value
+    given = given_parameters(args)
     if "recipe" in given:
         given["recipe"] = _portable_recipe(given["recipe"])
     return given
