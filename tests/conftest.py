@@ -21,7 +21,7 @@ Member = tuple[str, bytes]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     fuzz = parser.getgroup("fuzz", "seeded fuzzing of shards (tests/test_fuzz.py)")
-    fuzz.addoption("--fuzz-cases", type=int, default=100, help="cases per fuzz test")
+    fuzz.addoption("--fuzz-cases", type=int, default=200, help="cases per fuzz test")
     fuzz.addoption("--fuzz-seed", type=int, default=1, help="seed; a case is (seed, number)")
 
 

@@ -142,10 +142,12 @@ def _a_header(data: bytes, rng: random.Random) -> int | None:
 
 
 def truncate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    if not data:
+        return data, "truncate (empty)"
     headers = _headers(data)
     choices = {
         "anywhere": lambda: rng.randrange(len(data)),
-        "on a block": lambda: rng.randrange(len(data) // BLOCK) * BLOCK,
+        "on a block": lambda: rng.randrange(-(-len(data) // BLOCK)) * BLOCK,
         "at a member": lambda: rng.choice(headers)[0] if headers else 0,
         "before the end blocks": lambda: max(0, len(data) - 2 * BLOCK - rng.randrange(2)),
     }

@@ -4,7 +4,7 @@ verify, in worker processes bounded in time and watched for memory.
 Properties: no traceback and no "unexpected" error (every failure is a clear one-line shard
 error); no hang; peak memory bounded; every output either absent or passing verify; every
 damaged output or manifest caught by verify, and every untouched one passing. `make test`
-runs --fuzz-cases (default 100) of each; `make fuzz` runs 1,000 with a fresh seed, and any
+runs --fuzz-cases (default 200) of each; `make fuzz` runs 1,000 with a fresh seed, and any
 case is replayed with `--fuzz-seed S` (see `Case.describe()` in a failure message).
 """
 

@@ -19,6 +19,8 @@ from storage_helpers import (
     verify,
 )
 
+from shardflow.steps.storage import options_for
+
 from conftest import good_shard
 
 TOKEN = {"Authorization": "Bearer s3cr3t-t0ken"}
@@ -147,3 +149,15 @@ def test_a_body_cut_short_without_a_length_is_refused_as_truncated(
         result = shardflow("augment", url, out / "out.tar")
     assert_shard_failed(result, url, "truncated")
     assert files_under(out) == []
+
+
+def test_storage_options_scoped_by_scheme_reach_only_their_back_end() -> None:
+    options = {"block_size": 1, "https": {"headers": TOKEN}, "s3": {"endpoint_url": "http://s3"}}
+    web = {"block_size": 1, "headers": TOKEN}
+    assert options_for("https://host/a.tar", options) == web
+    assert options_for("http://host/a.tar", options) == web  # one back-end for both schemes
+    assert options_for("s3://bucket/a.tar", options) == {
+        "block_size": 1,
+        "endpoint_url": "http://s3",
+    }
+    assert options_for("/data/a.tar", options) == {"block_size": 1}

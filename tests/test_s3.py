@@ -135,3 +135,26 @@ def test_local_outputs_of_s3_inputs_are_verified_against_s3_inputs(
         f"{out}/in-000000.tar", inputs=f"s3://{bucket}/in-000000.tar", env=s3.env()
     )
     assert code == 0, report
+
+
+def test_shardflow_run_on_s3_reports_a_missing_shard_and_a_rerun_completes(
+    s3: S3Server, shards: list[Path]
+) -> None:
+    """The whole DAG run locally against S3: the missing input fails its task alone and verify
+    reports it; once the input exists, a rerun redoes only that shard."""
+    bucket = s3.new_bucket()
+    s3.put(bucket, "in/in-000000.tar", shards[0].read_bytes())
+    inputs, outputs = f"s3://{bucket}/in/in-{{000000..000001}}.tar", f"s3://{bucket}/out/"
+    first = shardflow("run", inputs, outputs, "--quiet", env=s3.env())
+    assert first.returncode == 1, first.stderr
+    assert "Traceback" not in first.stdout + first.stderr
+    assert f"s3://{bucket}/in/in-000001.tar: input shard does not exist" in first.stdout
+    assert "missing: no output shard" in first.stdout
+    assert "out/in-000000.tar" in s3.keys(bucket)
+
+    s3.put(bucket, "in/in-000001.tar", shards[1].read_bytes())
+    second = shardflow("run", inputs, outputs, env=s3.env())
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 skipped" in second.stdout and "1 written" in second.stdout
+    report = json.loads(s3.get(bucket, "out/verify-report.json"))
+    assert report["passed"] is True
