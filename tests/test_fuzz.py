@@ -27,7 +27,7 @@ from shardflow.workflows.cli import main as shardflow_main
 
 CASES_PER_PROCESS = 100
 SECONDS_PER_CASE = 1.0  # a hang is a process taking 20 s + this per case
-PEAK_RSS_LIMIT_MB = 400  # a worker holds one small shard at a time
+PEAK_RSS_LIMIT_MB = 200  # measured: about 60 MB; a decoded 20000 x 20000 bomb is 1.2 GB
 STEP_ARGS = ["--threads", "2", "--max-mpx", "4"]
 
 
