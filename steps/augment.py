@@ -83,7 +83,8 @@ def already_done(
         return None
     if manifest is None:
         return None
-    if manifest.get("input") != input_url or manifest.get("recipe_hash") != recipe_hash:
+    same_input = manifest.get("input") == storage.comparable_url(input_url)
+    if not same_input or manifest.get("recipe_hash") != recipe_hash:
         return None
     if not storage.exists(output_url, options.storage_options):
         return None
@@ -140,8 +141,8 @@ def _write_shard(
 ) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     builder = ManifestBuilder(
-        input=input_url,
-        output=output_url,
+        input=storage.comparable_url(input_url),
+        output=storage.comparable_url(output_url),
         recipe=pipeline.recipe.canonical(),
         recipe_hash=pipeline.recipe.hash(),
         expect=pipeline.expected_extensions,

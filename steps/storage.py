@@ -49,6 +49,16 @@ def scheme(url: str) -> str:
     return protocol or "file"
 
 
+def comparable_url(url: str) -> str:
+    """Local paths as absolute paths (`in/x.tar`, `./in/x.tar` and `file:///.../in/x.tar` are
+    one shard, whatever the working directory); other URLs as they are. Manifests record this
+    form, so verify and --skip-existing recognise an input given another way."""
+    if scheme(url) != "file":
+        return url
+    path = url[len("file://") :] if url.startswith("file://") else url
+    return os.path.abspath(path)
+
+
 def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
     """Raise UsageError for a URL we cannot or must not use; called before any work starts."""
     if url.startswith("pipe:"):

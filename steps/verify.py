@@ -16,7 +16,6 @@ a manifest and reports; `verify_shard` is the I/O around them for one output URL
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -470,29 +469,21 @@ def _error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def comparable_url(url: str) -> str:
-    """Local paths as absolute paths (so `in/x.tar` and `./in/x.tar` match); others as is."""
-    if storage.scheme(url) != "file":
-        return url
-    path = url[len("file://") :] if url.startswith("file://") else url
-    return os.path.abspath(path)
-
-
 def check_pairing(reports: list[ShardReport], inputs: list[str]) -> None:
     """With --inputs: each output was made from its paired input, and each input has exactly
     one output. Adds the problems to the reports in place."""
-    known = {comparable_url(url): url for url in inputs}
+    known = {storage.comparable_url(url): url for url in inputs}
     made_from: dict[str, list[str]] = defaultdict(list)
     for report in reports:
         if report.manifest_input is not None:
-            made_from[comparable_url(report.manifest_input)].append(report.output)
+            made_from[storage.comparable_url(report.manifest_input)].append(report.output)
     for report in reports:
         source = report.manifest_input
         if source is None or report.input is None:
             continue
-        if comparable_url(source) == comparable_url(report.input):
+        if storage.comparable_url(source) == storage.comparable_url(report.input):
             continue
-        if comparable_url(source) not in known:
+        if storage.comparable_url(source) not in known:
             report.problems.append(
                 Problem("extra", f"extra: made from {source!r}, which is not one of the inputs")
             )

@@ -145,3 +145,22 @@ def test_json_output_for_scripts(tmp_path: Path) -> None:
     document = json.loads(result.stdout)
     assert document["summary"]["samples"]["written"] == 3
     assert document["shards"][0]["status"] == "written"
+
+
+def test_relative_and_absolute_paths_name_the_same_shard(tmp_path: Path) -> None:
+    good_shard(tmp_path / "in.tar", count=1)
+    first = subprocess.run(
+        [sys.executable, "-m", "shardflow.workflows.cli", "augment", "in.tar", "out.tar"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 0, first.stderr
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert manifest["input"] == str(tmp_path / "in.tar")
+    again = run_cli(
+        "augment", f"file://{tmp_path}/in.tar", tmp_path / "out.tar", "--skip-existing", "--json"
+    )
+    assert json.loads(again.stdout)["shards"][0]["status"] == "skipped"
+    checked = run_cli("verify", tmp_path / "out.tar", "--inputs", tmp_path / "in.tar")
+    assert checked.returncode == 0, checked.stdout

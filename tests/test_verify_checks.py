@@ -28,10 +28,10 @@ from shardflow.steps.contact_sheet import (
 from shardflow.steps.manifest import manifest_url
 from shardflow.steps.pipeline import Pipeline
 from shardflow.steps.recipe import load_recipe
+from shardflow.steps.storage import comparable_url
 from shardflow.steps.tarwrite import ShardWriter
 from shardflow.steps.verify import (
     KeptSample,
-    comparable_url,
     list_archive,
     member_difference,
     verify_shard,
