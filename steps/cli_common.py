@@ -12,6 +12,7 @@ from .errors import UsageError
 from .storage import StorageOptions
 
 STORAGE_OPTIONS_VARIABLE = "SHARDFLOW_STORAGE_OPTIONS"
+SECRET_OPTIONS_VARIABLE = "SHARDFLOW_STORAGE_OPTIONS_SECRET"
 
 
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,25 +28,32 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--storage-options",
         metavar="JSON",
-        help=f"all storage options as one JSON object (default: ${STORAGE_OPTIONS_VARIABLE})",
+        help=f"all storage options as one JSON object (also ${STORAGE_OPTIONS_VARIABLE} and, "
+        f"for secrets, ${SECRET_OPTIONS_VARIABLE})",
     )
 
 
 def storage_options(args: argparse.Namespace) -> StorageOptions:
-    """Options from $SHARDFLOW_STORAGE_OPTIONS, then --storage-options, then --storage-option."""
+    """Options from $SHARDFLOW_STORAGE_OPTIONS, $SHARDFLOW_STORAGE_OPTIONS_SECRET,
+    --storage-options, then --storage-option; later sources win, key by key.
+
+    Two variables because in a pod the first is set from a workflow parameter (visible in the
+    UI) while the second comes from a Kubernetes Secret, for tokens such as HTTP headers.
+    """
     options: dict[str, Any] = {}
     for source, text in (
         (f"${STORAGE_OPTIONS_VARIABLE}", os.environ.get(STORAGE_OPTIONS_VARIABLE)),
+        (f"${SECRET_OPTIONS_VARIABLE}", os.environ.get(SECRET_OPTIONS_VARIABLE)),
         ("--storage-options", args.storage_options),
     ):
         if text:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise UsageError(f"{source} is not valid JSON: {exc}") from None
+                raise UsageError(f"{source} is not valid JSON: {exc.msg}") from None
             if not isinstance(value, dict):
                 raise UsageError(f"{source} must be a JSON object")
-            options.update(value)
+            _merge(options, value)
     for item in args.storage_option:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -55,6 +63,17 @@ def storage_options(args: argparse.Namespace) -> StorageOptions:
         except json.JSONDecodeError:
             options[key] = raw
     return options
+
+
+def _merge(options: dict[str, Any], update: dict[str, Any]) -> None:
+    """Merge `update` into `options`; per-scheme mappings ({"s3": {...}}) merge one level deep,
+    so a secret's {"https": {"headers": ...}} keeps the parameter's other https options."""
+    for key, value in update.items():
+        current = options.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            options[key] = {**current, **value}
+        else:
+            options[key] = value
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -71,10 +71,17 @@ def test_an_input_behind_a_header_needs_the_header_and_gets_it_from_options(
         by_flag = shardflow(
             "augment", url, out / "flag.tar", "--storage-option", "http=" + json.dumps(headers)
         )
-        # From the environment, as a pod gets it from a Kubernetes secret: the token then
-        # never appears in the workflow's parameters.
+        # From the environment, as a pod gets it: public options from the workflow parameter,
+        # the token from a Kubernetes secret, merged per scheme (the token never appears in
+        # the workflow's parameters).
         by_env = shardflow(
-            "augment", url, out / "env.tar", env={"SHARDFLOW_STORAGE_OPTIONS": option}
+            "augment",
+            url,
+            out / "env.tar",
+            env={
+                "SHARDFLOW_STORAGE_OPTIONS": json.dumps({"http": {"block_size": 1 << 20}}),
+                "SHARDFLOW_STORAGE_OPTIONS_SECRET": option,
+            },
         )
     assert by_flag.returncode == 0, by_flag.stderr
     assert by_env.returncode == 0, by_env.stderr
