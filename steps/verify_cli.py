@@ -43,6 +43,9 @@ Prints a table (one row per shard) and, as the last line, a one-line summary.
 exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was checked)."""
 
 
+TABLE_ROWS = 50  # above this many shards, the table lists only shards with problems
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "verify",
@@ -91,6 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=4,
         help="samples shown per shard, its first ones (default: 4)",
     )
+    parser.add_argument(
+        "--all-rows",
+        action="store_true",
+        help=f"list every shard in the table (default: above {TABLE_ROWS} shards, only those "
+        "with problems; the report always has every shard)",
+    )
     add_storage_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(func=run)
@@ -118,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
             for problem in report.problems:
                 print(f"shardflow verify: {report.output}: {problem}", file=sys.stderr)
     else:
-        print(format_table(reports), flush=True)
+        limit = None if args.all_rows else TABLE_ROWS
+        print(format_table(reports, passing_rows_up_to=limit), flush=True)
     written = _write_files(args, options, document, summary, rows)
     if not (args.json or args.quiet):
         for line in written:
@@ -228,12 +238,16 @@ def summary_line(reports: list[ShardReport], seconds: float) -> str:
     )
 
 
-def format_table(reports: list[ShardReport]) -> str:
+def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None = None) -> str:
     """shard, samples, members, bytes, status, first problem; then every problem of shards
-    that have more than one."""
+    that have more than one. Above `passing_rows_up_to` shards, passing shards are counted,
+    not listed: with 555 shards, the three that failed must not scroll out of sight."""
     header = ("shard", "samples", "members", "bytes", "status", "problem")
+    listed = reports
+    if passing_rows_up_to is not None and len(reports) > passing_rows_up_to:
+        listed = [report for report in reports if report.problems]
     rows = []
-    for report in reports:
+    for report in listed:
         first = str(report.problems[0]) if report.problems else ""
         if len(report.problems) > 1:
             first += f" (+{len(report.problems) - 1} more, below)"
@@ -258,6 +272,10 @@ def format_table(reports: list[ShardReport]) -> str:
         return "  ".join([*cells, row[-1]]).rstrip()
 
     lines = [line(header), *map(line, rows)]
+    if len(listed) < len(reports):
+        lines.append(
+            f"({len(reports) - len(listed)} passing shards not listed; --all-rows lists them)"
+        )
     for report in reports:
         if len(report.problems) > 1:
             lines.append(f"{report.output}:")

@@ -32,10 +32,13 @@ from shardflow.steps.storage import comparable_url
 from shardflow.steps.tarwrite import ShardWriter
 from shardflow.steps.verify import (
     KeptSample,
+    Problem,
+    ShardReport,
     list_archive,
     member_difference,
     verify_shard,
 )
+from shardflow.steps.verify_cli import format_table
 
 from conftest import good_shard
 
@@ -182,3 +185,14 @@ def test_the_sheet_has_one_row_per_shard_and_a_tile_per_sample(output: Path):
     assert placeholder == [(TILE * TILE, PLACEHOLDER)]
     empty = Image.open(io.BytesIO(render_sheet([])))
     assert empty.getpixel((empty.width - 1, empty.height - 1)) == BACKGROUND
+
+
+def test_a_long_table_lists_only_the_shards_with_problems() -> None:
+    reports = [ShardReport(f"out-{i:06d}.tar", samples=3) for i in range(60)]
+    reports[7].problems.append(Problem("incomplete", "no manifest: the shard is incomplete"))
+    short = format_table(reports, passing_rows_up_to=50).splitlines()
+    assert len(short) == 3  # header, the failing shard, the count of the others
+    assert "out-000007.tar" in short[1] and "incomplete" in short[1]
+    assert short[2] == "(59 passing shards not listed; --all-rows lists them)"
+    assert len(format_table(reports).splitlines()) == 61
+    assert len(format_table(reports[:50], passing_rows_up_to=50).splitlines()) == 51
