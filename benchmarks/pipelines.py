@@ -108,6 +108,26 @@ def train_224(inputs: list[str], outputs: list[str], threads: int) -> int:
     return _shardflow("train-224", inputs, outputs, threads)
 
 
+TRAIN_224_BOX = json.dumps(
+    {
+        "name": "train-224-box",
+        "ops": [
+            {"image": {"from": "jpg;png;webp", "mode": "RGB"}},
+            {"resize": {"shorter": 256, "resample": "box"}},
+            {"center_crop": {"size": 224}},
+            {"label": {"from": "json", "path": "cls"}},
+            {"encode": {"members": {"jpg": {"from": "image", "quality": 90}, "cls": "cls"}}},
+        ],
+    }
+)
+
+
+@pipeline("train-224-box")
+def train_224_box(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """train-224 with Pillow's box filter: area averaging, as OpenCV's INTER_AREA does."""
+    return _shardflow(TRAIN_224_BOX, inputs, outputs, threads)
+
+
 def _tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) from a tar read as a stream, with no checks at all."""
     key, fields = None, {}
