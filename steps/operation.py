@@ -1,0 +1,99 @@
+"""What every recipe operation is built on: the sample, its context, the base class.
+
+A sample is a dict: `__key__` and one field per member, named by extension (`jpg`, `json`,
+`seg.png`) and holding bytes until an operation decodes it. Each operation reads and writes
+fields; `encode`, always last, chooses the output members. An operation drops a sample by
+raising `Dropped` and fails it by raising `SampleError`; operations never touch tar files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from .errors import SampleError
+from .params import Params
+
+Sample = dict[str, Any]
+MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "P", "1")  # Pillow modes an image step may ask for
+
+
+class Dropped(Exception):
+    """The sample is deliberately left out (a filter, a plugin returning None)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass
+class SampleContext:
+    """What an operation may know about the sample beyond its fields."""
+
+    key: str
+    seed: int
+    max_pixels: int
+    _rng: np.random.Generator | None = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """A generator seeded from (recipe seed, sample key): the same draws on every run,
+        whatever the thread or the order in which samples are processed."""
+        if self._rng is None:
+            digest = hashlib.sha256(self.key.encode("utf-8", "surrogateescape")).digest()
+            words = np.frombuffer(digest, dtype=np.uint32).tolist()
+            self._rng = np.random.default_rng(np.random.SeedSequence([self.seed, *words]))
+        return self._rng
+
+
+class Operation:
+    """Base class: parse parameters once, then apply to many samples (from many threads)."""
+
+    name: ClassVar[str]
+    accepted: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def parse(cls, p: Params) -> Operation:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """Every parameter, defaults included: this is what the recipe hash covers."""
+        raise NotImplementedError
+
+    def reads(self) -> set[str] | None:
+        """Input members this operation may read; None means any member."""
+        return set()
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        raise NotImplementedError
+
+
+def field_value(sample: Sample, name: str, ctx: SampleContext, what: str) -> Any:
+    """The field `name`, or a SampleError saying which operation needed it."""
+    if name not in sample:
+        raise SampleError(ctx.key, f"no {name!r} field for {what}")
+    return sample[name]
+
+
+def image_field(sample: Sample, name: str, ctx: SampleContext, what: str) -> Image.Image:
+    """The decoded image in field `name`; undecoded bytes are a recipe mistake, said so."""
+    value = field_value(sample, name, ctx, what)
+    if not isinstance(value, Image.Image):
+        raise SampleError(ctx.key, f"{what} needs a decoded image in {name!r}; add an image step")
+    return value
+
+
+def size_params(p: Params) -> tuple[int, int]:
+    """`size: N` or `width: W, height: H`, as crops take them."""
+    if p.has("size"):
+        if p.has("width") or p.has("height"):
+            raise p.error("give size, or width and height, not both")
+        size = p.int("size", minimum=1)
+        return size, size
+    if p.has("width") and p.has("height"):
+        return p.int("width", minimum=1), p.int("height", minimum=1)
+    raise p.error("needs size, or width and height")

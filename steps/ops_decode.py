@@ -1,0 +1,102 @@
+"""Decoding members: images (format-limited, size-checked, upright) and JSON (UTF-8 only).
+
+Nothing else is ever decoded: no pickle, no torch.load, whatever the member's extension.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from . import images
+from .errors import SampleError
+from .operation import MODES, Operation, Sample, SampleContext, field_value
+from .params import Params
+
+
+@dataclass
+class DecodeImage(Operation):
+    """Decode the first present of several image members (`jpg;png`) into one field."""
+
+    name: ClassVar[str] = "image"
+    accepted: ClassVar[tuple[str, ...]] = ("from", "to", "mode")
+    sources: list[str]
+    target: str = "image"
+    mode: str | None = None
+    draft: images.DraftPlanner | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, p: Params) -> DecodeImage:
+        sources = [s.lower() for s in p.str_list("from", ["jpg", "png"])]
+        for source in sources:
+            if source.rsplit(".", 1)[-1] not in images.PIL_FORMATS:
+                raise p.error(f"cannot decode {source!r}: images are read from jpg, png or webp")
+        mode = p.str("mode", choices=MODES) if p.has("mode") else None
+        return cls(sources, p.str("to", "image"), mode)
+
+    def params(self) -> dict[str, Any]:
+        return {"from": ";".join(self.sources), "to": self.target, "mode": self.mode}
+
+    def reads(self) -> set[str]:
+        return set(self.sources)
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        for source in self.sources:
+            data = sample.get(source)
+            if data is None:
+                continue
+            if not isinstance(data, bytes):
+                raise SampleError(ctx.key, f"field {source!r} was already decoded")
+            try:
+                image = images.decode_image(
+                    data, source, max_pixels=ctx.max_pixels, draft=self.draft
+                )
+            except images.ImageDecodeError as exc:
+                raise SampleError(ctx.key, str(exc)) from None
+            if self.mode and image.mode != self.mode:
+                image = image.convert(self.mode)
+            del sample[source]
+            sample[self.target] = image
+            return sample
+        wanted = " or ".join(self.sources)
+        raise SampleError(ctx.key, f"no image: the sample has no {wanted} member")
+
+
+@dataclass
+class DecodeJson(Operation):
+    """Parse a member as UTF-8 JSON (never anything executable)."""
+
+    name: ClassVar[str] = "json"
+    accepted: ClassVar[tuple[str, ...]] = ("from", "to")
+    source: str = "json"
+    target: str = "json"
+
+    @classmethod
+    def parse(cls, p: Params) -> DecodeJson:
+        source = p.str("from", "json")
+        return cls(source, p.str("to", source))
+
+    def params(self) -> dict[str, Any]:
+        return {"from": self.source, "to": self.target}
+
+    def reads(self) -> set[str]:
+        return {self.source}
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        value = field_value(sample, self.source, ctx, "json")
+        sample.pop(self.source)
+        sample[self.target] = parse_json(value, ctx.key, self.source)
+        return sample
+
+
+def parse_json(value: Any, key: str, name: str) -> Any:
+    """The parsed JSON of a member, which may already have been parsed by an earlier step."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return json.loads(value.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SampleError(key, f".{name} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise SampleError(key, f".{name} is not valid JSON: {exc}") from None

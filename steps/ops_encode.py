@@ -1,0 +1,104 @@
+"""The last operation of every recipe: which fields become which output members, and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .encoders import DEFAULT_OPTIONS, FORMATS, EncodeError, MemberEncoder, infer_format
+from .errors import SampleError
+from .operation import Operation, Sample, SampleContext, field_value
+from .params import Params
+
+
+@dataclass
+class Encode(Operation):
+    """The output members: {extension: field or {from, format, options}}; the rest is dropped
+    unless `passthrough` keeps the members still holding their original bytes."""
+
+    name: ClassVar[str] = "encode"
+    accepted: ClassVar[tuple[str, ...]] = ("members", "passthrough")
+    members: list[MemberEncoder]
+    passthrough: bool = False
+
+    @classmethod
+    def parse(cls, p: Params) -> Encode:
+        members = [_member_encoder(ext, spec, p) for ext, spec in p.mapping("members").items()]
+        return cls(members, p.bool("passthrough", False))
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "members": {m.extension: m.params() for m in self.members},
+            "passthrough": self.passthrough,
+        }
+
+    def reads(self) -> set[str] | None:
+        return None if self.passthrough else {m.source for m in self.members}
+
+    def expected_extensions(self) -> list[str] | None:
+        """The extensions every written sample has, or None when passthrough makes it vary."""
+        return None if self.passthrough else [m.extension for m in self.members]
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        return sample
+
+    def encode(self, sample: Sample, ctx: SampleContext) -> list[tuple[str, bytes]]:
+        """[(member name, bytes)] in a stable order: the recipe's, then passthrough fields."""
+        written: list[tuple[str, bytes]] = []
+        for member in self.members:
+            value = field_value(sample, member.source, ctx, f"the .{member.extension} member")
+            try:
+                written.append((f"{ctx.key}.{member.extension}", member.encode(value)))
+            except EncodeError as exc:
+                raise SampleError(ctx.key, f".{member.extension}: {exc}") from None
+            except (OSError, ValueError) as exc:
+                raise SampleError(ctx.key, f".{member.extension}: encoding failed: {exc}") from None
+        if self.passthrough:
+            taken = {m.extension for m in self.members}
+            for name, value in sample.items():
+                if name != "__key__" and name not in taken and isinstance(value, bytes):
+                    written.append((f"{ctx.key}.{name}", value))
+        return written
+
+
+def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
+    if not isinstance(extension, str) or not extension or "/" in extension:
+        raise p.error(f"bad output extension {extension!r}")
+    if isinstance(spec, str):
+        spec = {"from": spec}
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise p.error(f"member {extension!r}: expected a field name or a mapping, got {spec!r}")
+    options = dict(spec)
+    source = options.pop("from", extension)
+    fmt = options.pop("format", None) or infer_format(extension)
+    if fmt is None:
+        raise p.error(
+            f"member {extension!r}: cannot infer a format; add format: raw or one of "
+            f"{', '.join(FORMATS)}"
+        )
+    fmt = "jpg" if fmt == "jpeg" else fmt
+    if fmt not in FORMATS:
+        raise p.error(f"member {extension!r}: unknown format {fmt!r}")
+    allowed = DEFAULT_OPTIONS.get(fmt, {})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise p.error(
+            f"member {extension!r}: unknown option {unknown[0]!r} for {fmt} "
+            f"(expected: {', '.join(allowed) or 'none'})"
+        )
+    merged = {**allowed, **options}
+    _check_encoder_options(fmt, merged, extension, p)
+    return MemberEncoder(extension, source, fmt, merged)
+
+
+def _check_encoder_options(fmt: str, options: dict[str, Any], ext: str, p: Params) -> None:
+    ranges = {"compress_level": (0, 9), "quality": (1, 100), "method": (0, 6)}
+    for name, value in options.items():
+        if name in ranges:
+            low, high = ranges[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise p.error(f"member {ext!r}: {name} must be an integer in {low}..{high}")
+        elif not isinstance(value, bool):
+            raise p.error(f"member {ext!r}: {name} must be true or false")

@@ -1,0 +1,218 @@
+"""Pixel operations: convert, resize, crops, flip, min-max normalisation.
+
+Random operations draw from the sample's own generator (seeded by recipe seed and key), so a
+run is reproducible whatever the threads do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from . import images
+from .errors import SampleError
+from .operation import MODES, Operation, Sample, SampleContext, image_field, size_params
+from .params import Params
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+
+@dataclass
+class Convert(Operation):
+    """Convert an image to a Pillow mode (RGB, L, ...)."""
+
+    name: ClassVar[str] = "convert"
+    accepted: ClassVar[tuple[str, ...]] = ("mode", "field")
+    mode: str = "RGB"
+    field_name: str = "image"
+
+    @classmethod
+    def parse(cls, p: Params) -> Convert:
+        return cls(p.str("mode", "RGB", choices=MODES), p.str("field", "image"))
+
+    def params(self) -> dict[str, Any]:
+        return {"mode": self.mode, "field": self.field_name}
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        image = image_field(sample, self.field_name, ctx, "convert")
+        if image.mode != self.mode:
+            sample[self.field_name] = image.convert(self.mode)
+        return sample
+
+
+@dataclass
+class Resize(Operation):
+    """Resize by the shorter side, the longer side (ratio kept) or to an exact size."""
+
+    name: ClassVar[str] = "resize"
+    accepted: ClassVar[tuple[str, ...]] = (
+        "shorter",
+        "longer",
+        "width",
+        "height",
+        "upscale",
+        "resample",
+        "field",
+    )
+    shorter: int | None = None
+    longer: int | None = None
+    exact: tuple[int, int] | None = None
+    upscale: bool = True
+    resample: str = "bicubic"
+    field_name: str = "image"
+
+    @classmethod
+    def parse(cls, p: Params) -> Resize:
+        shorter = p.optional_int("shorter", minimum=1)
+        longer = p.optional_int("longer", minimum=1)
+        exact = None
+        if p.has("width") or p.has("height"):
+            exact = (p.int("width", minimum=1), p.int("height", minimum=1))
+        if sum(x is not None for x in (shorter, longer, exact)) != 1:
+            raise p.error("needs exactly one of: shorter, longer, or width and height")
+        return cls(
+            shorter,
+            longer,
+            exact,
+            p.bool("upscale", True),
+            p.str("resample", "bicubic", choices=tuple(_RESAMPLE)),
+            p.str("field", "image"),
+        )
+
+    def params(self) -> dict[str, Any]:
+        size = {"width": self.exact[0], "height": self.exact[1]} if self.exact else {}
+        return {
+            "shorter": self.shorter,
+            "longer": self.longer,
+            **size,
+            "upscale": self.upscale,
+            "resample": self.resample,
+            "field": self.field_name,
+        }
+
+    def target(self, size: images.Size) -> images.Size:
+        target = images.resized_size(
+            size, shorter=self.shorter, longer=self.longer, exact=self.exact
+        )
+        if not self.upscale and (target[0] > size[0] or target[1] > size[1]):
+            return size
+        return target
+
+    def draft_target(self, size: images.Size) -> images.Size | None:
+        """For JPEG DCT-scaled decoding: the size to decode at, when this resize shrinks."""
+        target = self.target(size)
+        return target if target[0] < size[0] and target[1] < size[1] else None
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        image = image_field(sample, self.field_name, ctx, "resize")
+        target = self.target(image.size)
+        if target != image.size:
+            sample[self.field_name] = image.resize(target, _RESAMPLE[self.resample])
+        return sample
+
+
+@dataclass
+class CenterCrop(Operation):
+    """Cut the central width x height region; a smaller image fails the sample."""
+
+    name: ClassVar[str] = "center_crop"
+    accepted: ClassVar[tuple[str, ...]] = ("size", "width", "height", "field")
+    width: int
+    height: int
+    field_name: str = "image"
+
+    @classmethod
+    def parse(cls, p: Params) -> CenterCrop:
+        return cls(*size_params(p), p.str("field", "image"))
+
+    def params(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height, "field": self.field_name}
+
+    def _box(self, left: int, top: int) -> tuple[int, int, int, int]:
+        return (left, top, left + self.width, top + self.height)
+
+    def _check(self, image: Image.Image, ctx: SampleContext) -> None:
+        if image.width < self.width or image.height < self.height:
+            raise SampleError(
+                ctx.key,
+                f"{self.name}: image {image.width}x{image.height} is smaller than the crop "
+                f"{self.width}x{self.height}",
+            )
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        image = image_field(sample, self.field_name, ctx, self.name)
+        self._check(image, ctx)
+        left = (image.width - self.width) // 2
+        top = (image.height - self.height) // 2
+        sample[self.field_name] = image.crop(self._box(left, top))
+        return sample
+
+
+@dataclass
+class RandomCrop(CenterCrop):
+    """Cut a width x height region at a position drawn from the sample's generator."""
+
+    name: ClassVar[str] = "random_crop"
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        image = image_field(sample, self.field_name, ctx, self.name)
+        self._check(image, ctx)
+        left = int(ctx.rng.integers(0, image.width - self.width + 1))
+        top = int(ctx.rng.integers(0, image.height - self.height + 1))
+        sample[self.field_name] = image.crop(self._box(left, top))
+        return sample
+
+
+@dataclass
+class HorizontalFlip(Operation):
+    """Mirror the image left-right with probability p, drawn from the sample's generator."""
+
+    name: ClassVar[str] = "hflip"
+    accepted: ClassVar[tuple[str, ...]] = ("p", "field")
+    p: float = 0.5
+    field_name: str = "image"
+
+    @classmethod
+    def parse(cls, p: Params) -> HorizontalFlip:
+        return cls(p.float("p", 0.5, low=0.0, high=1.0), p.str("field", "image"))
+
+    def params(self) -> dict[str, Any]:
+        return {"p": self.p, "field": self.field_name}
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        image = image_field(sample, self.field_name, ctx, "hflip")
+        if ctx.rng.random() < self.p:
+            sample[self.field_name] = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return sample
+
+
+@dataclass
+class Normalize(Operation):
+    """Per-image min-max normalisation to the full 0..255 range (the docs recipe's [0, 1])."""
+
+    name: ClassVar[str] = "normalize"
+    accepted: ClassVar[tuple[str, ...]] = ("field",)
+    field_name: str = "image"
+
+    @classmethod
+    def parse(cls, p: Params) -> Normalize:
+        return cls(p.str("field", "image"))
+
+    def params(self) -> dict[str, Any]:
+        return {"field": self.field_name}
+
+    def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
+        image = image_field(sample, self.field_name, ctx, "normalize")
+        try:
+            sample[self.field_name] = images.normalize_minmax(image)
+        except ValueError as exc:
+            raise SampleError(ctx.key, str(exc)) from None
+        return sample
