@@ -17,6 +17,7 @@ from .params import Params, RecipeError
 
 __all__ = [  # what recipe.py and pipeline.py import from here
     "OPERATIONS",
+    "CenterCrop",
     "Convert",
     "DecodeImage",
     "Dropped",

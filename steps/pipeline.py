@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import SampleError
-from .ops import Convert, DecodeImage, Dropped, Resize, SampleContext
+from .ops import CenterCrop, Convert, DecodeImage, Dropped, Resize, SampleContext
 from .recipe import Recipe
 from .samples import RawSample
 
@@ -35,23 +35,32 @@ class Pipeline:
             for plugin in (getattr(op, "function", None), getattr(op, "predicate", None)):
                 if plugin is not None:
                     plugin.resolve(allowed)
-        self._plan_draft_decoding()
+        self._plan_fused_steps()
         self._reads = recipe.reads()
         self._steps = recipe.ops[:-1]
         self._encoder = recipe.encoder
 
-    def _plan_draft_decoding(self) -> None:
-        """Let an image step decode a JPEG at reduced size when a resize follows it."""
+    def _plan_fused_steps(self) -> None:
+        """Two look-ahead optimisations, each between adjacent steps on the same field:
+        an image step followed (after converts) by a resize decodes a JPEG at reduced size
+        (libjpeg's DCT scaling); a resize followed by a center crop resamples only the region
+        the crop keeps (the crop then cuts nothing)."""
         ops = self.recipe.ops
         for index, op in enumerate(ops):
-            if not isinstance(op, DecodeImage):
-                continue
-            following = index + 1
-            while isinstance(ops[following], Convert) and ops[following].field_name == op.target:
-                following += 1
-            resize = ops[following]
-            if isinstance(resize, Resize) and resize.field_name == op.target:
-                op.draft = resize.draft_target
+            following = ops[index + 1] if index + 1 < len(ops) else None
+            if isinstance(op, DecodeImage):
+                position = index + 1
+                while isinstance(ops[position], Convert) and ops[position].field_name == op.target:
+                    position += 1
+                resize = ops[position]
+                if isinstance(resize, Resize) and resize.field_name == op.target:
+                    op.draft = resize.draft_target
+            elif (
+                isinstance(op, Resize)
+                and type(following) is CenterCrop
+                and following.field_name == op.field_name
+            ):
+                op.crop = (following.width, following.height)
 
     def wants(self, extension: str) -> bool:
         """Whether an input member must be read into memory (the rest is skipped unread)."""

@@ -254,3 +254,20 @@ def test_plugins_are_refused_unless_their_module_is_allowed(plugin_module: str) 
         run(ops, {}, plugins=[])
     with pytest.raises(UsageError, match="not allowed"):
         run([{"map": {"function": "os:system"}}, ops[1]], {}, plugins=["myplugins"])
+
+
+def test_resize_then_center_crop_resamples_only_the_kept_region() -> None:
+    sample = {"png": image_bytes(400, 300, fmt="PNG")}
+    ops = [{"image": {"from": "png"}}, {"resize": {"shorter": 120}}, {"center_crop": {"size": 96}}]
+    fused = np.asarray(png_out(run([*ops, ENCODE_PNG], sample))).astype(int)
+    source = Image.open(io.BytesIO(sample["png"]))
+    resized = source.resize((160, 120), Image.BICUBIC)
+    separate = np.asarray(resized.crop((32, 12, 128, 108))).astype(int)
+    assert fused.shape == separate.shape == (96, 96, 3)
+    assert np.abs(fused - separate).max() <= 1  # rounding only
+    planned = Pipeline(
+        parse_recipe({"ops": [*ops, ENCODE_PNG]}), max_pixels=10**8, allowed_plugins=()
+    )
+    assert planned.recipe.ops[1].crop == (96, 96)  # the fused path is the one taken
+    too_small = run([ops[0], {"resize": {"shorter": 60}}, ops[2], ENCODE_PNG], sample)
+    assert too_small.failed and "image 80x60 is smaller than the crop 96x96" in too_small.failed
