@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import data
@@ -38,17 +39,48 @@ PER_CORE = [
     "img2dataset",
 ]
 SCALED = ["seed", "train-224", "floor"]
+SEED_PROCESSES = "seed, N processes"
 
 
-def run_pipeline(name: str, inputs: list[Path], out_dir: Path, threads: int) -> dict:
+def _command(name: str, inputs: list[Path], out_dir: Path, threads: int) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = [out_dir / path.name for path in inputs]
     command = [PYTHON, str(HERE / "pipelines.py"), name, "--threads", str(threads)]
-    command += ["--inputs", *map(str, inputs), "--outputs", *map(str, outputs)]
+    return [*command, "--inputs", *map(str, inputs), "--outputs", *map(str, outputs)]
+
+
+def _result(name: str, stdout: str, stderr: str, returncode: int) -> dict:
+    if returncode != 0:
+        raise SystemExit(f"pipeline {name} failed:\n{stderr}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_pipeline(name: str, inputs: list[Path], out_dir: Path, threads: int) -> dict:
+    command = _command(name, inputs, out_dir, threads)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"pipeline {name} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _result(name, done.stdout, done.stderr, done.returncode)
+
+
+def run_processes(name: str, shards: list[Path], out_dir: Path, processes: int) -> dict:
+    """`processes` one-thread copies of a pipeline at once, each on its share of the shards:
+    the same work with no GIL to share, to tell the GIL's cost from the machine's limits."""
+    running = [
+        subprocess.Popen(
+            _command(name, shards[index::processes], out_dir, 1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(processes)
+    ]
+    results = []
+    for process in running:
+        stdout, stderr = process.communicate()
+        results.append(_result(name, stdout, stderr, process.returncode))
+    return {
+        "samples": sum(r["samples"] for r in results),
+        "seconds": max(r["seconds"] for r in results),
+    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -118,23 +150,27 @@ def scaling(shards: list[Path], work: Path, rounds: int, cores: int) -> dict:
     medians are over the clean rounds, or over all rounds, flagged, when none was clean.
     """
 
-    def measure(name: str) -> dict[int, float]:
+    def measure(name: str, run: Callable[..., dict] = run_pipeline) -> dict[int, float]:
+        """Samples/s with 1..cores threads (run_pipeline) or processes (run_processes)."""
         rates = {}
-        for threads in range(1, cores + 1):
-            result = run_pipeline(name, shards, work / f"{name}-t{threads}", threads)
-            rates[threads] = result["samples"] / result["seconds"]
+        for count in range(1, cores + 1):
+            result = run(name, shards, work / f"{name}-{run.__name__}-{count}", count)
+            rates[count] = result["samples"] / result["seconds"]
         return rates
 
     rounds_seen = []
     for index in range(rounds):
         record = {"control-before": measure("control")}
         record.update({name: measure(name) for name in SCALED})
+        record[SEED_PROCESSES] = measure("seed", run_processes)
         record["control-after"] = measure("control")
         rounds_seen.append(record)
         control = [record[k][cores] / record[k][1] for k in ("control-before", "control-after")]
         print(
             f"  round {index + 1}/{rounds}: control x{control[0]:.2f} / x{control[1]:.2f}, "
-            + ", ".join(f"{n} x{record[n][cores] / record[n][1]:.2f}" for n in SCALED),
+            + ", ".join(
+                f"{n} x{record[n][cores] / record[n][1]:.2f}" for n in [*SCALED, SEED_PROCESSES]
+            ),
             file=sys.stderr,
         )
 
@@ -144,7 +180,7 @@ def scaling(shards: list[Path], work: Path, rounds: int, cores: int) -> dict:
 
     used = [r for r in rounds_seen if clean(r)] or rounds_seen
     table = {}
-    for name in ("control", *SCALED):
+    for name in ("control", *SCALED, SEED_PROCESSES):
         keys = ("control-before", "control-after") if name == "control" else (name,)
         runs = [r[k] for r in used for k in keys]
         table[name] = {
