@@ -10,19 +10,26 @@ LAST := $(shell printf '%06d' $$(($(DEMO_SHARDS) - 1)))
 
 .PHONY: demo test lint fuzz bench render image constraints clean
 
+# pip -qq: errors only (-q still prints setuptools' notice about editable installs).
+PIP := $(BIN)/python -m pip install -qq
+
 $(BIN)/python:
+	@echo "creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP) --upgrade pip
 
 # Reinstall when the project's metadata changes; the stamp names the extras installed.
 # The image's pins (containers/constraints.txt) apply here too: tests run what pods run.
+# fast-png (ISA-L deflate) is what the image installs, so the demo shows the same speed.
 CONSTRAINTS := containers/constraints.txt
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
+	@echo "installing shardflow into $(VENV) (a minute the first time)"
+	$(PIP) -c $(CONSTRAINTS) -e '.[fast-png]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	@echo "installing shardflow with its test extras into $(VENV) (a minute the first time)"
+	$(PIP) -c $(CONSTRAINTS) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -49,7 +56,8 @@ fuzz: $(VENV)/.installed-test
 # row with: make bench BENCH_ARGS="--big-gb 2"
 BENCH_ARGS ?=
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@echo "installing shardflow with its benchmark extras into $(VENV)"
+	$(PIP) -e '.[bench]'
 	touch $@ $(VENV)/.installed
 
 bench: $(VENV)/.installed-bench
@@ -66,7 +74,7 @@ image:
 
 # Re-pin the image's dependencies to the versions installed in .venv (after pyproject changes).
 constraints: $(VENV)/.installed-test
-	$(BIN)/python -m pip install --quiet -e '.[s3,gcs,fast-png]'
+	$(PIP) -e '.[s3,gcs,fast-png]'
 	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:
