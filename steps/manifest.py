@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from . import __version__, storage
@@ -38,7 +39,9 @@ def manifest_url(output_url: str) -> str:
     return stem + SUFFIX
 
 
-def versions() -> dict[str, str]:
+def versions() -> dict[str, str | None]:
+    """What produced the bytes. isal is listed because PNG output at level 1 takes a faster
+    path when it is installed: the same pixels, other bytes (null: not installed)."""
     import numpy
     import PIL
 
@@ -47,7 +50,15 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
+        "isal": _installed_version("isal"),
     }
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 @dataclass

@@ -14,11 +14,15 @@ from shardflow.steps.progress import Progress
 
 from conftest import good_shard, image_bytes, run_cli, write_tar
 
+# Peak RSS from VmHWM, the high-water mark of this process's own memory map. Not ru_maxrss:
+# Linux carries the parent's peak into a child across fork and exec, so under a large pytest
+# process ru_maxrss would report pytest's size and hide any growth.
 MEASURE = """
-import resource, sys
+import re, sys
 from shardflow.workflows.cli import main
 status = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+with open("/proc/self/status") as stream:
+    print(int(re.search(r"VmHWM:\\s+(\\d+) kB", stream.read()).group(1)) // 1024)
 sys.exit(status)
 """
 

@@ -103,4 +103,5 @@ def test_manifest_describes_the_shard(tmp_path: Path) -> None:
     assert recorded == listed
     assert manifest["recipe"]["name"] == "seed"
     assert manifest["recipe_hash"].startswith("sha256:")
-    assert set(manifest["versions"]) >= {"shardflow", "python", "pillow"}
+    assert set(manifest["versions"]) >= {"shardflow", "python", "pillow", "isal"}
+    assert manifest["versions"]["isal"]  # the test extra installs it: the PNG fast path
