@@ -16,8 +16,8 @@ starts after imports, so every pipeline is charged for its work, not its start-u
   GIL and stays within 1.25x of the docs recipe's size), tarfile in and out.
 - floor-fpng: the same with fpng, the fastest PNG encoder found; it holds the GIL and
   ignores encoder failures, so it stands for a one-core floor only.
-- train-224: `shardflow augment --recipe train-224` (shorter side 256, center crop 224,
-  JPEG q90).
+- train-224: `shardflow augment --recipe train-224` (shorter side 256 with box resampling,
+  center crop 224, JPEG q90); train-224-bicubic: the same with bicubic resampling.
 - img2dataset: the same job as img2dataset's resizer does it: OpenCV full decode, resize
   with INTER_AREA, center crop, OpenCV JPEG encode; webdataset in, TarWriter out.
 """
@@ -108,12 +108,12 @@ def train_224(inputs: list[str], outputs: list[str], threads: int) -> int:
     return _shardflow("train-224", inputs, outputs, threads)
 
 
-TRAIN_224_BOX = json.dumps(
+TRAIN_224_BICUBIC = json.dumps(
     {
-        "name": "train-224-box",
+        "name": "train-224-bicubic",
         "ops": [
             {"image": {"from": "jpg;png;webp", "mode": "RGB"}},
-            {"resize": {"shorter": 256, "resample": "box"}},
+            {"resize": {"shorter": 256, "resample": "bicubic"}},
             {"center_crop": {"size": 224}},
             {"label": {"from": "json", "path": "cls"}},
             {"encode": {"members": {"jpg": {"from": "image", "quality": 90}, "cls": "cls"}}},
@@ -122,10 +122,10 @@ TRAIN_224_BOX = json.dumps(
 )
 
 
-@pipeline("train-224-box")
-def train_224_box(inputs: list[str], outputs: list[str], threads: int) -> int:
-    """train-224 with Pillow's box filter: area averaging, as OpenCV's INTER_AREA does."""
-    return _shardflow(TRAIN_224_BOX, inputs, outputs, threads)
+@pipeline("train-224-bicubic")
+def train_224_bicubic(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """train-224 with Pillow's bicubic filter instead of the built-in's box (area averaging)."""
+    return _shardflow(TRAIN_224_BICUBIC, inputs, outputs, threads)
 
 
 def _tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
