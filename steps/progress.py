@@ -39,6 +39,7 @@ class Progress:
         argo_file: str | None = None,
         interval: float | None = None,
         stream: TextIO | None = None,
+        bar_interval: float = 0.5,
         desc: str = "augment",
     ) -> None:
         self.total = total_shards * UNITS_PER_SHARD
@@ -58,7 +59,7 @@ class Progress:
                 unit="%",
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
                 file=stream or sys.stderr,
-                mininterval=0.5,
+                mininterval=bar_interval,
             )
             if bar
             else None
@@ -101,15 +102,17 @@ class Progress:
     def _report(self, force: bool = False) -> None:
         done = self.done
         if self._bar is not None:
-            self._bar.n = done
             elapsed = max(time.monotonic() - self._started, 1e-9)
             self._bar.set_postfix_str(
                 f"shard {min(self._shards_done + 1, self._total_shards)}/{self._total_shards}, "
                 f"{self._samples} samples, {self._samples / elapsed:.1f}/s",
-                refresh=force,
+                refresh=False,
             )
             if force:
+                self._bar.n = done
                 self._bar.refresh()
+            else:  # update() redraws at most every mininterval, also within a shard
+                self._bar.update(done - self._bar.n)
         if self._argo_file:
             now = time.monotonic()
             if force or now - self._last_file_write >= self._interval:

@@ -146,3 +146,20 @@ def test_available_cpus_honours_the_quota(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("50000 100000\n")
     assert available_cpus(tmp_path) == 1
     assert available_cpus(tmp_path / "none") == len(os.sched_getaffinity(0))
+
+
+def test_the_bar_moves_within_a_shard() -> None:
+    import io
+
+    stream = io.StringIO()
+    progress = Progress(2, bar=True, stream=stream, bar_interval=0)
+    progress.shard_started(1000)
+    progress.advance(400, 5)
+    assert " 20%|" in stream.getvalue() and "shard 1/2, 5 samples" in stream.getvalue()
+    progress.shard_finished()
+    progress.shard_started(1000)
+    progress.advance(500, 5)
+    assert " 75%|" in stream.getvalue() and "shard 2/2, 10 samples" in stream.getvalue()
+    progress.shard_finished()
+    progress.close()
+    assert "100%|" in stream.getvalue()
