@@ -127,7 +127,11 @@ def open_input(
         return
     fs, path = _filesystem(url, options)
     # Resumes after dropped connections; any failure is a ShardError naming the shard.
-    raw = ResumingReader(lambda: fs.open(path, "rb"), url)
+    raw = ResumingReader(
+        lambda: fs.open(path, "rb"),
+        url,
+        open_streaming=lambda: fs.open(path, "rb", block_size=0),
+    )
     if compression == "infer":
         compression = fsspec.utils.infer_compression(url)
     stream = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw

@@ -139,11 +139,14 @@ class ResumingReader(io.RawIOBase):
         open_stream: Callable[[], BinaryIO],
         url: str,
         *,
+        open_streaming: Callable[[], BinaryIO] | None = None,
         attempts: int = READ_ATTEMPTS,
         backoff: float = FIRST_BACKOFF,
     ) -> None:
         super().__init__()
         self._open_stream = open_stream
+        # For a server that ignores Range headers: a plain stream from the first byte.
+        self._open_streaming = open_streaming
         self.url = url
         self._attempts = attempts
         self._backoff = backoff
@@ -186,6 +189,10 @@ class ResumingReader(io.RawIOBase):
                 return operation()
             except Exception as exc:
                 raise_for_bad_options(exc, self.url)
+                if self._open_streaming is not None and refuses_ranges(exc):
+                    self._open_stream, self._open_streaming = self._open_streaming, None
+                    self._drop_stream()
+                    continue
                 if not is_transient(exc):
                     raise self._failure(exc, failures + 1, action) from None
                 failures += 1
@@ -216,6 +223,13 @@ class ResumingReader(io.RawIOBase):
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.close()
+
+
+def refuses_ranges(exc: BaseException) -> bool:
+    """fsspec's random-access HTTP file met a server that ignores Range headers (Python's
+    http.server, some CDNs). fsspec raises a plain ValueError for it, so the text is the
+    only mark."""
+    return isinstance(exc, ValueError) and "support range requests" in str(exc)
 
 
 def _move_to(stream: BinaryIO, offset: int) -> None:

@@ -263,7 +263,8 @@ class _FileHandler(_FaultyHandler):
         start, end = self._range(len(data))
         if self.server.sized:
             self.send_response(206 if (start, end) != (0, len(data)) else 200)
-            self.send_header("Accept-Ranges", "bytes")
+            if self.server.ranges:
+                self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(end - start))
             if (start, end) != (0, len(data)):
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
@@ -279,7 +280,7 @@ class _FileHandler(_FaultyHandler):
 
     def _range(self, size: int) -> tuple[int, int]:
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if not match or not self.server.sized:
+        if not match or not self.server.sized or not self.server.ranges:
             return 0, size
         start = min(int(match[1]), size)
         end = min(int(match[2]) + 1, size) if match[2] else size
@@ -292,6 +293,8 @@ class FileServer(_FaultyServer):
     `required_headers`: answer 401 unless the request carries these exact headers.
     `sized=False`: no Content-Length and no ranges (the body ends when the connection
     closes), as some dynamic servers answer.
+    `ranges=False`: a Content-Length but Range headers ignored (the whole file, 200), as
+    Python's http.server and some CDNs answer.
     """
 
     def __init__(
@@ -300,11 +303,13 @@ class FileServer(_FaultyServer):
         *,
         required_headers: dict[str, str] | None = None,
         sized: bool = True,
+        ranges: bool = True,
     ) -> None:
         super().__init__(_FileHandler)
         self.root = root.resolve()
         self.required_headers = required_headers or {}
         self.sized = sized
+        self.ranges = ranges
 
 
 class _ProxyHandler(_FaultyHandler):

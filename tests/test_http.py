@@ -168,3 +168,15 @@ def test_storage_options_scoped_by_scheme_reach_only_their_back_end() -> None:
         "endpoint_url": "http://s3",
     }
     assert options_for("/data/a.tar", options) == {"block_size": 1}
+
+
+def test_a_server_that_ignores_ranges_is_streamed(site: Path, tmp_path: Path) -> None:
+    """Python's http.server and some CDNs send the whole file whatever the Range header:
+    fsspec's random-access file refuses them, so such an input is read as a stream."""
+    expected = reference_shard(site / "in-000000.tar", tmp_path)
+    small_blocks = "http=" + json.dumps({"block_size": 4096})  # several blocks for a small shard
+    with FileServer(site, ranges=False) as web:
+        url = f"{web.url}/in-000000.tar"
+        result = shardflow("augment", url, tmp_path / "out.tar", "--storage-option", small_blocks)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.tar").read_bytes() == expected
