@@ -100,9 +100,8 @@ def augment_shard(
 ) -> ShardResult:
     """Process one shard; never raises for shard-level problems (they are in the result)."""
     started = time.monotonic()
-    recipe_hash = pipeline.recipe.hash()
     if options.skip_existing:
-        done = already_done(input_url, output_url, recipe_hash, options)
+        done = already_done(input_url, output_url, pipeline.recipe_hash, options)
         if done is not None:
             return ShardResult(
                 input_url,
@@ -143,8 +142,8 @@ def _write_shard(
     builder = ManifestBuilder(
         input=storage.comparable_url(input_url),
         output=storage.comparable_url(output_url),
-        recipe=pipeline.recipe.canonical(),
-        recipe_hash=pipeline.recipe.hash(),
+        recipe=pipeline.canonical_recipe,
+        recipe_hash=pipeline.recipe_hash,
         expect=pipeline.expected_extensions,
     )
     manifest_at = manifest_url(output_url)

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             _report_shard(result, args, progress)
     finally:
         progress.close()
-    _report_summary(results, recipe.name, recipe.hash(), time.monotonic() - started, args)
+    _report_summary(results, recipe.name, pipeline.recipe_hash, time.monotonic() - started, args)
     return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
 
 

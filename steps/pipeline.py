@@ -30,6 +30,10 @@ class Pipeline:
     def __init__(self, recipe: Recipe, *, max_pixels: int, allowed_plugins: Iterable[str]) -> None:
         self.recipe = recipe
         self.max_pixels = max_pixels
+        # Fixed for the whole run (later planning touches no hashed parameter): every shard's
+        # manifest and --skip-existing check use these, computed once.
+        self.canonical_recipe = recipe.canonical()
+        self.recipe_hash = recipe.hash()
         allowed = list(allowed_plugins)
         for op in recipe.ops:
             for plugin in (getattr(op, "function", None), getattr(op, "predicate", None)):

@@ -146,4 +146,3 @@ class SampleReader:
 def _key_of(name: str | None) -> str | None:
     parts = split_member_name(name) if name else None
     return parts[0] if parts else None
-

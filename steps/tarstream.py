@@ -97,7 +97,6 @@ class TarReader:
         self._in = _CountingReader(stream)
         self._pending: TarMember | None = None  # member whose data has not been consumed
         self._last_name: str | None = None  # for error messages: "after <name>"
-        self.trailing_zero_bytes = 0
 
     @property
     def offset(self) -> int:
@@ -240,7 +239,6 @@ class TarReader:
                 f"corrupt tar: a zero block at byte {first_zero_offset} is followed by data",
                 offset=first_zero_offset,
             )
-        trailing = 2 * BLOCK
         while chunk := self._in.read(_COPY_CHUNK):
             if any(chunk):
                 raise TarFormatError(
@@ -248,8 +246,6 @@ class TarReader:
                     "(concatenated archives?)",
                     offset=first_zero_offset,
                 )
-            trailing += len(chunk)
-        self.trailing_zero_bytes = trailing
 
 
 def _member_size(pax_size: str | None, header_size: int, offset: int) -> int:
