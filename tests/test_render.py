@@ -121,6 +121,33 @@ def test_lint_reports_a_required_input_not_given():
     )
 
 
+def _display_name_problems(display_name: str) -> list[str]:
+    manifest = _workflow()
+    _template(manifest, "augment")["annotations"][lint.DISPLAY_NAME] = display_name
+    return [p for p in lint.check_manifest(manifest) if "display name" in p]
+
+
+def test_lint_reports_a_display_name_argo_refuses_after_substitution():
+    """Argo 3.7+ errors a node whose substituted display name fails its regex; the DAG stalls."""
+    assert _display_name_problems("augment-{{inputs.parameters.task-index}}") == []
+    spaced = _display_name_problems("augment batch {{inputs.parameters.task-index}}")
+    assert len(spaced) == 1 and "'augment batch 0'" in spaced[0]
+
+
+def test_lint_substitutes_the_largest_task_index_and_every_enum_value():
+    long_name = "a" * 60 + "-{{inputs.parameters.task-index}}"  # 63 chars at index 9, 64 at 999
+    assert any("-999'" in p for p in _display_name_problems(long_name))
+    assert _display_name_problems("memory-{{workflow.parameters.memory}}") == []
+    assert any("'x1Gi.'" in p for p in _display_name_problems("x{{workflow.parameters.memory}}."))
+
+
+def test_lint_refuses_free_text_in_a_display_name():
+    problems = _display_name_problems("in-{{workflow.parameters.input}}")
+    assert any("{{workflow.parameters.input}} is free text" in p for p in problems)
+    from_plan = _display_name_problems("batch-{{inputs.parameters.shards-per-task}}")
+    assert any("is free text" in p for p in from_plan)
+
+
 def test_manifest_does_not_depend_on_the_dataset():
     """No shard URL and no count: tasks receive an index and expand the pattern themselves."""
     text = (ARGO / "workflow.yaml").read_text()

@@ -344,5 +344,7 @@ def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
 
 
 # Template-level annotations (Argo >= 3.7) name each loop node in the UI; Hera 7.1's Container
-# only sets pod annotations, so they are applied to the built model (render.py).
-DISPLAY_NAMES = {"augment": "augment batch {{inputs.parameters.task-index}}"}
+# only sets pod annotations, so they are applied to the built model (render.py). After
+# substitution a display name must match Argo's `displayNameRegex` (no spaces, at most 63
+# characters) or the controller errors the node and the fan-out stalls; lint.py checks it.
+DISPLAY_NAMES = {"augment": "augment-{{inputs.parameters.task-index}}"}
