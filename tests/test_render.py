@@ -81,6 +81,18 @@ def test_lint_reports_an_undeclared_workflow_parameter():
     assert any("{{workflow.parameters.rcp}}" in p for p in lint.check_manifest(manifest))
 
 
+def test_lint_reads_the_variables_of_expression_tags():
+    manifest = _workflow()
+    augment = _template(manifest, "augment")
+    augment["podSpecPatch"] = augment["podSpecPatch"].replace("parameters.memory", "parameters.mem")
+    del _template(manifest, "verify")["retryStrategy"]
+    _template(manifest, "verify")["podSpecPatch"] = "x: '{{=lastRetry.exitCode}}'"
+    problems = lint.check_manifest(manifest)
+    assert any("template augment" in p and "{{workflow.parameters.mem}}" in p for p in problems)
+    assert any("template verify" in p and "{{lastRetry.exitCode}}" in p for p in problems)
+    assert len(problems) == 2, problems
+
+
 def test_lint_reports_an_undeclared_input():
     manifest = _workflow()
     _template(manifest, "verify")["inputs"]["parameters"].pop(0)  # "outputs"
@@ -180,18 +192,32 @@ def test_pods_are_locked_down():
 
 
 def test_parameters_have_descriptions_and_free_text_never_reaches_the_pod_spec():
+    """Every value in a podSpecPatch has an enum, and the plan pod, which every patched pod
+    waits for, checks it: Argo itself does not enforce enums for `-p` or the API."""
+    from shardflow.workflows.argo_vars import RETRY_VARIABLES, expression_variables, references
+
     manifest = _workflow()
     parameters = {p["name"]: p for p in manifest["spec"]["arguments"]["parameters"]}
     assert all(p.get("description") for p in parameters.values())
-    patch = _template(manifest, "augment")["podSpecPatch"]
-    for name in lint_references(patch):
-        assert parameters[name.removeprefix("workflow.parameters.")].get("enum"), name
+    plan_args = _template(manifest, "plan")["container"]["args"]
+    patched = [t for t in manifest["spec"]["templates"] if "podSpecPatch" in t]
+    assert {t["name"] for t in patched} == {"augment", "verify"}
+    for template in patched:
+        assert _task(manifest, template["name"])["depends"].startswith("plan.Succeeded")
+        for reference in references(template["podSpecPatch"]):
+            for name in expression_variables(reference) or [reference]:
+                if name in RETRY_VARIABLES:
+                    continue
+                parameter = name.removeprefix("workflow.parameters.")
+                assert parameters[parameter].get("enum"), name
+                assert f"--check-parameter={parameter}={{{{{name}}}}}" in plan_args
 
 
-def lint_references(text: str) -> list[str]:
-    from shardflow.workflows.argo_vars import references
-
-    return references(text)
+def test_an_oom_killed_attempt_is_retried_with_twice_the_memory():
+    patch = yaml.safe_load(_template(_workflow(), "augment")["podSpecPatch"])
+    memory = patch["containers"][0]["resources"]["limits"]["memory"]
+    assert "lastRetry.exitCode" in memory and "workflow.parameters.memory" in memory
+    assert patch["containers"][0]["resources"]["requests"]["memory"] == memory
 
 
 def test_render_command_checks_writes_and_prints(tmp_path):

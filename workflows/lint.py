@@ -40,7 +40,8 @@ def check_manifest(manifest: dict[str, Any]) -> list[str]:
     for name, template in templates.items():
         inputs = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
         body = {key: value for key, value in template.items() if key != "dag"}
-        problems += _check_strings(f"template {name}", body, workflow_parameters, inputs)
+        retry = argo_vars.RETRY_VARIABLES if "retryStrategy" in template else ()
+        problems += _check_strings(f"template {name}", body, workflow_parameters, inputs, retry)
         if "dag" in template:
             problems += _check_dag(name, template["dag"], templates, workflow_parameters, inputs)
     problems += _check_display_names(spec, templates)
@@ -121,10 +122,14 @@ def _check_strings(
 ) -> list[str]:
     problems = []
     for path, text in argo_vars.strings(value):
-        for name in argo_vars.references(text):
-            if name in extra or _resolves(name, workflow_parameters, inputs):
-                continue
-            problems.append(f"{where}: {path}: {{{{{name}}}}} resolves to nothing")
+        for reference in dict.fromkeys(argo_vars.references(text)):
+            expression = reference.startswith("=")
+            names = argo_vars.expression_variables(reference) if expression else [reference]
+            for name in names:
+                if name in extra or _resolves(name, workflow_parameters, inputs):
+                    continue
+                in_tag = f" in {{{{{reference}}}}}" if expression else ""
+                problems.append(f"{where}: {path}: {{{{{name}}}}}{in_tag} resolves to nothing")
     return problems
 
 
