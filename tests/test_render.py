@@ -246,3 +246,11 @@ def test_step_commands_do_not_import_hera():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_workflows_from_the_template_carry_its_title_and_description():
+    template = yaml.safe_load((ARGO / "workflowtemplate.yaml").read_text())
+    annotations = template["metadata"]["annotations"]
+    assert "workflows.argoproj.io/title" in annotations
+    assert template["spec"]["workflowMetadata"]["annotations"] == annotations
+    assert "Argo Workflows\n3.7 or newer" in annotations["workflows.argoproj.io/description"]

@@ -49,6 +49,7 @@ from hera.workflows.models import (
     Sequence,
     TTLStrategy,
     ValueFrom,
+    WorkflowMetadata,
 )
 
 from shardflow.steps import __version__
@@ -79,7 +80,8 @@ verifies the outputs.
 3. **verify** checks every output shard and writes `verify-report.json` and
    `verify-samples.png` beside the outputs; its summary is the output `verify-summary`.
 
-Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`."""
+Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`. Needs Argo Workflows
+3.7 or newer."""
 
 
 def _parameters(image: str) -> list[Parameter]:
@@ -277,13 +279,17 @@ class RenderSettings:
 def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
     """The Hera WorkflowTemplate (kind=WorkflowTemplate) or standalone Workflow (kind=Workflow)."""
     parameters = _parameters(settings.image)
-    naming = {"name": NAME} if kind is WorkflowTemplate else {"generate_name": f"{NAME}-"}
+    annotations = {
+        "workflows.argoproj.io/title": TITLE,
+        "workflows.argoproj.io/description": DESCRIPTION,
+    }
+    naming: dict[str, Any] = {"generate_name": f"{NAME}-"}
+    if kind is WorkflowTemplate:
+        # Workflows submitted from the template carry the title and description too.
+        naming = {"name": NAME, "workflow_metadata": WorkflowMetadata(annotations=annotations)}
     with kind(
         **naming,
-        annotations={
-            "workflows.argoproj.io/title": TITLE,
-            "workflows.argoproj.io/description": DESCRIPTION,
-        },
+        annotations=annotations,
         labels={"app.kubernetes.io/name": "shardflow", "app.kubernetes.io/version": __version__},
         entrypoint=ENTRYPOINT,
         arguments=parameters,
