@@ -3,7 +3,8 @@
 One definition gives both manifests in argo/: the WorkflowTemplate a team installs once and
 submits from the Argo UI form, and the standalone Workflow for `argo submit`. It is also the
 DAG that `shardflow run` executes on one machine, so every choice below is exercised by tests
-without a cluster.
+without a cluster. The manifests need Argo Workflows >= 3.7 (template `annotations`,
+`backoff.cap`); the 3.6 CLI refuses them and its API silently drops both fields.
 
 Why the DAG looks like this:
 - The manifest never grows with the dataset. A `plan` pod expands the input pattern, checks
@@ -14,12 +15,21 @@ Why the DAG looks like this:
   line a person can copy and run. Values are bound as `--option=value` and positionals come
   after `--`, so no parameter value can turn into an option (parameters are untrusted).
 - `--skip-existing` makes a retry or a resubmission redo only the shards without a manifest.
-- verify runs after every augment task, also when some failed (`failFast: false` and a
-  depends expression), so its report names the missing shards; the DAG's result is verify's.
+- verify runs after every augment task, also when some failed, because its `depends`
+  expression accepts augment.Failed and augment.Errored (`failFast` plays no part: the DAG
+  has one target task); the DAG's result is verify's.
 - Kubernetes cannot take CPU or memory quantities from a template variable, so resources come
-  from a podSpecPatch whose values are restricted by enums (a free string could inject
-  arbitrary pod spec). Argo cannot take `parallelism` from a parameter at all
+  from a podSpecPatch. Argo does not enforce enums for `argo submit -p` or the API
+  (argoproj/argo-workflows#6959), and a free string there could inject arbitrary pod spec, so
+  the plan pod, which has no patch and which every other pod waits for, refuses any value
+  outside its enum (parameters.py). Argo cannot take `parallelism` from a parameter at all
   (argoproj/argo-workflows#1780): it is set when rendering or submitting.
+- Retries follow the exit code (steps/errors.py): 1 (storage, network), 137 (OOM kill, retried
+  with twice the memory) and Argo's -1 (no exit code: eviction, node loss) are retried; 2
+  (usage) and 3 (damaged data) are not.
+- Requests equal limits for the `main` container only; Argo's `init` and `wait` containers get
+  the controller's executor resources, so pods are Guaranteed only when the controller config
+  sets executor requests equal to limits (README: Running on Argo Workflows).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ node's emptyDir volumes become directories of its own, and arguments and output 
 their mount points are mapped there; each node gets its own ARGO_PROGRESS_FILE, polled as
 Argo's executor polls it; each worker is pinned to its share of the CPUs, as a pod's CPU limit
 would confine it, so the step's thread count (which follows affinity and cgroup quota) does
-not multiply by the number of workers. Not emulated: retries, deadlines, resources,
+not multiply by the number of workers. Not emulated: retries (a failure fails its node at
+once, whatever its exit code), deadlines, resources (so no OOM kill), enum checks the cluster
+skips (run checks every parameter up front; plan checks again), template display names,
 security contexts, secrets (a local run uses the caller's environment and credentials).
 """
 
@@ -35,7 +37,10 @@ from .depends import TaskOutcome, ancestors, evaluate, upstream
 from .parameters import refusal
 
 POLL_SECONDS = 0.2
-PROGRESS_INTERVAL = "1"  # seconds between a step's progress-file writes (Argo reads every 3 s)
+# Seconds between a step's progress-file writes. On a cluster Argo's wait container reads the
+# file every 3 s but reports it only every ARGO_PROGRESS_PATCH_TICK_DURATION (1 minute by
+# default), so the UI's bar moves about once a minute; locally the bar is redrawn as it moves.
+PROGRESS_INTERVAL = "1"
 # The image's entrypoint is this very program: run it with this interpreter.
 SHARDFLOW = [sys.executable, "-m", "shardflow.workflows.cli"]
 
