@@ -87,19 +87,17 @@ def test_verify_is_retried_only_when_it_did_not_finish(argo_expr):
     }
 
 
-def _augment_patch(argo_expr, memory: str, local: dict[str, str]) -> str:
+def _augment_patch(argo_expr, memory: str, local: dict[str, str], cpu: str = "2") -> str:
+    """augment's podSpecPatch for an attempt: plan wrote cpu and memory; `cpu` is the
+    workflow parameter as submitted (which the patch must not read)."""
     manifest = yaml.safe_load((ARGO / "workflow.yaml").read_text())
     template = {**_templates()["augment"]}
-    template["inputs"] = {
-        "parameters": [
-            {"name": "task-index", "value": "0"},
-            {"name": "shards-per-task", "value": "1"},
-        ]
-    }
+    given = {"task-index": "0", "shards-per-task": "1", "cpu": "2", "memory": memory}
+    template["inputs"] = {"parameters": [{"name": k, "value": v} for k, v in given.items()]}
     values = {
         p["name"]: str(p.get("value", "x")) for p in manifest["spec"]["arguments"]["parameters"]
     }
-    values["memory"] = memory
+    values.update(memory=memory, cpu=cpu)
     body = {
         "substitute": [
             {
@@ -131,3 +129,31 @@ def test_before_an_attempt_exists_the_memory_expression_waits_unresolved(argo_ex
     """The controller first substitutes without lastRetry (ProcessArgs): no error, no guess."""
     patch = _augment_patch(argo_expr, "4Gi", {})
     assert "{{=" in patch and "lastRetry.exitCode" in patch
+
+
+def test_a_parameter_holding_an_expression_cannot_reach_the_pod_spec(argo_expr):
+    """Argo substitutes twice: a value holding `{{=...}}` is evaluated in the second pass with
+    the pod's own variables, so it could read "2" in the plan pod and inject YAML here. The
+    patch reads only what plan wrote, never the parameter."""
+    crafted = "{{=inputs.parameters['task-index'] == '0' ? \"2'\\nhostNetwork: true\" : '2'}}"
+    local = {"retries": "0", "lastRetry.exitCode": "0", "lastRetry.status": ""}
+    patch = _augment_patch(argo_expr, "4Gi", local, cpu=crafted)
+    assert "hostNetwork" not in patch
+    assert yaml.safe_load(patch)["containers"][0]["resources"]["limits"]["cpu"] == "2"
+
+
+def test_the_characters_run_and_submit_refuse_are_those_argo_cannot_substitute(argo_expr):
+    from shardflow.workflows.argo_vars import unsubstitutable
+
+    template = {"name": "t", "container": {"image": "i", "args": ["{{workflow.parameters.x}}"]}}
+    chars = [chr(code) for code in range(0x80)]
+    body = {
+        "substitute": [
+            {"template": template, "global": {"workflow.parameters.x": f"a{c}b"}, "local": {}}
+            for c in chars
+        ]
+    }
+    answers = argo_expr(body)["substitute"]
+    refused_by_argo = {c for c, a in zip(chars, answers, strict=True) if "error" in a}
+    assert refused_by_argo == {c for c in chars if unsubstitutable(c)}
+    assert "\x01" in refused_by_argo and "\n" not in refused_by_argo

@@ -22,7 +22,7 @@ Why the DAG looks like this:
   from a podSpecPatch. Argo does not enforce enums for `argo submit -p` or the API
   (argoproj/argo-workflows#6959), and a free string there could inject arbitrary pod spec, so
   the plan pod, which has no patch and which every other pod waits for, refuses any value
-  outside its enum (parameters.py). Argo cannot take `parallelism` from a parameter at all
+  outside its enum (parameters.py), and the patches read the values plan wrote. Argo cannot take `parallelism` from a parameter at all
   (argoproj/argo-workflows#1780): it is set when rendering or submitting.
 - Retries follow the exit code (steps/errors.py): 1 (storage, network), 137 (OOM kill, retried
   with twice the memory) and Argo's -1 (no exit code: eviction, node loss) are retried; 2
@@ -65,7 +65,7 @@ from hera.workflows.models import (
 from shardflow.steps import __version__
 
 from . import yamltext
-from .parameters import DEFAULT_IMAGE, PARAMETERS, PLAN_CHECKED
+from .parameters import DEFAULT_IMAGE, PARAMETERS, PATCHED, PLAN_CHECKED
 from .plan import MAX_TASKS
 
 NAME = "shardflow-augment"
@@ -77,7 +77,7 @@ PLAN_DIR = f"{TMP}/plan"
 SUMMARY_FILE = f"{TMP}/verify-summary.txt"
 CREDENTIALS_SECRET = "shardflow-credentials"
 
-PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet")
+PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet", *PATCHED)
 
 TITLE = "shardflow: augment WebDataset shards"
 DESCRIPTION = """\
@@ -126,8 +126,15 @@ def _pod_security() -> PodSecurityContext:
 
 
 def _resources_patch(memory: str) -> str:
-    """Requests = limits for `main`, from values the plan pod has checked against their enums."""
-    quantities = {"cpu": "{{workflow.parameters.cpu}}", "memory": memory}
+    """Requests = limits for `main`, from the values the plan pod wrote after checking them.
+
+    Not from the workflow parameters themselves: Argo substitutes a template in two passes
+    (common.SubstituteParams), so a parameter value holding `{{=...}}` is evaluated in the
+    second, with each pod's own variables (pod.name, inputs, lastRetry); it could read "2" in
+    the plan pod and something else in an augment pod. plan writes its checked values as
+    plain output parameters, which hold no tags.
+    """
+    quantities = {"cpu": "{{inputs.parameters.cpu}}", "memory": memory}
     patch = {
         "containers": [
             {"name": "main", "resources": {"requests": quantities, "limits": quantities}}
@@ -142,7 +149,7 @@ def _resources_patch(memory: str) -> str:
 # whole number of Gi.
 MEMORY_AFTER_OOM = (
     "{{=(asInt(lastRetry.exitCode) == 137 ? 2 : 1)"
-    ' * asInt(sprig.trimSuffix("Gi", workflow.parameters.memory))}}Gi'
+    ' * asInt(sprig.trimSuffix("Gi", inputs.parameters.memory))}}Gi'
 )
 # Exit codes (steps/errors.py): 2 usage and 3 damaged data fail the same way every time; 1
 # (storage, network), 137 (OOM kill) and Argo's "-1" (no exit code: eviction, node loss) may
@@ -223,7 +230,11 @@ def _templates() -> tuple[Container, Container, Container]:
             "{{workflow.parameters.input}}",
             "{{workflow.parameters.output}}",
         ],
-        inputs=[Parameter(name="task-index"), Parameter(name="shards-per-task")],
+        inputs=[
+            Parameter(name="task-index"),
+            Parameter(name="shards-per-task"),
+            *(Parameter(name=name) for name in PATCHED),
+        ],
         pod_spec_patch=_resources_patch(MEMORY_AFTER_OOM),
         # A stuck read must not hold a parallelism slot forever; batches are sized to take
         # minutes to a few hours (README: scaling), and a retry resumes where it stopped.
@@ -241,11 +252,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "--",
             "{{inputs.parameters.outputs}}",
         ],
-        inputs=[
-            Parameter(name="outputs"),
-            Parameter(name="report"),
-            Parameter(name="sample-sheet"),
-        ],
+        inputs=[Parameter(name=name) for name in ("outputs", "report", "sample-sheet", *PATCHED)],
         outputs=[
             Parameter(
                 name="summary",
@@ -253,7 +260,7 @@ def _templates() -> tuple[Container, Container, Container]:
                 value_from=ValueFrom(path=SUMMARY_FILE, default="verification did not finish"),
             )
         ],
-        pod_spec_patch=_resources_patch("{{workflow.parameters.memory}}"),
+        pod_spec_patch=_resources_patch("{{inputs.parameters.memory}}"),
         retry_strategy=_retry(RETRY_VERIFY),
     )
     return plan, augment, verify
@@ -268,13 +275,19 @@ def _dag(plan: Container, augment: Container, verify: Container) -> None:
             template=augment,
             depends="plan.Succeeded",
             with_sequence=Sequence(count=planned % "tasks"),
-            arguments={"task-index": "{{item}}", "shards-per-task": planned % "shards-per-task"},
+            arguments={
+                "task-index": "{{item}}",
+                "shards-per-task": planned % "shards-per-task",
+                **{name: planned % name for name in PATCHED},
+            },
         )
         Task(
             name="verify",
             template=verify,
             depends="plan.Succeeded && (augment.Succeeded || augment.Failed || augment.Errored)",
-            arguments={name: planned % name for name in ("outputs", "report", "sample-sheet")},
+            arguments={
+                name: planned % name for name in ("outputs", "report", "sample-sheet", *PATCHED)
+            },
         )
 
 

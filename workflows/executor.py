@@ -57,6 +57,12 @@ def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[
         name = parameter["name"]
         if name not in values:
             raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
+        bad = argo_vars.unsubstitutable(values[name])
+        if bad:
+            raise UsageError(
+                f"parameter {name} contains {bad!r}: Argo cannot substitute it (the template "
+                "would no longer be valid JSON)"
+            )
         enum = parameter.get("enum")
         if enum and values[name] not in enum:
             raise UsageError(refusal(name, values[name], enum))
