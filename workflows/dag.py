@@ -22,8 +22,9 @@ Why the DAG looks like this:
   from a podSpecPatch. Argo does not enforce enums for `argo submit -p` or the API
   (argoproj/argo-workflows#6959), and a free string there could inject arbitrary pod spec, so
   the plan pod, which has no patch and which every other pod waits for, refuses any value
-  outside its enum (parameters.py), and the patches read the values plan wrote. Argo cannot take `parallelism` from a parameter at all
-  (argoproj/argo-workflows#1780): it is set when rendering or submitting.
+  outside its enum (parameters.py), and the patches read the values plan wrote. Argo cannot
+  take `parallelism` from a parameter at all (argoproj/argo-workflows#1780): it is set when
+  rendering or submitting.
 - Retries follow the exit code (steps/errors.py): 1 (storage, network), 137 (OOM kill, retried
   with twice the memory) and Argo's -1 (no exit code: eviction, node loss) are retried; 2
   (usage) and 3 (damaged data) are not.
