@@ -9,6 +9,8 @@ nesting, backslash escapes), so the count is exactly the length of its expansion
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import braceexpand
 
 # The most shards one pattern may name: far above real datasets (a few hundred thousand
@@ -23,12 +25,8 @@ class PatternError(ValueError):
 def count_expansions(pattern: str) -> int:
     """len(list(braceexpand(pattern))), in time linear in the pattern's length per level."""
     total = 1
-    start = depth = position = 0
-    while position < len(pattern):
-        char = pattern[position]
-        if char == "\\":
-            position += 2
-            continue
+    start = depth = 0
+    for position, char in _unescaped(pattern):
         if char == "{":
             if depth == 0:
                 start = position
@@ -39,7 +37,6 @@ def count_expansions(pattern: str) -> int:
                 expression = pattern[start + 1 : position]
                 count = _expression_count(expression)
                 total *= count if count is not None else count_expansions(expression)
-        position += 1
     if depth != 0:
         raise PatternError(f"unbalanced braces: {pattern!r}")
     return total
@@ -65,12 +62,8 @@ def _expression_count(expression: str) -> int | None:
 
 def _sequence_count(sequence: str) -> int | None:
     parts = []
-    start = depth = position = 0
-    while position < len(sequence):
-        char = sequence[position]
-        if char == "\\":
-            position += 2
-            continue
+    start = depth = 0
+    for position, char in _unescaped(sequence):
         if char == "{":
             depth += 1
         elif char == "}":
@@ -78,8 +71,18 @@ def _sequence_count(sequence: str) -> int | None:
         elif char == "," and depth == 0:
             parts.append(sequence[start:position])
             start = position + 1
-        position += 1
     if depth != 0 or not parts:
         return None
     parts.append(sequence[start:])
     return sum(count_expansions(part) for part in parts)
+
+
+def _unescaped(text: str) -> Iterator[tuple[int, str]]:
+    """(position, character) of each character not escaped by a backslash (nor a backslash)."""
+    position = 0
+    while position < len(text):
+        if text[position] == "\\":
+            position += 2
+            continue
+        yield position, text[position]
+        position += 1
