@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from . import storage
-from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError
 from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
@@ -59,19 +59,6 @@ class ShardResult:
             "seconds": round(self.seconds, 3),
             "output_size": self.output_size,
         }
-
-
-def plan_shards(inputs: list[str], outputs: list[str] | str) -> list[tuple[str, str]]:
-    """Pair inputs with outputs; an output ending in "/" is a directory for same-named shards."""
-    if isinstance(outputs, str):
-        directory = outputs
-        return [(url, directory + url.rstrip("/").rsplit("/", 1)[-1]) for url in inputs]
-    if len(inputs) != len(outputs):
-        raise UsageError(
-            f"{len(inputs)} input shards but {len(outputs)} output shards: the patterns must "
-            "expand to the same number of URLs"
-        )
-    return list(zip(inputs, outputs, strict=True))
 
 
 def already_done(

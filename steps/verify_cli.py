@@ -24,6 +24,7 @@ from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wan
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .manifest import manifest_url
+from .pairing import refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
 
@@ -110,9 +111,18 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
     outputs, inputs = _shards(args.outputs, args.inputs)
     expect = parse_expect(args.expect)
-    for url in (args.report, args.summary_file, args.sample_sheet):
-        if url:
-            storage.check_url(url, writing=True)
+    written = [
+        (url, what)
+        for url, what in (
+            (args.report, "--report"),
+            (args.summary_file, "--summary-file"),
+            (args.sample_sheet, "--sample-sheet"),
+        )
+        if url
+    ]
+    for url, _ in written:
+        storage.check_url(url, writing=True)
+    refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
     if inputs:
