@@ -25,6 +25,7 @@ from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .verify import ShardReport, check_pairing, verify_shard
+from .verify_identity import check_input_identity
 
 REPORT_FORMAT = "shardflow.verify/1"
 MAX_SHEET_PIXELS = 64_000_000
@@ -35,7 +36,8 @@ it against the manifest the augment step wrote beside it: the archive is whole (
 checksums, member data, end-of-archive blocks), its size and sha256 are the manifest's, the
 member list and sizes are the manifest's, every sample has exactly the expected members, no
 key repeats, and the sample count is the manifest's written count. With --inputs, outputs and
-inputs are paired by position: each output must come from its paired input, and each input
+inputs are paired by position: each output must come from its paired input, still the
+version the manifest records (ETag, version, size and modification time), and each input
 must have exactly one output.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
@@ -165,6 +167,7 @@ def _check_all(
             tiles = [make_tile(s, max_pixels=MAX_SHEET_PIXELS) for s in report.kept]
             row = SheetRow(outputs[position], tiles)
         report.kept = []
+        check_input_identity(report, options)
         return report, row
 
     progress = Progress(
