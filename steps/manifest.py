@@ -43,7 +43,8 @@ def manifest_url(output_url: str) -> str:
 
 def versions() -> dict[str, str | None]:
     """What produced the bytes. isal is listed because PNG output at level 1 takes a faster
-    path when it is installed: the same pixels, other bytes (null: not installed)."""
+    path when it is installed: the same pixels, other bytes (null: not installed); simplejpeg
+    because with it a JPEG damaged mid-stream fails its sample instead of being written."""
     import numpy
     import PIL
 
@@ -53,6 +54,7 @@ def versions() -> dict[str, str | None]:
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
         "isal": _installed_version("isal"),
+        "simplejpeg": _installed_version("simplejpeg"),
     }
 
 
