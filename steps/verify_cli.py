@@ -27,6 +27,7 @@ from .manifest import manifest_url
 from .pairing import refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
+from .verify_identity import check_input_identity
 
 REPORT_FORMAT = "shardflow.verify/1"
 MAX_SHEET_PIXELS = 64_000_000
@@ -37,7 +38,8 @@ it against the manifest the augment step wrote beside it: the archive is whole (
 checksums, member data, end-of-archive blocks), its size and sha256 are the manifest's, the
 member list and sizes are the manifest's, every sample has exactly the expected members, no
 key repeats, and the sample count is the manifest's written count. With --inputs, outputs and
-inputs are paired by position: each output must come from its paired input, and each input
+inputs are paired by position: each output must come from its paired input, still the
+version the manifest records (ETag, version, size and modification time), and each input
 must have exactly one output.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
@@ -176,6 +178,7 @@ def _check_all(
             tiles = [make_tile(s, max_pixels=MAX_SHEET_PIXELS) for s in report.kept]
             row = SheetRow(outputs[position], tiles)
         report.kept = []
+        check_input_identity(report, options)
         return report, row
 
     progress = Progress(
