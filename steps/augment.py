@@ -21,9 +21,10 @@ from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifes
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
 from .progress import Progress
+from .redact import path_name, redact_text, redact_url
 from .samples import SampleReader
 from .tarstream import TarReader
-from .tarwrite import ShardWriter
+from .tarwrite import ShardWriter, UnsafeMemberName
 
 OnError = Literal["skip", "fail"]
 
@@ -50,8 +51,8 @@ class ShardResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "input": self.input,
-            "output": self.output,
+            "input": redact_url(self.input),
+            "output": redact_url(self.output),
             "status": self.status,
             "counts": self.counts,
             "error": self.error,
@@ -64,7 +65,7 @@ def plan_shards(inputs: list[str], outputs: list[str] | str) -> list[tuple[str, 
     """Pair inputs with outputs; an output ending in "/" is a directory for same-named shards."""
     if isinstance(outputs, str):
         directory = outputs
-        return [(url, directory + url.rstrip("/").rsplit("/", 1)[-1]) for url in inputs]
+        return [(url, directory + path_name(url)) for url in inputs]
     if len(inputs) != len(outputs):
         raise UsageError(
             f"{len(inputs)} input shards but {len(outputs)} output shards: the patterns must "
@@ -113,9 +114,9 @@ def augment_shard(
     try:
         manifest = _write_shard(input_url, output_url, pipeline, options, progress, started)
     except ShardError as exc:
-        error = str(exc)
+        error = redact_text(str(exc))
     except Exception as exc:  # a back-end or library failure must not end the batch
-        error = f"{input_url}: unexpected {type(exc).__name__}: {exc}"
+        error = redact_text(f"{input_url}: unexpected {type(exc).__name__}: {exc}")
     else:
         return ShardResult(
             input_url,
@@ -194,7 +195,10 @@ def _record(
 ) -> None:
     if outcome.members is not None:
         for name, data in outcome.members:
-            writer.add(name, data)
+            try:
+                writer.add(name, data)
+            except UnsafeMemberName as exc:
+                raise ShardError(shard, str(exc), key=outcome.key) from None
         builder.add_written(outcome.key, outcome.members)
     elif outcome.dropped is not None:
         builder.add_dropped(outcome.key, outcome.dropped)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from shardflow.steps import __version__, augment_cli, recipe_cli, synth_cli, verify_cli
 from shardflow.steps.errors import ShardflowError
+from shardflow.steps.redact import redact_text
 from shardflow.workflows import plan_cli, render_cli, run_cli, submit_cli
 
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ShardflowError as exc:
-        print(f"shardflow {args.command}: error: {exc}", file=sys.stderr)
+        print(f"shardflow {args.command}: error: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("shardflow: interrupted; nothing partial was published", file=sys.stderr)

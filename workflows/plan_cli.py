@@ -10,8 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from shardflow.steps.cli_common import positive_int
+from shardflow.steps.cli_common import add_storage_arguments, positive_int, storage_options
 from shardflow.steps.recipe import load_recipe
+from shardflow.steps.redact import redact_url
 
 from .plan import AUTO, MAX_TASKS, plan_tasks
 
@@ -54,19 +55,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write each output parameter to DIR/NAME (for Argo's valueFrom.path)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_storage_arguments(parser)  # for a recipe URL, with the pods' options and secrets
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     plan = plan_tasks(args.input, args.output, args.shards_per_task, max_tasks=args.max_tasks)
-    load_recipe(args.recipe)
+    load_recipe(args.recipe, storage_options=storage_options(args))
     parameters = plan.parameters()
     if args.write_params is not None:
         args.write_params.mkdir(parents=True, exist_ok=True)
         for name, value in parameters.items():
             (args.write_params / name).write_text(value)
     if args.json:
-        print(json.dumps({"shards": plan.shards, **parameters}, indent=1))
+        shown = {name: redact_url(value) for name, value in parameters.items()}
+        print(json.dumps({"shards": plan.shards, **shown}, indent=1))
     else:
         print(plan.describe())
     return 0
