@@ -57,19 +57,22 @@ class Params:
         default: int | None = None,
         *,
         minimum: int | None = None,
-        maximum: int = MAX_INT,
+        maximum: int | None = None,
     ) -> int:
         value = self._raw.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"{name} must be an integer, got {shown(value)}")
         if minimum is not None and value < minimum:
             raise self.error(f"{name} must be at least {minimum}, got {shown(value)}")
-        if value > maximum:
-            raise self.error(f"{name} must be at most {maximum}, got {shown(value)}")
+        limit = MAX_INT if maximum is None else maximum
+        if value > limit:
+            raise self.error(f"{name} must be at most {limit}, got {shown(value)}")
         return value
 
-    def optional_int(self, name: str, *, minimum: int | None = None) -> int | None:
-        return self.int(name, minimum=minimum) if name in self._raw else None
+    def optional_int(
+        self, name: str, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        return self.int(name, minimum=minimum, maximum=maximum) if name in self._raw else None
 
     def float(self, name: str, default: float, *, low: float, high: float) -> float:
         value = self._raw.get(name, default)

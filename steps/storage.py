@@ -24,6 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ShardError, UsageError
 from .redact import redact_url
+from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
 from .storage_faults import ResumingReader, UploadStream, upload_errors
 
 StorageOptions = dict[str, Any]
@@ -31,10 +32,21 @@ StorageOptions = dict[str, Any]
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}  # file objects with commit()/discard()
 _READ_ONLY = {"http", "https"}
+# Back-ends whose folder listing names every object (an http "listing" is whatever page the
+# server returns for the folder's URL).
+_AUTHORITATIVE_LISTINGS = {"file", "local", "s3", "s3a", "gs", "gcs"}
 
 
 def expand(pattern: str) -> list[str]:
     """Brace-expand a shard pattern (`train-{000000..000554}.tar`) into URLs, in order."""
+    try:
+        count = count_expansions(pattern)
+    except PatternError as exc:
+        raise UsageError(f"cannot expand pattern {pattern!r}: {exc}") from None
+    if count > MAX_SHARDS:
+        raise UsageError(
+            f"pattern {pattern!r} names {count} shards, more than the limit of {MAX_SHARDS}"
+        )
     try:
         urls = list(braceexpand.braceexpand(pattern))
     except Exception as exc:  # braceexpand raises plain exceptions on malformed patterns
@@ -181,6 +193,34 @@ def _open_pipe(url: str) -> Iterator[BinaryIO]:
 def exists(url: str, options: StorageOptions) -> bool:
     fs, path = _filesystem(url, options)
     return fs.exists(path)
+
+
+def absent(urls: list[str], options: StorageOptions) -> set[str]:
+    """The URLs that a listing of their folder shows do not exist.
+
+    One listing per folder instead of two requests per shard: verifying a million shards of
+    which most were never written is then a few listings, not hours of HEAD requests. URLs
+    whose folder cannot be listed (http, no list permission) are left out: the caller checks
+    those one by one."""
+    by_folder: dict[str, list[str]] = {}
+    for url in urls:
+        if url.startswith("pipe:") or scheme(url) not in _AUTHORITATIVE_LISTINGS:
+            continue
+        folder, slash, _ = url.rpartition("/")
+        if slash and (folder.endswith((":", "/")) or not folder):
+            continue  # the root of a bucket or of the disk: checked one by one
+        by_folder.setdefault(folder if slash else ".", []).append(url)
+    missing: set[str] = set()
+    for folder, members in by_folder.items():
+        try:
+            fs, path = _filesystem(folder, options)
+            names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            names = set()
+        except Exception:  # a back-end that cannot list: these URLs are checked one by one
+            continue
+        missing.update(url for url in members if url.rsplit("/", 1)[-1] not in names)
+    return missing
 
 
 def remove(url: str, options: StorageOptions) -> None:

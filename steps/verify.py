@@ -440,9 +440,7 @@ def verify_shard(
         report.problems.append(Problem("unreadable", f"cannot reach the shard: {_error(exc)}"))
         return report
     if not shard_exists:
-        whose = f"for input {input_url!r}" if input_url else "at this URL"
-        also = " (but its manifest exists)" if document is not None else ""
-        report.problems.append(Problem("missing", f"missing: no output shard {whose}{also}"))
+        report.problems.append(missing_problem(input_url, manifest_exists=document is not None))
         return report
     if manifest_problem is not None:
         report.problems.append(manifest_problem)
@@ -464,6 +462,12 @@ def verify_shard(
     else:
         report.problems += check_listing(listing, manifest, expect)
     return report
+
+
+def missing_problem(input_url: str | None, *, manifest_exists: bool) -> Problem:
+    whose = f"for input {input_url!r}" if input_url else "at this URL"
+    also = " (but its manifest exists)" if manifest_exists else ""
+    return Problem("missing", f"missing: no output shard {whose}{also}")
 
 
 def _error(exc: Exception) -> str:

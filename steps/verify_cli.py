@@ -23,9 +23,10 @@ from .cli_common import (
 from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
+from .manifest import manifest_url
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
-from .verify import ShardReport, check_pairing, verify_shard
+from .verify import ShardReport, check_pairing, missing_problem, verify_shard
 
 REPORT_FORMAT = "shardflow.verify/1"
 MAX_SHEET_PIXELS = 64_000_000
@@ -176,12 +177,14 @@ def _check_all(
         argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
         desc="verify",
     )
-    reports: dict[int, ShardReport] = {}
-    rows: dict[int, SheetRow] = {}
+    reports = _known_missing(outputs, inputs, options)
+    rows = {i: SheetRow(outputs[i], []) for i in reports if i in sheet_positions}
+    for _ in reports:
+        progress.shard_finished()
     threads = args.threads or min(16, 2 * available_cpus())
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
-            futures = {pool.submit(check, i): i for i in range(len(outputs))}
+            futures = {pool.submit(check, i): i for i in range(len(outputs)) if i not in reports}
             for future in as_completed(futures):
                 position = futures[future]
                 reports[position], row = future.result()
@@ -192,6 +195,23 @@ def _check_all(
     finally:
         progress.close()
     return [reports[i] for i in range(len(outputs))], [rows[i] for i in sorted(rows)]
+
+
+def _known_missing(
+    outputs: list[str], inputs: list[str] | None, options: storage.StorageOptions
+) -> dict[int, ShardReport]:
+    """Reports for the shards that their folders' listings show missing, with no manifest
+    either: nothing to read, so no request per shard."""
+    manifests = [manifest_url(url) for url in outputs]
+    absent = storage.absent(outputs + manifests, options)
+    reports = {}
+    for position, url in enumerate(outputs):
+        if url in absent and manifests[position] in absent:
+            input_url = inputs[position] if inputs else None
+            report = ShardReport(url, input=input_url)
+            report.problems.append(missing_problem(input_url, manifest_exists=False))
+            reports[position] = report
+    return reports
 
 
 def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
