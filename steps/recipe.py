@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -132,7 +133,8 @@ def read_document(spec: str, options: storage.StorageOptions) -> tuple[str, Any]
         return text, BUILTIN_RECIPES[text]
     if text.startswith(("{", "[")):
         return "inline", recipe_text.parse_json(text, "inline recipe")
-    if text.endswith((".yaml", ".yml", ".json")):
+    path = urlsplit(text).path if "://" in text else text  # a signed URL ends with its query
+    if path.endswith((".yaml", ".yml", ".json")):
         where = f"recipe file {shown(redact_url(text))}"
         data = _read_file(text, options, where)
         recipe_text.check_size(data, where)
@@ -140,7 +142,7 @@ def read_document(spec: str, options: storage.StorageOptions) -> tuple[str, Any]
             decoded = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RecipeError(f"{where} is not UTF-8: {exc}") from None
-        return Path(text).stem, recipe_text.parse_yaml(decoded, where)
+        return Path(path).stem, recipe_text.parse_yaml(decoded, where)
     known = ", ".join(sorted(BUILTIN_RECIPES))
     raise RecipeError(
         f"unknown recipe {shown(redact_url(spec))}: give a built-in name ({known}), a .yaml or "

@@ -70,14 +70,18 @@ def test_a_missing_recipe_url_and_an_unreachable_server_are_told_apart(
     site: Path, shard: Path, tmp_path: Path
 ) -> None:
     with FileServer(site) as web:
-        missing = shardflow("recipe", f"{web.url}/missing.yaml")
+        signed = shardflow("recipe", f"{web.url}/recipe.yaml?sig=SECRET")
+        missing = shardflow("recipe", f"{web.url}/missing.yaml?sig=SECRET")
     with socket.socket() as closed:  # a port with nothing listening
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     unreachable = shardflow(
         "augment", shard, tmp_path / "out.tar", "--recipe", f"http://127.0.0.1:{port}/r.yaml"
     )
-    one_error_line(missing, 2, "does not exist")
+    assert signed.returncode == 0, signed.stderr  # a signed URL: the path says it is YAML
+    assert "name: recipe\n" in signed.stdout
+    one_error_line(missing, 2, "does not exist", "?sig=REDACTED")
+    assert "SECRET" not in missing.stderr
     line = one_error_line(unreachable, 1, "cannot be read")  # a retry may mend it
     assert "does not exist" not in line
     assert not (tmp_path / "out.tar").exists()
