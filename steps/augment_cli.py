@@ -25,6 +25,7 @@ from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .recipe import BUILTIN_RECIPES, load_recipe
+from .redact import redact_url
 
 DESCRIPTION = """\
 Augment WebDataset shards: read each INPUT shard, apply the recipe to every sample, and
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = Batch(args.task_index, args.shards_per_task).of(pairs)
     if args.max_mpx <= 0 or args.max_member_mb <= 0:
         raise UsageError("--max-mpx and --max-member-mb must be positive")
-    recipe = load_recipe(args.recipe, label_field=args.label_field)
+    recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
     rely_on_own_pixel_limit()
     pipeline = Pipeline(
         recipe,
@@ -166,13 +167,14 @@ def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progr
     if args.quiet or args.json:
         return
     counts = result.counts
+    output = redact_url(result.output)
     if result.status == "skipped":
         written = counts.get("written", 0)
-        line = f"{result.output}: skipped, complete from an earlier run ({written} samples)"
+        line = f"{output}: skipped, complete from an earlier run ({written} samples)"
     else:
         rate = counts["read"] / result.seconds if result.seconds else 0.0
         line = (
-            f"{result.output}: {counts['written']} written, {counts['dropped']} dropped, "
+            f"{output}: {counts['written']} written, {counts['dropped']} dropped, "
             f"{counts['failed']} failed of {counts['read']} read "
             f"({_megabytes(result.output_size)}, {result.seconds:.1f} s, {rate:.1f} samples/s)"
         )

@@ -22,6 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 from . import storage
 from .errors import UsageError
 from .manifest import manifest_url
+from .redact import path_name
 
 Pair = tuple[str, str]
 
@@ -35,7 +36,7 @@ def pair_shards(input_pattern: str, output_pattern: str) -> list[Pair]:
     written safely (see `refuse_aliases`)."""
     inputs = storage.expand(input_pattern)
     if output_pattern.endswith("/"):
-        outputs = [output_pattern + url.rstrip("/").rsplit("/", 1)[-1] for url in inputs]
+        outputs = [output_pattern + path_name(url) for url in inputs]
     else:
         outputs = storage.expand(output_pattern)
     if len(inputs) != len(outputs):

@@ -26,6 +26,7 @@ from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .manifest import manifest_url
 from .pairing import refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
+from .redact import redact_url
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
 from .verify_identity import check_input_identity
 
@@ -138,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.quiet:
         for report in reports:
             for problem in report.problems:
-                print(f"shardflow verify: {report.output}: {problem}", file=sys.stderr)
+                print(
+                    f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr
+                )
     else:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)
@@ -286,7 +289,7 @@ def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None =
             first += f" (+{len(report.problems) - 1} more, below)"
         rows.append(
             (
-                report.output,
+                redact_url(report.output),
                 str(report.samples),
                 str(report.members),
                 _human(report.bytes),
@@ -311,7 +314,7 @@ def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None =
         )
     for report in reports:
         if len(report.problems) > 1:
-            lines.append(f"{report.output}:")
+            lines.append(f"{redact_url(report.output)}:")
             lines += [f"  - {problem}" for problem in report.problems]
     return "\n".join(lines)
 
@@ -329,8 +332,8 @@ def report_document(
     by_status = {s: sum(r.status == s for r in reports) for s in statuses}
     return {
         "format": REPORT_FORMAT,
-        "outputs": args.outputs,
-        "inputs": args.inputs,
+        "outputs": redact_url(args.outputs),
+        "inputs": redact_url(args.inputs) if args.inputs else args.inputs,
         "expect": expect,
         "passed": all(r.status == "ok" for r in reports),
         "summary": {
@@ -359,11 +362,11 @@ def _write_files(
         if args.report:
             data = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
             storage.write_atomically(args.report, data, options)
-            said.append(f"report: {args.report}")
+            said.append(f"report: {redact_url(args.report)}")
         if args.sample_sheet:
             storage.write_atomically(args.sample_sheet, render_sheet(rows), options)
             tiles = sum(len(row.tiles) for row in rows)
-            said.append(f"sample sheet: {args.sample_sheet} ({tiles} samples)")
+            said.append(f"sample sheet: {redact_url(args.sample_sheet)} ({tiles} samples)")
         if args.summary_file:
             storage.write_atomically(args.summary_file, summary.encode("utf-8") + b"\n", options)
     except OSError as exc:
