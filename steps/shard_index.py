@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from . import storage
-from .errors import ShardError
+from .errors import ShardError, UsageError
+from .manifest import ManifestError, manifest_url, read_manifest
 from .samples import split_member_name
 from .tarlayout import data_offsets
 from .tarstream import TarFormatError, TarReader
@@ -185,17 +186,18 @@ def write_dataset_index(
     dali: bool = False,
 ) -> list[str]:
     """Write the wids index, each directory's sizes.json and, with `dali`, each shard's
-    `.idx`, every file atomically; the URLs written, in that order."""
+    `.idx`, every file atomically; the URLs written, in that order. Beside shards that
+    cannot be written to (http), sizes.json and the .idx files go beside the index."""
     written = []
     if dali:
         for shard in shards:
-            url = dali_index_url(shard.url)
+            url = _beside(dali_index_url(shard.url), index_url)
             storage.write_atomically(url, dali_index(shard).encode("utf-8"), options)
             written.append(url)
     by_directory: dict[str, dict[str, int]] = {}
     for shard in shards:
-        directory, file = _split(shard.url)
-        by_directory.setdefault(directory, {})[file] = shard.nsamples
+        directory = _split(_beside(shard.url, index_url))[0]
+        by_directory.setdefault(directory, {})[_split(shard.url)[1]] = shard.nsamples
     for directory, counts in by_directory.items():
         url = f"{directory}/{SIZES_NAME}" if directory else SIZES_NAME
         sizes = {**_existing_sizes(url, options), **counts}
@@ -205,6 +207,16 @@ def write_dataset_index(
     storage.write_atomically(index_url, _json_bytes(document), options)
     written.append(index_url)
     return written
+
+
+def _beside(url: str, index_url: str) -> str:
+    """`url`, or the file of that name in the index's directory when `url` is read-only."""
+    try:
+        storage.check_url(url, writing=True)
+    except UsageError:
+        directory = _split(index_url)[0]
+        return f"{directory}/{_split(url)[1]}" if directory else _split(url)[1]
+    return url
 
 
 def _existing_sizes(url: str, options: storage.StorageOptions) -> dict[str, int]:
@@ -227,3 +239,20 @@ def _json_bytes(document: Any) -> bytes:
 def _split(url: str) -> tuple[str, str]:
     directory, _, file = url.rstrip("/").rpartition("/")
     return directory, file
+
+
+def index_outputs(
+    urls: list[str], options: storage.StorageOptions, *, dali: bool = False
+) -> list[str]:
+    """Write the dataset index of finished outputs from their manifests (no shard is read):
+    what a run does last. The URLs written."""
+    shards = []
+    for url in urls:
+        try:
+            manifest = read_manifest(manifest_url(url), options)
+        except ManifestError as exc:
+            raise ShardError(url, str(exc)) from None
+        if manifest is None:
+            raise ShardError(url, "no manifest: the shard is not finished, so it is not indexed")
+        shards.append(index_from_manifest(url, manifest))
+    return write_dataset_index(shards, default_index_url(urls), options, dali=dali)

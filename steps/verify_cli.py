@@ -24,6 +24,7 @@ from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wan
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .progress import ARGO_PROGRESS_FILE, Progress
+from .shard_index import index_outputs
 from .verify import ShardReport, check_pairing, verify_shard
 
 REPORT_FORMAT = "shardflow.verify/1"
@@ -94,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=4,
         help="samples shown per shard, its first ones (default: 4)",
     )
+    files.add_argument(
+        "--write-index",
+        action="store_true",
+        help="when every shard passes, write the dataset index beside them from the manifests "
+        "(PREFIX.shardindex.json for wids, sizes.json; see shardflow index)",
+    )
     parser.add_argument(
         "--all-rows",
         action="store_true",
@@ -130,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)
     written = _write_files(args, options, document, summary, rows)
+    if args.write_index:
+        written += _write_index(outputs, reports, options)
     if not (args.json or args.quiet):
         for line in written:
             print(line)
@@ -336,6 +345,18 @@ def _write_files(
     except OSError as exc:
         raise ShardflowError(f"cannot write the verification files: {exc}") from None
     return said
+
+
+def _write_index(
+    outputs: list[str], reports: list[ShardReport], options: storage.StorageOptions
+) -> list[str]:
+    """The index of a verified dataset: a run on Argo ends with it, as a local run does."""
+    if not all(r.status == "ok" for r in reports):
+        return ["index: not written, not every shard passed"]
+    try:
+        return [f"index: {url}" for url in index_outputs(outputs, options)]
+    except (ShardflowError, OSError) as exc:
+        raise ShardflowError(f"cannot write the dataset index: {exc}") from None
 
 
 def _human(size: int) -> str:
