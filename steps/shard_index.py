@@ -127,7 +127,7 @@ def default_index_url(shards: list[str]) -> str:
     names' common start without trailing digits and separators (`train-{000..009}.tar` ->
     `train.shardindex.json`), so two datasets in one directory get two indexes."""
     directory, _ = _split(shards[0])
-    names = [_split(url)[1] for url in shards]
+    names = [_split(url)[1].partition(".")[0] for url in shards]
     prefix = _PREFIX_TAIL.sub("", os.path.commonprefix(names))  # noqa: RUF071 (by character)
     name = f"{prefix}.{INDEX_SUFFIX}" if prefix else INDEX_SUFFIX
     return f"{directory}/{name}" if directory else name
