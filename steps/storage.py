@@ -416,3 +416,10 @@ def _publish_by_move(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Iter
         with contextlib.suppress(Exception):
             fs.rm(temporary)
         raise
+
+
+def open_ranged(url: str, options: StorageOptions, block_size: int = 1 << 20) -> BinaryIO:
+    """A seekable file object reading `block_size` bytes per request: seeking over data the
+    caller does not need costs no transfer (ranged reads on object stores and HTTP)."""
+    fs, path = _filesystem(url, options)
+    return fs.open(path, "rb", block_size=block_size)

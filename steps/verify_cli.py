@@ -27,6 +27,7 @@ from .manifest import manifest_url
 from .pairing import refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
+from .shard_index import index_outputs
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
 from .verify_identity import check_input_identity
 
@@ -99,6 +100,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=4,
         help="samples shown per shard, its first ones (default: 4)",
     )
+    files.add_argument(
+        "--write-index",
+        action="store_true",
+        help="when every shard passes, write the dataset index beside them from the manifests "
+        "(PREFIX.shardindex.json for wids, sizes.json; see shardflow index)",
+    )
     parser.add_argument(
         "--all-rows",
         action="store_true",
@@ -146,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)
     written = _write_files(args, options, document, summary, rows)
+    if args.write_index:
+        written += _write_index(outputs, reports, options)
     if not (args.json or args.quiet):
         for line in written:
             print(line)
@@ -372,6 +381,18 @@ def _write_files(
     except OSError as exc:
         raise ShardflowError(f"cannot write the verification files: {exc}") from None
     return said
+
+
+def _write_index(
+    outputs: list[str], reports: list[ShardReport], options: storage.StorageOptions
+) -> list[str]:
+    """The index of a verified dataset: a run on Argo ends with it, as a local run does."""
+    if not all(r.status == "ok" for r in reports):
+        return ["index: not written, not every shard passed"]
+    try:
+        return [f"index: {url}" for url in index_outputs(outputs, options)]
+    except (ShardflowError, OSError) as exc:
+        raise ShardflowError(f"cannot write the dataset index: {exc}") from None
 
 
 def _human(size: int) -> str:

@@ -10,7 +10,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shardflow.steps import __version__, augment_cli, recipe_cli, synth_cli, verify_cli
+from shardflow.steps import (
+    __version__,
+    augment_cli,
+    check_cli,
+    index_cli,
+    recipe_cli,
+    synth_cli,
+    verify_cli,
+)
 from shardflow.steps.errors import EXIT_FAILED, ShardflowError
 from shardflow.steps.redact import redact_text
 from shardflow.steps.signals import Terminated, stop_signals_raise
@@ -30,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         submit_cli,
         augment_cli,
         verify_cli,
+        index_cli,
+        check_cli,
         plan_cli,
         render_cli,
         recipe_cli,
