@@ -24,7 +24,8 @@ that they pair up and that the recipe loads, and compute the number of augment t
 verification writes its report. In the Argo DAG this is the first pod; --write-params writes
 one file per output parameter (tasks, shards-per-task, outputs, report, sample-sheet).
 --check-parameter refuses a workflow parameter outside its allowed values before any other pod
-starts (Argo does not enforce enums for `argo submit -p` or the API).
+starts (Argo does not enforce enums for `argo submit -p` or the API); cpu and memory, once
+checked, are written as output parameters too, for the pods whose spec they set.
 
 exit status: 0 planned, 2 usage error."""
 
@@ -71,10 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_values(_name_values(args.check_parameter))
+    checked = check_values(_name_values(args.check_parameter))
     plan = plan_tasks(args.input, args.output, args.shards_per_task, max_tasks=args.max_tasks)
     load_recipe(args.recipe, storage_options=storage_options(args))
-    parameters = plan.parameters()
+    parameters = {**plan.parameters(), **checked}
     if args.write_params is not None:
         args.write_params.mkdir(parents=True, exist_ok=True)
         for name, value in parameters.items():

@@ -53,7 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="reference the installed WorkflowTemplate (default name: shardflow-augment)",
     )
-    parser.add_argument("--parallelism", type=positive_int, help="pods running at once")
+    parser.add_argument(
+        "--parallelism",
+        type=positive_int,
+        help="pods running at once (not with --from-template: the installed template's applies)",
+    )
     parser.add_argument("--namespace", "-n", help="namespace (default: $ARGO_NAMESPACE)")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the Workflow as YAML instead of submitting"
@@ -67,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
     from . import dag, render
     from .executor import resolve_parameters
 
+    if args.from_template and args.parallelism:
+        # Argo refuses to override parallelism over a workflowTemplateRef under the
+        # controller's templateReferencing: Strict/Secure (merge.go allowedUserOverrideFields).
+        raise UsageError(
+            "--parallelism cannot change an installed template's: render it with "
+            "`shardflow render --parallelism N` and install that, or submit without "
+            "--from-template"
+        )
     given = _given_parameters(args)
     template = render.manifest(Workflow)
     values = resolve_parameters(template, given)
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"plan: {plan.describe()}", file=sys.stderr)
     if args.from_template:
-        model = _template_reference(args.from_template, given, args.parallelism)
+        model = _template_reference(args.from_template, given)
     else:
         settings = dag.RenderSettings(parallelism=args.parallelism or dag.DEFAULT_PARALLELISM)
         model = render.model(Workflow, settings)
@@ -111,7 +123,7 @@ def _portable_recipe(spec: str) -> str:
     return inline
 
 
-def _template_reference(name: str, given: dict[str, str], parallelism: int | None) -> Any:
+def _template_reference(name: str, given: dict[str, str]) -> Any:
     from hera.workflows import models
 
     from .dag import NAME
@@ -125,7 +137,6 @@ def _template_reference(name: str, given: dict[str, str], parallelism: int | Non
             arguments=models.Arguments(
                 parameters=[models.Parameter(name=k, value=v) for k, v in given.items()]
             ),
-            parallelism=parallelism,
         ),
     )
 
