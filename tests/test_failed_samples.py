@@ -94,3 +94,18 @@ def test_run_fails_when_every_sample_failed_or_too_many_did(tmp_path: Path):
     mixed = run_cli("run", str(tmp_path / "mixed" / "in-0.tar"), str(tmp_path / "out") + "/")
     assert mixed.returncode == 1, mixed.stdout
     assert "verify: FAILED: 1 of 4 samples failed" in mixed.stdout
+
+    tolerant = run_cli(
+        "run",
+        str(tmp_path / "mixed" / "in-0.tar"),
+        str(tmp_path / "out") + "/",
+        "-p",
+        "max-failed=30%",
+    )  # the DAG parameter reaches both augment and verify
+    assert tolerant.returncode == 0, tolerant.stdout + tolerant.stderr
+    assert "verify: OK" in tolerant.stdout
+
+
+def test_plan_refuses_a_bad_max_failed_before_any_task(tmp_path: Path):
+    result = run_cli("plan", "in-{0..1}.tar", "out/", "--max-failed", "1.5")
+    assert result.returncode == 2 and "not between 0 and 1" in result.stderr

@@ -52,6 +52,7 @@ from hera.workflows.models import (
 )
 
 from shardflow.steps import __version__
+from shardflow.steps.failures import DEFAULT_MAX_FAILED
 from shardflow.steps.recipe import BUILTIN_RECIPES
 
 from . import yamltext
@@ -117,6 +118,12 @@ def _parameters() -> list[Parameter]:
             enum=["skip", "fail"],
             description="A sample that cannot be decoded or processed: skip it (counted and "
             "listed by key in the shard's manifest) or fail its shard.",
+        ),
+        Parameter(
+            name="max-failed",
+            value=f"{DEFAULT_MAX_FAILED:g}",
+            description="Fail the run when more than this fraction of the samples read failed "
+            "(e.g. 0.05 or 5%); a shard whose every sample failed always fails.",
         ),
         Parameter(
             name="cpu",
@@ -223,6 +230,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "plan",
             "--shards-per-task={{workflow.parameters.shards-per-task}}",
             "--recipe={{workflow.parameters.recipe}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             f"--max-tasks={MAX_TASKS}",
             f"--write-params={PLAN_DIR}",
             "--",
@@ -243,6 +251,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "augment",
             "--recipe={{workflow.parameters.recipe}}",
             "--on-error={{workflow.parameters.on-error}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--task-index={{inputs.parameters.task-index}}",
             "--shards-per-task={{inputs.parameters.shards-per-task}}",
             "--skip-existing",
@@ -262,6 +271,7 @@ def _templates() -> tuple[Container, Container, Container]:
         [
             "verify",
             "--inputs={{workflow.parameters.input}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--report={{inputs.parameters.report}}",
             "--sample-sheet={{inputs.parameters.sample-sheet}}",
             f"--summary-file={SUMMARY_FILE}",

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from shardflow.steps.cli_common import positive_int
+from shardflow.steps.failures import add_max_failed_argument
 from shardflow.steps.recipe import load_recipe
 
 from .plan import AUTO, MAX_TASKS, plan_tasks
@@ -41,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "more than --max-tasks tasks",
     )
     parser.add_argument("--recipe", default="seed", help="recipe to check (default: seed)")
+    add_max_failed_argument(parser)  # checked here, so a bad value fails one pod, not all
     parser.add_argument(
         "--max-tasks",
         type=positive_int,
