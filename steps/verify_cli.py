@@ -25,7 +25,7 @@ from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import refuse_aliases
+from .pairing import Write, refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .verify import ShardReport, check_pairing, verify_shard
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     outputs, inputs = _shards(args.outputs, args.inputs)
     expect = parse_expect(args.expect)
     written = [
-        (url, what)
+        Write(url, what)
         for url, what in (
             (args.report, "--report"),
             (args.summary_file, "--summary-file"),
@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if url
     ]
-    for url, _ in written:
-        storage.check_url(url, writing=True)
+    for write in written:
+        storage.check_url(write.url, writing=True)
     refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardflow.steps.errors import UsageError
+from shardflow.steps.pairing import Write, pair_shards, refuse_aliases, task_count
 from shardflow.steps.pairing import check_urls as check_schemes
-from shardflow.steps.pairing import pair_shards, refuse_aliases, task_count
 
 AUTO = "auto"
 # Every augment task is two Argo nodes (a retry node and its pod), and the UI and controller
@@ -80,7 +80,7 @@ def plan_tasks(
     # verify writes these two: they must not land on a shard either.
     refuse_aliases(
         [url for pair in pairs for url in pair],
-        [(report, "the verify report"), (sample_sheet, "the sample sheet")],
+        [Write(report, "the verify report"), Write(sample_sheet, "the sample sheet")],
     )
     return TaskPlan(
         shards=len(pairs),
