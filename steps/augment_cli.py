@@ -19,7 +19,8 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, ShardError, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, UsageError
+from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .pairing import Batch, check_urls, pair_shards
 from .pipeline import Pipeline
@@ -38,7 +39,8 @@ OUTPUT ending in / is a directory that receives shards of the same names.
 
 exit status: 0 all shards written or skipped; 1 a shard failed for a reason a retry may fix
 (storage, network); 2 usage error (nothing was done); 3 every failed shard is damaged or
-the recipe cannot apply to it (a retry fails the same way). The other shards still ran."""
+the recipe cannot apply to it (a retry fails the same way), or more samples failed than
+--max-failed allows. The other shards still ran."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,10 +77,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a sample that cannot be decoded or processed: skip it (counted and listed in the "
         "manifest) or fail its shard (default: skip)",
     )
+    add_max_failed_argument(behaviour)
     behaviour.add_argument(
         "--skip-existing",
         action="store_true",
-        help="skip a shard whose manifest records the same input and recipe hash",
+        help="skip a shard whose manifest records the same input, recipe and options, beside a "
+        "shard of the size it records",
+    )
+    behaviour.add_argument(
+        "--verify-existing",
+        action="store_true",
+        help="with --skip-existing, also read such a shard and check it as verify does (sha256, "
+        "members, counts) before skipping it",
     )
     behaviour.add_argument(
         "--threads",
@@ -132,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         pairs = Batch(args.task_index, args.shards_per_task).of(pairs)
     if args.max_mpx <= 0 or args.max_member_mb <= 0:
         raise UsageError("--max-mpx and --max-member-mb must be positive")
+    if args.verify_existing and not args.skip_existing:
+        raise UsageError("--verify-existing only applies with --skip-existing")
     recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
     rely_on_own_pixel_limit()
     pipeline = Pipeline(
@@ -143,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         storage_options=options,
         on_error=args.on_error,
         skip_existing=args.skip_existing,
+        verify_existing=args.verify_existing,
         threads=args.threads or available_cpus(),
         max_member_bytes=int(args.max_member_mb * 1_000_000),
         allow_pipe=args.allow_pipe,
@@ -162,8 +175,14 @@ def run(args: argparse.Namespace) -> int:
     index = _write_index(pairs, options) if args.task_index is None and not failed else []
     seconds = time.monotonic() - started
     _report_summary(results, recipe.name, pipeline.recipe_hash, seconds, args, index)
-    code = batch_exit_code(results)
-    return EXIT_FAILED if code == EXIT_OK and index is None else code
+    status = batch_exit_code(results)
+    finished = [r.counts for r in results if r.status != "failed"]  # skipped ones count too
+    read, failed_samples = (sum(c.get(name, 0) for c in finished) for name in ("read", "failed"))
+    problem = too_many_failed(read, failed_samples, args.max_failed)
+    if problem is not None:
+        print(f"shardflow: error: {problem}", file=sys.stderr, flush=True)
+        return EXIT_DATA if status == EXIT_OK else status
+    return EXIT_FAILED if status == EXIT_OK and index is None else status
 
 
 def _write_index(pairs: list[tuple[str, str]], options: storage.StorageOptions) -> list[str] | None:

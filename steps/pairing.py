@@ -13,6 +13,7 @@ the folder form `in/` are one file, and `S3://Bucket/a/../x.tar` is `s3://bucket
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,6 +29,10 @@ Pair = tuple[str, str]
 
 _SAME_STORE = {"s3a": "s3", "gcs": "gs"}  # fsspec's aliases for one back-end
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Already in the one spelling `location` gives: lower-case scheme (not an alias) and host,
+# no credentials or port, no empty path segment, no query; dot segments are looked for apart.
+_CANONICAL = re.compile(r"(?!s3a://|gcs://)[a-z][a-z0-9+.-]*://[a-z0-9._-]+(/[^/?#]+)*")
+_DOT_SEGMENT = re.compile(r"/\.\.?(/|$)")
 
 
 def pair_shards(input_pattern: str, output_pattern: str) -> list[Pair]:
@@ -49,40 +54,55 @@ def pair_shards(input_pattern: str, output_pattern: str) -> list[Pair]:
     return pairs
 
 
-def shard_writes(pairs: Iterable[Pair]) -> list[tuple[str, str]]:
-    """What augmenting the pairs writes: each output and its manifest, with what it is."""
+@dataclass(frozen=True)
+class Write:
+    """A URL a run writes and what it is ("the verify report", "the output of" another URL):
+    described only when refused, so a million shards cost no message formatting."""
+
+    url: str
+    what: str
+    of: str | None = None
+
+    def describe(self) -> str:
+        return self.what if self.of is None else f"{self.what} {_shown(self.of)}"
+
+
+def shard_writes(pairs: Iterable[Pair]) -> list[Write]:
+    """What augmenting the pairs writes: each output and its manifest."""
     writes = []
     for input_url, output_url in pairs:
-        writes.append((output_url, f"the output of {_shown(input_url)}"))
-        writes.append((manifest_url(output_url), f"the manifest of {_shown(output_url)}"))
+        writes.append(Write(output_url, "the output of", input_url))
+        writes.append(Write(manifest_url(output_url), "the manifest of", output_url))
     return writes
 
 
-def refuse_aliases(reads: Iterable[str], writes: Iterable[tuple[str, str]]) -> None:
-    """Raise UsageError when a written URL (given with what it is) is at the location of a
-    URL that is read, or of another written URL: the whole sets are compared, so crossed pairs
-    (a -> b while b -> c) are caught too, not only an input paired with itself."""
+def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
+    """Raise UsageError when a written URL is at the location of a URL that is read, or of
+    another written URL: the whole sets are compared, so crossed pairs (a -> b while b -> c)
+    are caught too, not only an input paired with itself."""
     resolve = _Locations()
     read_at: dict[str, str] = {}
     for url in reads:
         read_at.setdefault(resolve(url, written=False), url)
-    written_at: dict[str, tuple[str, str]] = {}
-    for url, what in writes:
+    written_at: dict[str, Write] = {}
+    for write in writes:
+        url, what = write.url, write.describe
         where = resolve(url, written=True)
         if where in read_at:
             raise UsageError(
-                f"{_shown(url)} ({what}) is both an input and an output: it is "
+                f"{_shown(url)} ({what()}) is both an input and an output: it is "
                 f"{_shown(read_at[where])}{_same_as(where, url, read_at[where])}, which this "
                 "run reads and writing would destroy"
             )
         if where in written_at:
-            other, other_what = written_at[where]
+            other = written_at[where]
             raise UsageError(
-                f"two shards map to the same output: {_shown(other)} ({other_what}) and "
-                f"{_shown(url)} ({what}) are one location{_same_as(where, url, other)}; give "
+                f"two shards map to the same output: {_shown(other.url)} ({other.describe()}) "
+                f"and {_shown(url)} ({what()}) are one location"
+                f"{_same_as(where, url, other.url)}; give "
                 "OUTPUT as a pattern that names every shard"
             )
-        written_at[where] = (url, what)
+        written_at[where] = write
 
 
 def check_urls(pairs: Iterable[Pair], *, allow_pipe: bool = False) -> None:
@@ -144,8 +164,11 @@ class _Locations:
     def __call__(self, url: str, *, written: bool) -> str:
         if url.startswith("pipe:"):
             return url
-        if storage.scheme(url) in ("file", "local"):
+        scheme, separator, _ = url.partition("://")
+        if not separator or scheme.lower() in ("file", "local"):
             return self._local(LocalFileSystem._strip_protocol(url), follow=not written)
+        if _CANONICAL.fullmatch(url) and not _DOT_SEGMENT.search(url):
+            return url  # most shard URLs: nothing to normalise, and no urlsplit to pay for
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         scheme = _SAME_STORE.get(scheme, scheme)

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Literal
 
 from . import storage
 from .errors import ShardError
+from .failures import every_sample_failed
 from .manifest import ManifestError, manifest_url, read_manifest
 from .redact import redact_text, redact_url
 from .samples import split_member_name, unsafe_name_reason
@@ -37,8 +38,8 @@ _NO_END_BLOCKS = "archive ends without its end-of-archive blocks"  # TarReader's
 @dataclass(frozen=True)
 class Problem:
     """One finding: `kind` for scripts (missing, incomplete, truncated, corrupt, size, sha256,
-    members, names, samples, duplicate, expect, count, manifest, unreadable, input, extra,
-    changed),
+    members, names, samples, duplicate, expect, count, failures, manifest, unreadable, input,
+    extra, changed),
     `message` for people (it starts with the kind when that reads naturally)."""
 
     kind: str
@@ -351,6 +352,14 @@ def count_problems(manifest: ManifestView) -> list[Problem]:
                 f" + dropped {counts['dropped']} + failed {counts['failed']} = {total}",
             )
         )
+    if every_sample_failed(counts):
+        problems.append(
+            Problem(
+                "failures",
+                f"failures: every sample failed ({counts['failed']} of {counts['read']}); the "
+                "manifest lists why",
+            )
+        )
     if manifest.sample_count != counts["written"]:
         problems.append(
             Problem(
@@ -383,6 +392,7 @@ class ShardReport:
     members: int = 0
     bytes: int = 0
     sha256: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # the manifest's sample counts
     problems: list[Problem] = field(default_factory=list)
     kept: list[KeptSample] = field(default_factory=list)
 
@@ -463,6 +473,7 @@ def verify_shard(
         if listing.damage is not None:
             report.problems.append(listing.damage)
     else:
+        report.counts = manifest.counts
         report.problems += check_listing(listing, manifest, expect)
     return report
 

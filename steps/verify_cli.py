@@ -23,8 +23,9 @@ from .cli_common import (
 from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
+from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import refuse_aliases
+from .pairing import Write, refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
 from .shard_index import index_outputs
@@ -39,7 +40,8 @@ Verify output shards: stream each one once (hashing it, never holding member dat
 it against the manifest the augment step wrote beside it: the archive is whole (header
 checksums, member data, end-of-archive blocks), its size and sha256 are the manifest's, the
 member list and sizes are the manifest's, every sample has exactly the expected members, no
-key repeats, and the sample count is the manifest's written count. With --inputs, outputs and
+key repeats, the sample count is the manifest's written count, and not every sample failed;
+over all shards, at most --max-failed of the samples read failed. With --inputs, outputs and
 inputs are paired by position: each output must come from its paired input, still the
 version the manifest records (ETag, version, size and modification time), and each input
 must have exactly one output.
@@ -112,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"list every shard in the table (default: above {TABLE_ROWS} shards, only those "
         "with problems; the report always has every shard)",
     )
+    add_max_failed_argument(parser)
     add_storage_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(func=run)
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     outputs, inputs = _shards(args.outputs, args.inputs)
     expect = parse_expect(args.expect)
     written = [
-        (url, what)
+        Write(url, what)
         for url, what in (
             (args.report, "--report"),
             (args.summary_file, "--summary-file"),
@@ -130,16 +133,20 @@ def run(args: argparse.Namespace) -> int:
         )
         if url
     ]
-    for url, _ in written:
-        storage.check_url(url, writing=True)
+    for write in written:
+        storage.check_url(write.url, writing=True)
     refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
     if inputs:
         check_pairing(reports, inputs)
     seconds = time.monotonic() - started
-    summary = summary_line(reports, seconds)
+    read, failed = (sum(r.counts.get(name, 0) for r in reports) for name in ("read", "failed"))
+    failures = too_many_failed(read, failed, args.max_failed)
+    summary = summary_line(reports, seconds, failures)
     document = report_document(args, expect, reports, summary, seconds)
+    document["summary"].update(samples_read=read, samples_failed=failed, max_failed=args.max_failed)
+    document["passed"] = document["passed"] and failures is None
     if args.json:
         json.dump(document, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -159,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         for line in written:
             print(line)
         print(summary, flush=True)  # the last line: what the DAG shows
-    return EXIT_OK if all(r.status == "ok" for r in reports) else EXIT_FAILED
+    return EXIT_OK if document["passed"] else EXIT_FAILED
 
 
 def _check_all(
@@ -263,15 +270,18 @@ def parse_expect(text: str | None) -> list[str] | None:
     return extensions
 
 
-def summary_line(reports: list[ShardReport], seconds: float) -> str:
-    """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED."""
+def summary_line(reports: list[ShardReport], seconds: float, failures: str | None = None) -> str:
+    """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED.
+    `failures` says why the run failed more samples than --max-failed allows."""
     total = len(reports)
     passed = sum(r.status == "ok" for r in reports)
     samples = sum(r.samples for r in reports)
     size = sum(r.bytes for r in reports)
     checked = f"{samples} samples, {_human(size)} checked in {seconds:.1f} s"
-    if passed == total:
+    if passed == total and failures is None:
         return f"verify: OK: {total} of {total} shards passed; {checked}"
+    if passed == total:
+        return f"verify: FAILED: {failures}; {total} of {total} shards passed; {checked}"
     by_status = [
         f"{count} {status}"
         for status in ("missing", "incomplete", "failed")
@@ -279,7 +289,8 @@ def summary_line(reports: list[ShardReport], seconds: float) -> str:
     ]
     return (
         f"verify: FAILED: {total - passed} of {total} shards did not pass "
-        f"({', '.join(by_status)}); {passed} passed; {checked}"
+        f"({', '.join(by_status)}){f'; {failures}' if failures else ''}; {passed} passed; "
+        f"{checked}"
     )
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from shardflow.steps.errors import UsageError
-from shardflow.steps.pairing import Batch, location, pair_shards, refuse_aliases, task_count
+from shardflow.steps.pairing import (
+    Batch,
+    Write,
+    location,
+    pair_shards,
+    refuse_aliases,
+    task_count,
+)
 from shardflow.workflows.plan import plan_tasks
 
 from conftest import good_shard, run_cli
@@ -161,19 +168,19 @@ def test_plan_refuses_a_verify_report_at_a_shard():
 def test_urls_are_compared_normalised(url, same):
     assert location(url, written=False) == location(same, written=True)
     with pytest.raises(UsageError, match="both an input and an output"):
-        refuse_aliases([url], [(same, "an output")])
+        refuse_aliases([url], [Write(same, "an output")])
 
 
 def test_other_ports_and_hosts_are_other_places():
     assert location("http://host:8080/x.tar", written=False) != location(
         "http://host/x.tar", written=False
     )
-    refuse_aliases(["s3://a/x.tar"], [("s3://b/x.tar", "out"), ("s3://a/y.tar", "out")])
+    refuse_aliases(["s3://a/x.tar"], [Write("s3://b/x.tar", "out"), Write("s3://a/y.tar", "out")])
 
 
 def test_credentials_are_not_quoted_in_the_refusal():
     with pytest.raises(UsageError) as refused:
-        refuse_aliases(["s3://key:secret@bucket/x.tar"], [("s3://bucket/x.tar", "an output")])
+        refuse_aliases(["s3://key:secret@bucket/x.tar"], [Write("s3://bucket/x.tar", "an output")])
     assert "secret" not in str(refused.value)
     assert "s3://***@bucket/x.tar" in str(refused.value)
 

@@ -200,6 +200,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "plan",
             "--shards-per-task={{workflow.parameters.shards-per-task}}",
             "--recipe={{workflow.parameters.recipe}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             f"--max-tasks={MAX_TASKS}",
             f"--write-params={PLAN_DIR}",
             *(
@@ -224,6 +225,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "augment",
             "--recipe={{workflow.parameters.recipe}}",
             "--on-error={{workflow.parameters.on-error}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--task-index={{inputs.parameters.task-index}}",
             "--shards-per-task={{inputs.parameters.shards-per-task}}",
             "--skip-existing",
@@ -247,6 +249,7 @@ def _templates() -> tuple[Container, Container, Container]:
         [
             "verify",
             "--inputs={{workflow.parameters.input}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--report={{inputs.parameters.report}}",
             "--sample-sheet={{inputs.parameters.sample-sheet}}",
             f"--summary-file={SUMMARY_FILE}",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from shardflow.steps import __version__
 from shardflow.steps.errors import UsageError
+from shardflow.steps.failures import DEFAULT_MAX_FAILED
 from shardflow.steps.recipe import BUILTIN_RECIPES
 
 from .plan import AUTO, MAX_TASKS
@@ -76,6 +77,12 @@ PARAMETERS: tuple[DagParameter, ...] = (
         default="skip",
         enum=ON_ERROR_CHOICES,
         checked_by_plan=True,
+    ),
+    DagParameter(
+        "max-failed",
+        "Fail the run when more than this fraction of the samples read failed (e.g. 0.05 or "
+        "5%); a shard whose every sample failed always fails.",
+        default=f"{DEFAULT_MAX_FAILED:g}",
     ),
     DagParameter(
         "cpu",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shardflow.steps.errors import UsageError
+from shardflow.steps.pairing import Write, pair_shards, refuse_aliases, task_count
 from shardflow.steps.pairing import check_urls as check_schemes
-from shardflow.steps.pairing import pair_shards, refuse_aliases, task_count
 from shardflow.steps.redact import redact_url
 
 AUTO = "auto"
@@ -82,7 +82,7 @@ def plan_tasks(
     # verify writes these two: they must not land on a shard either.
     refuse_aliases(
         [url for pair in pairs for url in pair],
-        [(report, "the verify report"), (sample_sheet, "the sample sheet")],
+        [Write(report, "the verify report"), Write(sample_sheet, "the sample sheet")],
     )
     return TaskPlan(
         shards=len(pairs),
