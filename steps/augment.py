@@ -16,12 +16,13 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from . import storage
-from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError
+from .input_identity import difference
 from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
 from .progress import Progress
-from .redact import path_name, redact_text, redact_url
+from .redact import redact_text, redact_url
 from .samples import SampleReader
 from .tarstream import TarReader
 from .tarwrite import ShardWriter, UnsafeMemberName
@@ -62,19 +63,6 @@ class ShardResult:
         }
 
 
-def plan_shards(inputs: list[str], outputs: list[str] | str) -> list[tuple[str, str]]:
-    """Pair inputs with outputs; an output ending in "/" is a directory for same-named shards."""
-    if isinstance(outputs, str):
-        directory = outputs
-        return [(url, directory + path_name(url)) for url in inputs]
-    if len(inputs) != len(outputs):
-        raise UsageError(
-            f"{len(inputs)} input shards but {len(outputs)} output shards: the patterns must "
-            "expand to the same number of URLs"
-        )
-    return list(zip(inputs, outputs, strict=True))
-
-
 def already_done(
     input_url: str, output_url: str, recipe_hash: str, options: AugmentOptions
 ) -> dict | None:
@@ -90,7 +78,22 @@ def already_done(
         return None
     if not storage.exists(output_url, options.storage_options):
         return None
+    if not input_unchanged(manifest, input_url, options.storage_options):
+        return None
     return manifest
+
+
+def input_unchanged(manifest: dict, input_url: str, options: storage.StorageOptions) -> bool:
+    """Whether the input is still the version the manifest records: a shard made from an
+    older version is redone. Unknown counts as changed (a manifest that records no identity,
+    an input that cannot be asked now): skipping is only for what is known to be done."""
+    if "input_identity" not in manifest:
+        return False
+    try:
+        current = storage.current_identity(input_url, options)
+    except Exception:  # any back-end's error: the shard is redone, which reports it
+        return False
+    return difference(manifest["input_identity"], current) is None
 
 
 def augment_shard(
@@ -155,9 +158,10 @@ def _write_shard(
         expect=pipeline.expected_extensions,
     )
     manifest_at = manifest_url(output_url)
-    with storage.open_input(
+    with storage.open_pinned_input(
         input_url, options.storage_options, allow_pipe=options.allow_pipe
-    ) as stream:
+    ) as opened:
+        stream = opened.stream
         if progress is not None:
             progress.shard_started(storage.size(input_url, options.storage_options))
         tar = TarReader(stream)
@@ -172,6 +176,7 @@ def _write_shard(
                     if progress is not None:
                         progress.advance(tar.offset, 1)
                 size, sha256 = writer.close()
+                opened.confirm_unchanged(input_url)  # read whole from one version: publish
                 # A manifest from an earlier run must not sit beside the new shard, even for
                 # the instant between publishing the shard and writing its own manifest.
                 storage.remove(manifest_at, options.storage_options)
@@ -182,6 +187,7 @@ def _write_shard(
         output_size=size,
         output_sha256=sha256,
         input_bytes=tar.offset,
+        input_identity=opened.identity,
         ignored_members=samples.ignored_members,
         timings={
             "started": started_at,

@@ -8,8 +8,7 @@ import os
 import sys
 import time
 
-from . import storage
-from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code, plan_shards
+from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
@@ -21,6 +20,7 @@ from .cli_common import (
 from .cpus import available_cpus
 from .errors import UsageError
 from .images import rely_on_own_pixel_limit
+from .pairing import Batch, check_urls, pair_shards
 from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
@@ -124,7 +124,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    pairs = _select_batch(_pairs(args.input, args.output, args.allow_pipe), args)
+    pairs = pair_shards(args.input, args.output)
+    check_urls(pairs, allow_pipe=args.allow_pipe)
+    if args.task_index is not None:
+        pairs = Batch(args.task_index, args.shards_per_task).of(pairs)
     if args.max_mpx <= 0 or args.max_member_mb <= 0:
         raise UsageError("--max-mpx and --max-member-mb must be positive")
     recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
@@ -155,34 +158,6 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     _report_summary(results, recipe.name, pipeline.recipe_hash, time.monotonic() - started, args)
     return batch_exit_code(results)
-
-
-def _pairs(input_pattern: str, output_pattern: str, allow_pipe: bool) -> list[tuple[str, str]]:
-    inputs = storage.expand(input_pattern)
-    outputs: list[str] | str = (
-        output_pattern if output_pattern.endswith("/") else storage.expand(output_pattern)
-    )
-    pairs = plan_shards(inputs, outputs)
-    for input_url, output_url in pairs:
-        storage.check_url(input_url, writing=False, allow_pipe=allow_pipe)
-        storage.check_url(output_url, writing=True)
-        if input_url == output_url:
-            raise UsageError(f"{input_url!r} is both an input and an output")
-    return pairs
-
-
-def _select_batch(pairs: list[tuple[str, str]], args: argparse.Namespace) -> list[tuple[str, str]]:
-    if args.task_index is None:
-        return pairs
-    per_task = args.shards_per_task
-    batches = -(-len(pairs) // per_task)
-    if args.task_index >= batches:
-        raise UsageError(
-            f"--task-index {args.task_index} is out of range: {len(pairs)} shards in batches of "
-            f"{per_task} make {batches} tasks (0..{batches - 1})"
-        )
-    start = args.task_index * per_task
-    return pairs[start : start + per_task]
 
 
 def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progress) -> None:

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import braceexpand
@@ -23,9 +24,16 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ShardError, UsageError
+from .input_identity import Identity, InputChanged, PinnedObject, changed_error, identity_of
 from .redact import redact_url
 from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
-from .storage_faults import ResumingReader, UploadStream, upload_errors
+from .storage_faults import (
+    ResumingReader,
+    UploadStream,
+    describe,
+    is_storage_error,
+    upload_errors,
+)
 
 StorageOptions = dict[str, Any]
 
@@ -123,6 +131,31 @@ def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileS
     return fsspec.core.url_to_fs(url, **options_for(url, options))
 
 
+@dataclass
+class OpenInput:
+    """An input being read: its stream, and the version of the object it is pinned to."""
+
+    stream: BinaryIO
+    pinned: PinnedObject | None  # None for pipe: inputs, which have no stored version
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.pinned.identity if self.pinned is not None else None
+
+    def confirm_unchanged(self, url: str) -> None:
+        """Raise ShardError if the input is no longer the version read (call after reading,
+        before publishing)."""
+        if self.pinned is None:
+            return
+        try:
+            self.pinned.confirm_unchanged()
+        except InputChanged as exc:
+            raise changed_error(url, str(exc)) from None
+        except Exception as exc:
+            cause = describe(exc) if is_storage_error(exc) else repr(exc)
+            raise ShardError(url, f"cannot check that the input is unchanged: {cause}") from None
+
+
 @contextlib.contextmanager
 def open_input(
     url: str,
@@ -134,26 +167,46 @@ def open_input(
     """A binary stream of the shard; raises ShardError if it cannot be opened.
 
     `compression=None` gives the stored bytes as they are (verify hashes those)."""
+    with open_pinned_input(url, options, allow_pipe=allow_pipe, compression=compression) as opened:
+        yield opened.stream
+
+
+@contextlib.contextmanager
+def open_pinned_input(
+    url: str,
+    options: StorageOptions,
+    *,
+    allow_pipe: bool = False,
+    compression: str | None = "infer",
+) -> Iterator[OpenInput]:
+    """`open_input`, with every read tied to the version of the object first seen (see
+    input_identity): a shard is never stitched from two versions of its input."""
     check_url(url, writing=False, allow_pipe=allow_pipe)
     if url.startswith("pipe:"):
         with _open_pipe(url) as stream:
-            yield stream
+            yield OpenInput(stream, None)
         return
     fs, path = _filesystem(url, options)
+    pinned = PinnedObject(fs, path)
     # Resumes after dropped connections; any failure is a ShardError naming the shard.
-    raw = ResumingReader(
-        lambda: fs.open(path, "rb"),
-        url,
-        open_streaming=lambda: fs.open(path, "rb", block_size=0),
-    )
+    raw = ResumingReader(pinned.open, url, open_streaming=lambda: pinned.open(block_size=0))
     if compression == "infer":
         compression = fsspec.utils.infer_compression(url)
     stream = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
     try:
-        yield stream
+        yield OpenInput(stream, pinned)
     finally:
         stream.close()
         raw.close()
+
+
+def current_identity(url: str, options: StorageOptions) -> Identity | None:
+    """The identity the input has now (None for pipe: inputs); raises what the back-end
+    raises when it cannot be asked."""
+    if url.startswith("pipe:"):
+        return None
+    fs, path = _filesystem(url, options)
+    return identity_of(fs, path)
 
 
 class _PipeReader:

@@ -24,9 +24,11 @@ from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wan
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .manifest import manifest_url
+from .pairing import refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
+from .verify_identity import check_input_identity
 
 REPORT_FORMAT = "shardflow.verify/1"
 MAX_SHEET_PIXELS = 64_000_000
@@ -37,7 +39,8 @@ it against the manifest the augment step wrote beside it: the archive is whole (
 checksums, member data, end-of-archive blocks), its size and sha256 are the manifest's, the
 member list and sizes are the manifest's, every sample has exactly the expected members, no
 key repeats, and the sample count is the manifest's written count. With --inputs, outputs and
-inputs are paired by position: each output must come from its paired input, and each input
+inputs are paired by position: each output must come from its paired input, still the
+version the manifest records (ETag, version, size and modification time), and each input
 must have exactly one output.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
@@ -111,9 +114,18 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
     outputs, inputs = _shards(args.outputs, args.inputs)
     expect = parse_expect(args.expect)
-    for url in (args.report, args.summary_file, args.sample_sheet):
-        if url:
-            storage.check_url(url, writing=True)
+    written = [
+        (url, what)
+        for url, what in (
+            (args.report, "--report"),
+            (args.summary_file, "--summary-file"),
+            (args.sample_sheet, "--sample-sheet"),
+        )
+        if url
+    ]
+    for url, _ in written:
+        storage.check_url(url, writing=True)
+    refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
     if inputs:
@@ -169,6 +181,7 @@ def _check_all(
             tiles = [make_tile(s, max_pixels=MAX_SHEET_PIXELS) for s in report.kept]
             row = SheetRow(outputs[position], tiles)
         report.kept = []
+        check_input_identity(report, options)
         return report, row
 
     progress = Progress(
