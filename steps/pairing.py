@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from . import storage
 from .errors import UsageError
 from .manifest import manifest_url
-from .redact import path_name
+from .redact import path_name, redact_url
 
 Pair = tuple[str, str]
 
@@ -41,7 +41,7 @@ def pair_shards(input_pattern: str, output_pattern: str) -> list[Pair]:
     written safely (see `refuse_aliases`)."""
     inputs = storage.expand(input_pattern)
     if output_pattern.endswith("/"):
-        outputs = [output_pattern + path_name(url) for url in inputs]
+        outputs = [output_pattern + path_name(url) for url in inputs]  # never a query
     else:
         outputs = storage.expand(output_pattern)
     if len(inputs) != len(outputs):
@@ -210,8 +210,4 @@ def _same_as(where: str, *urls: str) -> str:
 
 def _shown(url: str) -> str:
     """The URL quoted for a message, without credentials (`s3://key:secret@bucket/x`)."""
-    parts = urlsplit(url) if "://" in url else None
-    if parts is None or "@" not in parts.netloc:
-        return repr(url)
-    host = parts.netloc.rpartition("@")[2]
-    return repr(parts._replace(netloc=f"***@{host}").geturl())
+    return repr(redact_url(url))

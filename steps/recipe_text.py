@@ -47,18 +47,19 @@ def parse_json(text: str, where: str) -> Any:
 def parse_yaml(text: str, where: str) -> Any:
     """YAML (or JSON): bounded in size, depth and expanded size before it is built."""
     check_size(text, where)
-    loader = _BoundedLoader(text, where)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _Measure(where).expanded(node, 1)
-        return loader.construct_document(node)
+        loader = _BoundedLoader(text, where)  # refuses non-printable characters at once
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _Measure(where).expanded(node, 1)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         message = " ".join(str(exc).split())[:300]
         raise RecipeError(f"{where} is not valid YAML or JSON: {message}") from None
-    finally:
-        loader.dispose()
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
