@@ -4,8 +4,10 @@ patterns; and verifying shards that were never written costs a listing, not a re
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import braceexpand
@@ -138,3 +140,64 @@ def test_verifying_missing_shards_lists_their_folder_instead_of_asking_per_shard
     assert len(missing) == 199
     assert missing[0]["problems"][0]["message"].startswith("missing: no output shard")
     assert len(requests) < 20, [(r.method, r.path, r.query) for r in requests]
+
+
+def test_a_tar_gz_output_is_gzip_compressed_reproducibly_and_verifies(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=3)
+    first, second = tmp_path / "a" / "out.tar.gz", tmp_path / "b" / "out.tar.gz"
+    for output in (first, second):
+        result = run_cli("augment", shard, output)
+        assert result.returncode == 0, result.stderr
+    data = first.read_bytes()
+    assert data[:2] == b"\x1f\x8b" and data == second.read_bytes()
+    with tarfile.open(first) as tar:  # what webdataset does with a .tar.gz
+        assert len(tar.getnames()) == 6
+    manifest = json.loads((tmp_path / "a" / "out.tar.gz.manifest.json").read_text())
+    assert manifest["output_size"] == len(data)
+    verified = run_cli("verify", first, "--inputs", shard)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_damaged_tar_gz_output_fails_verification(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=3)
+    output = tmp_path / "out.tar.gz"
+    assert run_cli("augment", shard, output).returncode == 0
+    data = bytearray(output.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    output.write_bytes(bytes(data))
+    result = run_cli("verify", output, "--json")
+    assert result.returncode == 1, result.stderr
+    [report] = json.loads(result.stdout)["shards"]
+    assert report["status"] == "failed"
+
+
+@pytest.mark.parametrize("name", ["out.tar.bz2", "out.tar.xz", "out.zip"])
+def test_an_output_compression_that_is_not_written_is_a_usage_error(
+    tmp_path: Path, name: str
+) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=1)
+    result = run_cli("augment", shard, tmp_path / name)
+    assert result.returncode == 2, result.stderr
+    assert "outputs are not supported; name the output .tar or .tar.gz" in result.stderr
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz"])
+def test_a_bad_gzip_input_is_reported_as_the_input(tmp_path: Path, suffix: str) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=2)
+    bad = tmp_path / f"in{suffix}"
+    bad.write_bytes(gzip.compress(shard.read_bytes())[:-40] + b"garbage" * 3)
+    result = run_cli("augment", bad, tmp_path / "out.tar")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{bad}: cannot decompress the input" in lines[0]
+    assert "cannot write" not in lines[0]
+
+
+def test_a_tgz_input_is_decompressed(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=2)
+    tgz = tmp_path / "in.tgz"
+    tgz.write_bytes(gzip.compress(shard.read_bytes()))
+    result = run_cli("augment", tgz, tmp_path / "out.tar")
+    assert result.returncode == 0, result.stderr
