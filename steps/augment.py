@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from . import storage
-from .errors import ShardError, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError, UsageError
 from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
@@ -47,6 +47,7 @@ class ShardResult:
     error: str | None = None
     seconds: float = 0.0
     output_size: int = 0
+    exit_code: int = 0  # for a failed shard: 1 a retry may help, 3 damaged data (errors.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,9 +114,9 @@ def augment_shard(
     try:
         manifest = _write_shard(input_url, output_url, pipeline, options, progress, started)
     except ShardError as exc:
-        error = str(exc)
+        error, exit_code = str(exc), exc.exit_code
     except Exception as exc:  # a back-end or library failure must not end the batch
-        error = f"{input_url}: unexpected {type(exc).__name__}: {exc}"
+        error, exit_code = f"{input_url}: unexpected {type(exc).__name__}: {exc}", EXIT_FAILED
     else:
         return ShardResult(
             input_url,
@@ -126,7 +127,12 @@ def augment_shard(
             output_size=manifest["output_size"],
         )
     return ShardResult(
-        input_url, output_url, "failed", error=error, seconds=time.monotonic() - started
+        input_url,
+        output_url,
+        "failed",
+        error=error,
+        seconds=time.monotonic() - started,
+        exit_code=exit_code,
     )
 
 
@@ -201,8 +207,18 @@ def _record(
     else:
         assert outcome.failed is not None
         if on_error == "fail":
-            raise ShardError(shard, f"{outcome.failed} (--on-error fail)", key=outcome.key)
+            raise DataError(shard, f"{outcome.failed} (--on-error fail)", key=outcome.key)
         builder.add_failed(outcome.key, outcome.failed)
+
+
+def batch_exit_code(results: list[ShardResult]) -> int:
+    """0 when no shard failed; 3 when every failure is the data's (a retry would fail the
+    same way); otherwise 1, so a retry redoes the shards that may pass (and only those
+    without output: --skip-existing)."""
+    codes = {r.exit_code for r in results if r.status == "failed"}
+    if not codes:
+        return EXIT_OK
+    return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILED
 
 
 def augment_all(

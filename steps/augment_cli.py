@@ -9,7 +9,7 @@ import sys
 import time
 
 from . import storage
-from .augment import AugmentOptions, ShardResult, augment_all, plan_shards
+from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code, plan_shards
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
@@ -19,7 +19,7 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .errors import UsageError
 from .images import rely_on_own_pixel_limit
 from .pipeline import Pipeline
 from .plugins import allowed_modules
@@ -33,8 +33,9 @@ out-000001.manifest.json). INPUT and OUTPUT are URLs or brace patterns
 ('gs://bucket/train-{000000..000554}.tar') that expand to the same number of shards; an
 OUTPUT ending in / is a directory that receives shards of the same names.
 
-exit status: 0 all shards written or skipped, 1 a shard failed (the others still ran),
-2 usage error (nothing was done)."""
+exit status: 0 all shards written or skipped; 1 a shard failed for a reason a retry may fix
+(storage, network); 2 usage error (nothing was done); 3 every failed shard is damaged or
+the recipe cannot apply to it (a retry fails the same way). The other shards still ran."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     _report_summary(results, recipe.name, pipeline.recipe_hash, time.monotonic() - started, args)
-    return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+    return batch_exit_code(results)
 
 
 def _pairs(input_pattern: str, output_pattern: str, allow_pipe: bool) -> list[tuple[str, str]]:

@@ -85,7 +85,10 @@ def in_parallel(function, items: list) -> list:
 def check_run(run: Run, what: str, cases: list[Case]) -> None:
     described = "\n".join(case.describe() for case in cases)
     assert not run.timed_out, f"{what} hung on one of:\n{described}"
-    assert run.returncode in (0, 1), f"{what}: exit {run.returncode}\n{run.stderr[-3000:]}"
+    # augment: 3 when every failed shard is damaged, 1 when some failure may pass on a retry;
+    # verify: 1 when a shard fails verification. Anything else is a crash.
+    allowed = (0, 1, 3) if what == "augment" else (0, 1)
+    assert run.returncode in allowed, f"{what}: exit {run.returncode}\n{run.stderr[-3000:]}"
     assert "Traceback" not in run.stderr, f"{what}:\n{run.stderr[-5000:]}"
     assert run.peak_rss_mb < PEAK_RSS_LIMIT_MB, f"{what}: peak RSS {run.peak_rss_mb:.0f} MB"
 

@@ -32,6 +32,7 @@ from shardflow.steps.errors import EXIT_FAILED, UsageError
 
 from . import argo_vars
 from .depends import TaskOutcome, ancestors, evaluate, upstream
+from .parameters import refusal
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30  # as Kubernetes' default terminationGracePeriodSeconds
@@ -54,7 +55,7 @@ def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[
             raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
         enum = parameter.get("enum")
         if enum and values[name] not in enum:
-            raise UsageError(f"parameter {name}={values[name]!r} is not one of {', '.join(enum)}")
+            raise UsageError(refusal(name, values[name], enum))
     return values
 
 
