@@ -24,7 +24,7 @@ import braceexpand
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import ShardError, UsageError
+from .errors import DataError, ShardError, UsageError
 from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
 from .storage_faults import ResumingReader, UploadStream, upload_errors
 
@@ -186,7 +186,7 @@ class _DecompressionErrors:
         except ShardError:
             raise
         except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
-            raise ShardError(self._url, f"cannot decompress the input: {exc}") from None
+            raise DataError(self._url, f"cannot decompress the input: {exc}") from None
 
     def close(self) -> None:
         self._stream.close()

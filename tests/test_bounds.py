@@ -74,7 +74,7 @@ def test_zeros_after_the_end_of_archive_are_read_up_to_a_bound(tmp_path: Path) -
         "augment", f"pipe:cat {shard} /dev/zero", tmp_path / "out" / "out.tar", "--allow-pipe",
         timeout=60,
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr  # damaged data: not retried
     assert "trailing data" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []
@@ -188,7 +188,7 @@ def test_a_bad_gzip_input_is_reported_as_the_input(tmp_path: Path, suffix: str) 
     bad = tmp_path / f"in{suffix}"
     bad.write_bytes(gzip.compress(shard.read_bytes())[:-40] + b"garbage" * 3)
     result = run_cli("augment", bad, tmp_path / "out.tar")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr  # damaged data: not retried
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{bad}: cannot decompress the input" in lines[0]

@@ -52,7 +52,7 @@ def tarfile_names(path: Path) -> list[str] | str:
 
 def augment_fails(tmp_path: Path, shard: Path, *words: str) -> None:
     result = run_cli("augment", shard, tmp_path / "out.tar")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr  # damaged data: not retried
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for word in (str(shard), *words):
