@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -124,8 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
     pairs = _select_batch(_pairs(args.input, args.output, args.allow_pipe), args)
-    if args.max_mpx <= 0 or args.max_member_mb <= 0:
-        raise UsageError("--max-mpx and --max-member-mb must be positive")
+    for option, value in (("--max-mpx", args.max_mpx), ("--max-member-mb", args.max_member_mb)):
+        if not (math.isfinite(value) and value > 0):  # nan and inf are floats too
+            raise UsageError(f"{option} must be a positive number, got {value}")
     recipe = load_recipe(args.recipe, label_field=args.label_field)
     rely_on_own_pixel_limit()
     pipeline = Pipeline(

@@ -136,6 +136,8 @@ def _read_local(path: str) -> bytes | None:
         return Path(path).read_bytes()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe file {path!r} is a folder, not a file") from None
 
 
 def parse_recipe(document: Any, *, default_name: str = "recipe") -> Recipe:

@@ -126,6 +126,7 @@ def options_for(url: str, options: StorageOptions) -> StorageOptions:
 
 
 def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
+    check_url(url, writing=False)  # an unknown scheme is a usage error, never a traceback
     return fsspec.core.url_to_fs(url, **options_for(url, options))
 
 

@@ -201,3 +201,28 @@ def test_a_tgz_input_is_decompressed(tmp_path: Path) -> None:
     tgz.write_bytes(gzip.compress(shard.read_bytes()))
     result = run_cli("augment", tgz, tmp_path / "out.tar")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-mpx", "nan"], "--max-mpx must be a positive number, got nan"),
+        (["--max-mpx", "inf"], "--max-mpx must be a positive number, got inf"),
+        (["--max-member-mb", "inf"], "--max-member-mb must be a positive number, got inf"),
+        (["--max-member-mb=nan"], "--max-member-mb must be a positive number, got nan"),
+        (["--recipe", "foo://x.yaml"], "unknown URL scheme 'foo'"),
+        (["--recipe", "{tmp}/folder.yaml"], "is a folder, not a file"),
+    ],
+)
+def test_bad_limits_and_recipe_locations_are_one_line_usage_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=1)
+    (tmp_path / "folder.yaml").mkdir()
+    result = run_cli(
+        "augment", shard, tmp_path / "out.tar", *(a.format(tmp=tmp_path) for a in args)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
