@@ -33,6 +33,7 @@ StorageOptions = dict[str, Any]
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}  # file objects with commit()/discard()
 _READ_ONLY = {"http", "https"}
+_PROCESS_LOCAL = {"memory"}
 WRITABLE_COMPRESSIONS = (None, "gzip")
 # Back-ends whose folder listing names every object (an http "listing" is whatever page the
 # server returns for the folder's URL).
@@ -71,7 +72,7 @@ def comparable_url(url: str) -> str:
     if scheme(url) != "file":
         return url
     path = url[len("file://") :] if url.startswith("file://") else url
-    return os.path.abspath(path)
+    return os.path.abspath(os.path.expanduser(path))  # fsspec writes `~/x` in $HOME too
 
 
 def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
@@ -90,6 +91,11 @@ def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
         raise UsageError(
             f"{url!r}: {compression_of(url)} outputs are not supported; name the output .tar "
             "or .tar.gz"
+        )
+    if writing and name in _PROCESS_LOCAL:
+        raise UsageError(
+            f"{url!r}: {name}:// lives inside one process and vanishes when it exits; write "
+            "outputs to a path, s3:// or gs://"
         )
     if writing and name in _READ_ONLY:
         raise UsageError(

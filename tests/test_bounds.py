@@ -226,3 +226,28 @@ def test_bad_limits_and_recipe_locations_are_one_line_usage_errors(
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr
+
+
+def test_a_memory_output_is_refused_rather_than_vanishing(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=1)
+    result = run_cli("augment", shard, "memory://out/out.tar")
+    assert result.returncode == 2, result.stderr
+    assert "vanishes when it exits" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_home_relative_output_is_recorded_where_it_is_written(tmp_path: Path) -> None:
+    """fsspec writes `~/out/x.tar` under $HOME; the manifest, verify and --skip-existing must
+    name that place, not `./~/out/x.tar`."""
+    shard = good_shard(tmp_path / "in.tar", count=2)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    result = run_cli("augment", shard, "~/out/x.tar", env=env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((home / "out" / "x.manifest.json").read_text())
+    assert manifest["output"] == str(home / "out" / "x.tar")
+    again = run_cli("augment", shard, "~/out/x.tar", "--skip-existing", env=env)
+    assert "skipped" in again.stdout, again.stdout + again.stderr
+    verified = run_cli("verify", "~/out/x.tar", "--inputs", shard, env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
