@@ -202,7 +202,7 @@ def _write_shard(
         )
         try:
             with storage.publish_atomically(output_url, options.storage_options) as sink:
-                writer = ShardWriter(sink)
+                writer = ShardWriter(sink, gzipped=storage.compression_of(output_url) == "gzip")
                 for outcome in ordered_map(pipeline.process, samples, threads=options.threads):
                     _record(outcome, writer, builder, input_url, options.on_error)
                     if progress is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -140,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
     check_urls(pairs, allow_pipe=args.allow_pipe)
     if args.task_index is not None:
         pairs = Batch(args.task_index, args.shards_per_task).of(pairs)
-    if args.max_mpx <= 0 or args.max_member_mb <= 0:
-        raise UsageError("--max-mpx and --max-member-mb must be positive")
+    for option, value in (("--max-mpx", args.max_mpx), ("--max-member-mb", args.max_member_mb)):
+        if not (math.isfinite(value) and value > 0):  # nan and inf are floats too
+            raise UsageError(f"{option} must be a positive number, got {value}")
     if args.verify_existing and not args.skip_existing:
         raise UsageError("--verify-existing only applies with --skip-existing")
     recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
