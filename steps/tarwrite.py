@@ -53,15 +53,24 @@ class ShardWriter:
         )
 
     def add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        info.mode = 0o444
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        self._tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+
+    def add_from(self, name: str, size: int, stream: BinaryIO) -> None:
+        """A member of `size` bytes copied from `stream` in pieces, never held whole (tarfile
+        raises OSError if the stream ends early)."""
+        self._tar.addfile(_member_info(name, size), stream)
 
     def close(self) -> tuple[int, str]:
         self._tar.close()
         self._out.flush()
         return self._out.size, self._out.sha256
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info

@@ -227,7 +227,7 @@ def parse_expect(text: str | None) -> list[str] | None:
     return extensions
 
 
-def summary_line(reports: list[ShardReport], seconds: float) -> str:
+def summary_line(reports: list[ShardReport], seconds: float, command: str = "verify") -> str:
     """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED."""
     total = len(reports)
     passed = sum(r.status == "ok" for r in reports)
@@ -235,14 +235,14 @@ def summary_line(reports: list[ShardReport], seconds: float) -> str:
     size = sum(r.bytes for r in reports)
     checked = f"{samples} samples, {_human(size)} checked in {seconds:.1f} s"
     if passed == total:
-        return f"verify: OK: {total} of {total} shards passed; {checked}"
+        return f"{command}: OK: {total} of {total} shards passed; {checked}"
     by_status = [
         f"{count} {status}"
         for status in ("missing", "incomplete", "failed")
         if (count := sum(r.status == status for r in reports))
     ]
     return (
-        f"verify: FAILED: {total - passed} of {total} shards did not pass "
+        f"{command}: FAILED: {total - passed} of {total} shards did not pass "
         f"({', '.join(by_status)}); {passed} passed; {checked}"
     )
 
