@@ -11,15 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import storage
+from .augment_cli import _select_batch
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
+    non_negative_int,
     positive_int,
     show_bar,
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError
+from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
+from .index_parts import read_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
@@ -27,7 +30,8 @@ from .shard_index import (
     default_index_url,
     index_from_manifest,
     index_from_stream,
-    write_dataset_index,
+    write_counts,
+    write_dali_indexes,
 )
 from .storage_faults import describe
 from .verify import manifest_view
@@ -40,6 +44,9 @@ Index shards: count each shard's samples and locate every member's data, then wr
 A shard with a shardflow manifest of the same size is indexed from the manifest without being
 read; any other shard from its headers only, seeking over member data (ranged reads on
 object stores), several shards at once. A damaged shard is reported and nothing is written.
+
+On Argo, the WorkflowTemplate shardflow-index fans this out: --task-index I --parts URL per
+batch, then --merge --parts URL.
 
 exit status: 0 index written, 1 a shard could not be indexed (nothing written), 2 usage
 error."""
@@ -65,6 +72,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="shards indexed at once (default: twice the CPUs this process may use, at most 16)",
     )
+    batch = parser.add_argument_group(
+        "batches (the shardflow-index fan-out: each task writes a part, the last step merges)"
+    )
+    batch.add_argument(
+        "--parts",
+        metavar="URL",
+        help="directory of the batches' parts; with --task-index: index only batch I and write "
+        "its part (and its .idx files); with --merge: write the index from every part",
+    )
+    batch.add_argument("--task-index", type=non_negative_int, metavar="I", help="batch I (0-based)")
+    batch.add_argument(
+        "--shards-per-task",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="shards per batch (default: 1)",
+    )
+    batch.add_argument("--merge", action="store_true", help="merge the parts into the index")
     parser.add_argument(
         "--headers-only",
         action="store_true",
@@ -82,19 +107,25 @@ def run(args: argparse.Namespace) -> int:
         storage.check_url(url, writing=False)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
-    threads = args.threads or min(16, 2 * available_cpus())
-    indexes, errors = index_all(shards, options, threads, args)
-    if errors:
-        for error in errors:
-            print(f"shardflow index: error: {error}", file=sys.stderr)
-        print(
-            f"shardflow index: {len(errors)} of {len(shards)} shards could not be indexed; "
-            "no index written",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+    if (args.task_index is not None or args.merge) != bool(args.parts):
+        raise UsageError("--parts goes with --task-index (one batch) or --merge (all parts)")
+    if args.task_index is not None and args.merge:
+        raise UsageError("--task-index and --merge are two steps: give one of them")
     try:
-        written = write_dataset_index(indexes, index_url, options, dali=args.dali)
+        if args.merge:
+            indexes = read_parts(args.parts, shards, args.shards_per_task, options)
+            written = write_counts(indexes, index_url, options)
+        else:
+            batch = _select_batch(shards, args) if args.task_index is not None else shards
+            threads = args.threads or min(16, 2 * available_cpus())
+            indexes = _index_or_report(batch, options, threads, args)
+            if indexes is None:
+                return EXIT_FAILED
+            written = write_dali_indexes(indexes, index_url, options) if args.dali else []
+            if args.task_index is None:
+                written += write_counts(indexes, index_url, options)
+            else:
+                written.append(write_part(args.parts, args.task_index, indexes, options))
     except ShardError as exc:
         print(f"shardflow index: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -102,6 +133,23 @@ def run(args: argparse.Namespace) -> int:
         raise ShardflowError(f"cannot write the index: {exc}") from None
     _report(indexes, written, args)
     return EXIT_OK
+
+
+def _index_or_report(
+    shards: list[str], options: storage.StorageOptions, threads: int, args: argparse.Namespace
+) -> list[ShardIndex] | None:
+    """The shards' indexes, or None after a line per shard that could not be indexed."""
+    indexes, errors = index_all(shards, options, threads, args)
+    for error in errors:
+        print(f"shardflow index: error: {error}", file=sys.stderr)
+    if errors:
+        print(
+            f"shardflow index: {len(errors)} of {len(shards)} shards could not be indexed; "
+            "nothing written",
+            file=sys.stderr,
+        )
+        return None
+    return indexes
 
 
 def index_all(
