@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from . import storage
@@ -22,7 +23,7 @@ from .cli_common import (
 )
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
-from .index_parts import read_parts, write_part
+from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
@@ -66,7 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where to write the wids index (default: PREFIX.shardindex.json beside the first "
         "shard, PREFIX being the shard names' common start)",
     )
-    parser.add_argument("--dali", action="store_true", help="also write DALI .idx files")
+    parser.add_argument(
+        "--dali",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=("yes", "no"),
+        help="also write DALI .idx files (--dali, or --dali=yes|no as a workflow passes it)",
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -90,6 +98,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="shards per batch (default: 1)",
     )
     batch.add_argument("--merge", action="store_true", help="merge the parts into the index")
+    batch.add_argument(
+        "--write-plan",
+        metavar="DIR",
+        help="only write DIR/tasks (the number of batches) and DIR/parts (the parts URL: "
+        "--parts, or .INDEX.parts/ beside the index), the fan-out's first step",
+    )
     parser.add_argument(
         "--headers-only",
         action="store_true",
@@ -107,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         storage.check_url(url, writing=False)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
+    if args.write_plan:
+        return _write_plan(args, shards, index_url)
     if (args.task_index is not None or args.merge) != bool(args.parts):
         raise UsageError("--parts goes with --task-index (one batch) or --merge (all parts)")
     if args.task_index is not None and args.merge:
@@ -115,13 +131,14 @@ def run(args: argparse.Namespace) -> int:
         if args.merge:
             indexes = read_parts(args.parts, shards, args.shards_per_task, options)
             written = write_counts(indexes, index_url, options)
+            remove_parts(args.parts, len(shards), args.shards_per_task, options)
         else:
             batch = _select_batch(shards, args) if args.task_index is not None else shards
             threads = args.threads or min(16, 2 * available_cpus())
             indexes = _index_or_report(batch, options, threads, args)
             if indexes is None:
                 return EXIT_FAILED
-            written = write_dali_indexes(indexes, index_url, options) if args.dali else []
+            written = write_dali_indexes(indexes, index_url, options) if args.dali == "yes" else []
             if args.task_index is None:
                 written += write_counts(indexes, index_url, options)
             else:
@@ -132,6 +149,22 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ShardflowError(f"cannot write the index: {exc}") from None
     _report(indexes, written, args)
+    return EXIT_OK
+
+
+def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> int:
+    """The fan-out's plan: how many batches, and where their parts go (local files: Argo
+    reads output parameters from the pod's file system)."""
+    tasks = -(-len(shards) // args.shards_per_task)
+    directory, _, name = index_url.rpartition("/")
+    parts = args.parts or (f"{directory}/" if directory else "") + f".{name}.parts/"
+    storage.check_url(parts, writing=True)
+    directory = Path(args.write_plan)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tasks").write_text(str(tasks))
+    (directory / "parts").write_text(parts)
+    if not (args.quiet or args.json):
+        print(f"index plan: {len(shards)} shards in {tasks} batches; parts in {parts}")
     return EXIT_OK
 
 

@@ -60,6 +60,12 @@ def read_parts(
     return indexes
 
 
+def remove_parts(parts: str, shards: int, per_task: int, options: storage.StorageOptions) -> None:
+    """Delete the parts once the index is written (they are only a hand-over)."""
+    for task in range(-(-shards // per_task)):
+        storage.remove(part_url(parts, task), options)
+
+
 def _entries(url: str, options: storage.StorageOptions) -> list[Any]:
     data = storage.read_bytes(url, options)
     if data is None:
