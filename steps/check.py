@@ -62,7 +62,8 @@ class ShardScan:
 
     url: str
     size: int = 0
-    members: list[Located] = field(default_factory=list)
+    members: list[Located] = field(default_factory=list)  # kept only for --repair
+    member_count: int = 0
     samples: int = 0
     problems: list[Problem] = field(default_factory=list)
     field_sets: Counter[tuple[str, ...]] = field(default_factory=Counter)
@@ -102,9 +103,12 @@ _SENTENCES = {
 }
 
 
-def scan_shard(url: str, stream: BinaryIO, *, seek_size: int | None) -> ShardScan:
+def scan_shard(
+    url: str, stream: BinaryIO, *, seek_size: int | None, keep_members: bool = False
+) -> ShardScan:
     """One pass over the headers (seeking over data when `seek_size` is given), every finding
-    collected; samples grouped as webdataset groups them."""
+    collected; samples grouped as webdataset groups them. `keep_members`: the regular
+    members and their data offsets, for --repair."""
     scan = ShardScan(url)
     findings = _Findings()
     reader = TarReader(stream, seek_size=seek_size)
@@ -132,7 +136,9 @@ def scan_shard(url: str, stream: BinaryIO, *, seek_size: int | None) -> ShardSca
             if not member.is_regular:
                 findings.add("links", f"{member.name} ({member.kind()})")
                 continue
-            scan.members.append(Located(member.name, reader.offset, member.size))
+            scan.member_count += 1
+            if keep_members:
+                scan.members.append(Located(member.name, reader.offset, member.size))
             if member.size == 0:
                 findings.add("empty", member.name)
             if len(member.name.encode("utf-8", "surrogateescape")) > USTAR_NAME_BYTES:

@@ -138,7 +138,8 @@ def check_all(
     scans = []
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check") as pool:
-            for scan in pool.map(lambda url: check_shard(url, options), shards):
+            repair = bool(args.repair)
+            for scan in pool.map(lambda url: check_shard(url, options, repair), shards):
                 scans.append(scan)
                 progress.advance(0, scan.samples)
                 progress.shard_finished()
@@ -151,7 +152,7 @@ def check_all(
     return scans
 
 
-def check_shard(url: str, options: storage.StorageOptions) -> ShardScan:
+def check_shard(url: str, options: storage.StorageOptions, repair: bool = False) -> ShardScan:
     """One shard's scan; never raises for a shard that is missing or cannot be read."""
     try:
         if not storage.exists(url, options):
@@ -159,9 +160,9 @@ def check_shard(url: str, options: storage.StorageOptions) -> ShardScan:
         size = storage.size(url, options)
         if size is None:  # compressed or piped: a stream, read through
             with storage.open_input(url, options) as stream:
-                return scan_shard(url, stream, seek_size=None)
+                return scan_shard(url, stream, seek_size=None, keep_members=repair)
         with storage.open_ranged(url, options) as stream:
-            return scan_shard(url, stream, seek_size=size)
+            return scan_shard(url, stream, seek_size=size, keep_members=repair)
     except Exception as exc:  # any back-end's error: a verdict for this shard, not a crash
         cause = exc.cause if isinstance(exc, ShardError) else describe(exc)
         return ShardScan(url, problems=[Problem("unreadable", f"cannot read the shard: {cause}")])
@@ -191,7 +192,7 @@ def _report(scan: ShardScan) -> ShardReport:
     return ShardReport(
         scan.url,
         samples=scan.samples,
-        members=len(scan.members),
+        members=scan.member_count,
         bytes=scan.size,
         problems=scan.problems,
     )

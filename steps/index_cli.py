@@ -215,7 +215,8 @@ def _index_or_error(
     url: str, options: storage.StorageOptions, args: argparse.Namespace
 ) -> ShardIndex | str:
     try:
-        return index_shard(url, options, use_manifest=not args.headers_only)
+        index = index_shard(url, options, use_manifest=not args.headers_only)
+        return index if args.dali == "yes" else index.counts_only()
     except ShardError as exc:
         return str(exc)
     except Exception as exc:  # any back-end's error: a line for this shard, not a crash

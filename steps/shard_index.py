@@ -66,6 +66,10 @@ class ShardIndex:
     def nsamples(self) -> int:
         return self.count if self.count is not None else len(self.samples)
 
+    def counts_only(self) -> ShardIndex:
+        """The same shard without its member offsets (memory stays flat over many shards)."""
+        return ShardIndex(self.url, self.filesize, source=self.source, count=self.nsamples)
+
 
 def group_members(members: Iterable[IndexedMember]) -> list[list[IndexedMember]]:
     """Adjacent members with the same key form a sample; names without an extension are
