@@ -22,7 +22,7 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
 from .progress import ARGO_PROGRESS_FILE, Progress
@@ -49,8 +49,9 @@ object stores), several shards at once. A damaged shard is reported and nothing 
 On Argo, the WorkflowTemplate shardflow-index fans this out: --task-index I --parts URL per
 batch, then --merge --parts URL.
 
-exit status: 0 index written, 1 a shard could not be indexed (nothing written), 2 usage
-error."""
+exit status: 0 index written; nothing is written otherwise: 1 a shard could not be read
+(storage, network: a retry may pass), 2 usage error, 3 every failed shard is damaged or
+cannot be described (DALI's format: no samples, white space in a name)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -135,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             batch = _select_batch(shards, args) if args.task_index is not None else shards
             threads = args.threads or min(16, 2 * available_cpus())
-            indexes = _index_or_report(batch, options, threads, args)
-            if indexes is None:
-                return EXIT_FAILED
+            indexes, status = _index_or_report(batch, options, threads, args)
+            if status != EXIT_OK:
+                return status
             written = write_dali_indexes(indexes, index_url, options) if args.dali == "yes" else []
             if args.task_index is None:
                 written += write_counts(indexes, index_url, options)
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 written.append(write_part(args.parts, args.task_index, indexes, options))
     except ShardError as exc:
         print(f"shardflow index: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
     except OSError as exc:
         raise ShardflowError(f"cannot write the index: {exc}") from None
     _report(indexes, written, args)
@@ -170,33 +171,34 @@ def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> 
 
 def _index_or_report(
     shards: list[str], options: storage.StorageOptions, threads: int, args: argparse.Namespace
-) -> list[ShardIndex] | None:
-    """The shards' indexes, or None after a line per shard that could not be indexed."""
+) -> tuple[list[ShardIndex], int]:
+    """The shards' indexes and EXIT_OK, or a line per shard that could not be indexed and
+    the exit status: 3 when every failure is the data's (a retry fails the same way), else 1."""
     indexes, errors = index_all(shards, options, threads, args)
-    for error in errors:
-        print(f"shardflow index: error: {error}", file=sys.stderr)
-    if errors:
-        print(
-            f"shardflow index: {len(errors)} of {len(shards)} shards could not be indexed; "
-            "nothing written",
-            file=sys.stderr,
-        )
-        return None
-    return indexes
+    for message, _ in errors:
+        print(f"shardflow index: error: {message}", file=sys.stderr)
+    if not errors:
+        return indexes, EXIT_OK
+    print(
+        f"shardflow index: {len(errors)} of {len(shards)} shards could not be indexed; "
+        "nothing written",
+        file=sys.stderr,
+    )
+    return indexes, EXIT_DATA if {code for _, code in errors} == {EXIT_DATA} else EXIT_FAILED
 
 
 def index_all(
     shards: list[str], options: storage.StorageOptions, threads: int, args: argparse.Namespace
-) -> tuple[list[ShardIndex], list[str]]:
+) -> tuple[list[ShardIndex], list[tuple[str, int]]]:
     """Every shard indexed by a pool of threads (the work is waiting for storage); the
-    indexes in SHARDS order and the errors."""
+    indexes in SHARDS order and the errors with their exit status."""
     progress = Progress(
         len(shards),
         bar=show_bar(args),
         argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
         desc="index",
     )
-    results: list[ShardIndex | str] = []
+    results: list[ShardIndex | tuple[str, int]] = []
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="index") as pool:
             for result in pool.map(lambda url: _index_or_error(url, options, args), shards):
@@ -207,20 +209,20 @@ def index_all(
         progress.close()
     return (
         [r for r in results if isinstance(r, ShardIndex)],
-        [r for r in results if isinstance(r, str)],
+        [r for r in results if not isinstance(r, ShardIndex)],
     )
 
 
 def _index_or_error(
     url: str, options: storage.StorageOptions, args: argparse.Namespace
-) -> ShardIndex | str:
+) -> ShardIndex | tuple[str, int]:
     try:
         index = index_shard(url, options, use_manifest=not args.headers_only)
         return index if args.dali == "yes" else index.counts_only()
     except ShardError as exc:
-        return str(exc)
+        return str(exc), exc.exit_code
     except Exception as exc:  # any back-end's error: a line for this shard, not a crash
-        return f"{url}: {describe(exc)}"
+        return f"{url}: {describe(exc)}", EXIT_FAILED
 
 
 def index_shard(

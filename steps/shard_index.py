@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from . import storage
-from .errors import ShardError, UsageError
+from .errors import DataError, ShardError, UsageError
 from .manifest import ManifestError, manifest_url, read_manifest
 from .samples import split_member_name
 from .tarlayout import data_offsets
@@ -100,7 +100,7 @@ def index_from_manifest(url: str, manifest: dict[str, Any]) -> ShardIndex:
 
 def index_from_stream(url: str, stream: BinaryIO, *, seek_size: int | None) -> ShardIndex:
     """Any shard, from its headers; with `seek_size` member data is skipped by seeking.
-    Raises ShardError for a damaged archive (an index of it would be wrong)."""
+    Raises DataError for a damaged archive (an index of it would be wrong)."""
     reader = TarReader(stream, seek_size=seek_size)
     members = []
     try:
@@ -109,7 +109,7 @@ def index_from_stream(url: str, stream: BinaryIO, *, seek_size: int | None) -> S
                 members.append(IndexedMember(member.name, reader.offset, member.size))
     except TarFormatError as exc:
         parts = split_member_name(exc.member) if exc.member else None
-        raise ShardError(url, exc.cause, key=parts[0] if parts else None) from None
+        raise DataError(url, exc.cause, key=parts[0] if parts else None) from None
     return ShardIndex(url, reader.offset, group_members(members))
 
 
@@ -153,13 +153,13 @@ def wids_document(shards: list[ShardIndex], index_url: str, name: str) -> dict[s
 def dali_index(shard: ShardIndex) -> str:
     """The shard's DALI index (wds2idx v1.2); ShardError when DALI could not read it."""
     if not shard.samples:
-        raise ShardError(shard.url, "no samples: a DALI index must count at least one")
+        raise DataError(shard.url, "no samples: a DALI index must count at least one")
     lines = [f"{DALI_VERSION} {shard.nsamples}"]
     for sample in shard.samples:
         fields = []
         for member in sample:
             if any(ch.isspace() for ch in member.name):
-                raise ShardError(
+                raise DataError(
                     shard.url,
                     f"member {member.name!r} has white space in its name, which DALI's "
                     "index format cannot hold",

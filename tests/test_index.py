@@ -204,7 +204,7 @@ def test_a_damaged_shard_is_named_and_no_index_is_written(tmp_path: Path) -> Non
     cut = tmp_path / "s-1.tar"
     cut.write_bytes(good.read_bytes()[:3000])
     result = run_cli("index", tmp_path / "s-{0..1}.tar")
-    assert result.returncode == 1
+    assert result.returncode == 3  # damaged data: a retry would fail the same way
     assert "s-1.tar" in result.stderr and "truncated" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.json"))

@@ -11,7 +11,8 @@ each shard's headers can be read independently, so the work fans out like augmen
   so the manifest does not grow with the dataset (each task expands the pattern itself).
 - **index** runs `shardflow index --task-index=I --parts=URL`: it reads its batch's headers
   (ranged reads, member data skipped), writes its DALI `.idx` files if asked, and publishes
-  one part atomically. A retry redoes the batch.
+  one part atomically. A retry redoes the batch; a damaged shard (exit 3) or a bad
+  parameter (exit 2) is not retried.
 - **merge** runs `shardflow index --merge`: it checks that every batch's part is there and
   describes the expected shards, then writes `PREFIX.shardindex.json` and `sizes.json`.
 
@@ -35,6 +36,7 @@ from . import dag, render
 NAME = "shardflow-index"
 FILE = "index-workflowtemplate.yaml"
 PLAN_DIR = f"{dag.TMP}/index-plan"
+BACKOFF = "30s"  # fixed: a retry-backoff parameter would need the plan pod's check
 SHARED_PARAMETERS = ("retries", "image", "service-account", "storage-options")
 TITLE = "shardflow: index WebDataset shards"
 DESCRIPTION = """\
@@ -49,8 +51,8 @@ Writes the sample counts of a WebDataset for its readers: `PREFIX.shardindex.jso
 Patterns use braces: `s3://bucket/train/train-{000000..000554}.tar`."""
 
 
-def _parameters() -> list[Parameter]:
-    shared = [p for p in dag._parameters() if p.name in SHARED_PARAMETERS]
+def _parameters(image: str) -> list[Parameter]:
+    shared = [p for p in dag._parameters(image) if p.name in SHARED_PARAMETERS]
     return [
         Parameter(
             name="shards",
@@ -95,7 +97,9 @@ def _templates() -> tuple[Any, Any, Any]:
         ],
         resources=small,
         active_deadline_seconds="600",
-        retry_strategy=dag._retry("lastRetry.exitCode != '2'"),
+        retry_strategy=dag._retry(
+            dag.RETRY_UNLESS_USAGE_OR_DATA, limit=dag.PLAN_RETRIES, backoff=dag.PLAN_BACKOFF
+        ),
     )
     batch = dag._step(
         "index",
@@ -111,7 +115,7 @@ def _templates() -> tuple[Any, Any, Any]:
         inputs=[Parameter(name="task-index"), Parameter(name="parts")],
         resources=Resources(cpu_request="1", memory_request="512Mi", memory_limit="2Gi"),
         active_deadline_seconds="43200",
-        retry_strategy=dag._retry("lastRetry.exitCode != '2'"),
+        retry_strategy=dag._retry(dag.RETRY_UNLESS_USAGE_OR_DATA, backoff=BACKOFF),
     )
     merge = dag._step(
         "index-merge",
@@ -125,17 +129,14 @@ def _templates() -> tuple[Any, Any, Any]:
         inputs=[Parameter(name="parts")],
         resources=small,
         active_deadline_seconds="3600",
-        retry_strategy=dag._retry("lastRetry.exitCode != '2'"),
+        retry_strategy=dag._retry(dag.RETRY_UNLESS_USAGE_OR_DATA, backoff=BACKOFF),
     )
     return plan, batch, merge
 
 
 def build(settings: dag.RenderSettings | None = None) -> WorkflowTemplate:
     settings = settings or dag.RenderSettings()
-    parameters = _parameters()
-    for parameter in parameters:
-        if parameter.name == "image":
-            parameter.value = settings.image
+    parameters = _parameters(settings.image)
     planned = "{{tasks.plan.outputs.parameters.%s}}"
     with WorkflowTemplate(
         name=NAME,
