@@ -19,6 +19,7 @@ Each finding is a `verify.Problem` (so the table and JSON are verify's), of one 
   noext                members without an extension, which every reader skips
   empty                members of 0 bytes (often a failed download)
   case                 upper-case extensions: webdataset lowers them, HF datasets does not
+                       (repair writes them in lower case)
   longname             names over 100 bytes: wids' reader sees them cut at 100
   dotted               dots in base names that change the key (`img.v2.jpg` is key `img`)
   fields               samples whose members are not the dataset's usual ones
@@ -31,7 +32,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .samples import split_member_name, unsafe_name_reason
 from .tarlayout import USTAR_NAME_BYTES
@@ -63,6 +64,7 @@ class ShardScan:
     url: str
     size: int = 0
     members: list[Located] = field(default_factory=list)  # kept only for --repair
+    identity: dict[str, Any] | None = None  # the version scanned, taken only for --repair
     member_count: int = 0
     samples: int = 0
     problems: list[Problem] = field(default_factory=list)

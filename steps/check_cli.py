@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import storage
-from .augment import plan_shards
 from .check import ShardScan, field_problems, scan_shard, usual_fields
 from .cli_common import (
     add_output_arguments,
@@ -22,7 +21,8 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, ShardError, UsageError
+from .errors import EXIT_FAILED, EXIT_OK, ShardError
+from .pairing import check_urls, pair_shards
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .repair import repair_shard
 from .storage_faults import describe
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     shards = storage.expand(args.shards)
     for url in shards:
         storage.check_url(url, writing=False)
-    pairs = _repair_pairs(shards, args.repair) if args.repair else []
+    pairs = _repair_pairs(args.shards, args.repair) if args.repair else []
     started = time.monotonic()
     scans = check_all(shards, options, args)
     repairs = (
@@ -114,12 +114,11 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.status == "ok" for r in reports) else EXIT_FAILED
 
 
-def _repair_pairs(shards: list[str], outputs: str) -> list[tuple[str, str]]:
-    pairs = plan_shards(shards, outputs if outputs.endswith("/") else storage.expand(outputs))
-    for shard, output in pairs:
-        storage.check_url(output, writing=True)
-        if storage.comparable_url(shard) == storage.comparable_url(output):
-            raise UsageError(f"{shard!r} would be repaired in place: give other OUTPUTS")
+def _repair_pairs(shards: str, outputs: str) -> list[tuple[str, str]]:
+    """SHARDS paired with OUTPUTS by position, refused before any work when an output or its
+    manifest would be written over a shard (resolved locations, as augment pairs them)."""
+    pairs = pair_shards(shards, outputs)
+    check_urls(pairs)
     return pairs
 
 
@@ -157,12 +156,15 @@ def check_shard(url: str, options: storage.StorageOptions, repair: bool = False)
     try:
         if not storage.exists(url, options):
             return ShardScan(url, problems=[Problem("missing", "missing: no shard at this URL")])
+        identity = storage.current_identity(url, options) if repair else None
         size = storage.size(url, options)
         if size is None:  # compressed or piped: a stream, read through
             with storage.open_input(url, options) as stream:
                 return scan_shard(url, stream, seek_size=None, keep_members=repair)
         with storage.open_ranged(url, options) as stream:
-            return scan_shard(url, stream, seek_size=size, keep_members=repair)
+            scan = scan_shard(url, stream, seek_size=size, keep_members=repair)
+        scan.identity = identity
+        return scan
     except Exception as exc:  # any back-end's error: a verdict for this shard, not a crash
         cause = exc.cause if isinstance(exc, ShardError) else describe(exc)
         return ShardScan(url, problems=[Problem("unreadable", f"cannot read the shard: {cause}")])

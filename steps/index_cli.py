@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from . import storage
-from .augment_cli import _select_batch
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
@@ -25,6 +24,7 @@ from .cpus import available_cpus
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
+from .pairing import Batch, task_count
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
     ShardIndex,
@@ -134,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
             written = write_counts(indexes, index_url, options)
             remove_parts(args.parts, len(shards), args.shards_per_task, options)
         else:
-            batch = _select_batch(shards, args) if args.task_index is not None else shards
+            batch = (
+                Batch(args.task_index, args.shards_per_task).of(shards)
+                if args.task_index is not None
+                else shards
+            )
             threads = args.threads or min(16, 2 * available_cpus())
             indexes, status = _index_or_report(batch, options, threads, args)
             if status != EXIT_OK:
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
 def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> int:
     """The fan-out's plan: how many batches, and where their parts go (local files: Argo
     reads output parameters from the pod's file system)."""
-    tasks = -(-len(shards) // args.shards_per_task)
+    tasks = task_count(len(shards), args.shards_per_task)
     directory, _, name = index_url.rpartition("/")
     parts = args.parts or (f"{directory}/" if directory else "") + f".{name}.parts/"
     storage.check_url(parts, writing=True)

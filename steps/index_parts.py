@@ -14,6 +14,7 @@ from typing import Any
 
 from . import storage
 from .errors import ShardError
+from .pairing import task_count
 from .shard_index import ShardIndex, json_bytes
 
 PART_FORMAT = "shardflow.index-part/1"
@@ -62,7 +63,7 @@ def read_parts(
 
 def remove_parts(parts: str, shards: int, per_task: int, options: storage.StorageOptions) -> None:
     """Delete the parts once the index is written (they are only a hand-over)."""
-    for task in range(-(-shards // per_task)):
+    for task in range(task_count(shards, per_task)):
         storage.remove(part_url(parts, task), options)
 
 

@@ -2,11 +2,13 @@
 
 The fix is the one maintainers keep advising by hand (`tar --sort=name`, webdataset #11,
 #407), done safely: members grouped by key in order of first appearance, plain GNU headers
-(no PAX), nothing after the end-of-archive blocks, written by the deterministic writer,
-published atomically, then a manifest (so `shardflow verify` checks the result). Members are
-copied one at a time from their offsets found by the check, by ranged reads: memory does
-not grow with the shard. Members without an extension, which every reader skips, are left
-out and listed in the manifest's `ignored_members`, as augment does.
+(no PAX), extensions in lower case, nothing after the end-of-archive blocks, written by the
+deterministic writer, published atomically, then a manifest (so `shardflow verify` checks
+the result). Members are copied one at a time from the offsets the check found, by ranged
+reads: memory does not grow with the shard. The shard's version (size, ETag or mtime) is
+taken before the check and compared before publishing, so a shard replaced meanwhile is not
+stitched from two. Members without an extension, which every reader skips, are left out and
+listed in the manifest's `ignored_members`, as augment does.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def grouped(members: list[Located]) -> tuple[list[tuple[str, list[Located]]], li
     return list(samples.items()), ignored
 
 
+def written_name(name: str) -> str:
+    """The name with its extension in lower case, as every reader matches it."""
+    directory, slash, basename = name.rpartition("/")
+    stem, dot, extension = basename.partition(".")
+    return f"{directory}{slash}{stem}{dot}{extension.lower()}"
+
+
 def repair_shard(scan: ShardScan, output_url: str, options: storage.StorageOptions) -> int:
     """Write the repaired shard and its manifest; the sample count. ShardError when the input
     cannot be read again or the output cannot be written (nothing is published then)."""
@@ -62,8 +71,6 @@ def repair_shard(scan: ShardScan, output_url: str, options: storage.StorageOptio
         expect=None,
     )
     manifest_at = manifest_url(output_url)
-    if storage.size(scan.url, options) != scan.size:
-        raise ShardError(scan.url, "changed since it was checked; not repaired")
     try:
         with (
             storage.open_ranged(scan.url, options) as source,
@@ -71,18 +78,27 @@ def repair_shard(scan: ShardScan, output_url: str, options: storage.StorageOptio
         ):
             writer = ShardWriter(sink)
             for key, members in samples:
-                for member in members:
+                names = [written_name(m.name) for m in members]
+                for member, name in zip(members, names, strict=True):
                     source.seek(member.offset)
-                    writer.add_from(member.name, member.size, source)
+                    writer.add_from(name, member.size, source)
                 builder.samples.append(
-                    {"key": key, "members": [{"name": m.name, "size": m.size} for m in members]}
+                    {
+                        "key": key,
+                        "members": [
+                            {"name": n, "size": m.size} for n, m in zip(names, members, strict=True)
+                        ],
+                    }
                 )
+            if storage.current_identity(scan.url, options) != scan.identity:
+                raise ShardError(scan.url, "changed while it was checked and repaired")
             size, sha256 = writer.close()
             storage.remove(manifest_at, options)
         manifest = builder.build(
             output_size=size,
             output_sha256=sha256,
             input_bytes=scan.size,
+            input_identity=scan.identity,
             ignored_members=ignored,
             timings={"started": started_at, "seconds": round(time.monotonic() - started, 3)},
             threads=1,
