@@ -70,17 +70,12 @@ class ShardWriter:
         )
 
     def add(self, name: str, data: bytes) -> None:
-        # The last defence: recipes and operations check names earlier, with better messages.
-        reason = written_name_reason(name)
-        if reason is not None:
-            raise UnsafeMemberName(f"refusing to write member {name!r}: {reason}")
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        info.mode = 0o444
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        self._tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+
+    def add_from(self, name: str, size: int, stream: BinaryIO) -> None:
+        """A member of `size` bytes copied from `stream` in pieces, never held whole (tarfile
+        raises OSError if the stream ends early)."""
+        self._tar.addfile(_member_info(name, size), stream)
 
     def close(self) -> tuple[int, str]:
         self._tar.close()
@@ -88,3 +83,17 @@ class ShardWriter:
             self._gzip.close()  # writes the gzip trailer; the sink stays open
         self._out.flush()
         return self._out.size, self._out.sha256
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    # The last defence: recipes and operations check names earlier, with better messages.
+    reason = written_name_reason(name)
+    if reason is not None:
+        raise UnsafeMemberName(f"refusing to write member {name!r}: {reason}")
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
