@@ -87,4 +87,4 @@ constraints: $(VENV)/.installed-test
 	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info tests/.bin
