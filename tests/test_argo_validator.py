@@ -12,6 +12,7 @@ manifest in a new way (a new option, a new kind of parameter value).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -21,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardflow.workflows.cli import main
+from shardflow.workflows.cli import build_parser, main
+from shardflow.workflows.parameters import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGO = ROOT / "argo"
@@ -53,14 +55,7 @@ PARAMETERS = {
         "-p",
         "cpu=4",
     ],
-    "inline-recipe-and-parallelism": [
-        "s3://b/in-{0..9}.tar",
-        "s3://b/out-{0..9}.tar",
-        "--recipe",
-        RECIPE,
-        "--parallelism",
-        "8",
-    ],
+    "inline-recipe": ["s3://b/in-{0..9}.tar", "s3://b/out-{0..9}.tar", "--recipe", RECIPE],
     "every-option": [
         "https://example.org/in-{00..19}.tar",
         "s3://b/out/",
@@ -72,6 +67,10 @@ PARAMETERS = {
         "memory=16Gi",
         "-p",
         "retries=0",
+        "-p",
+        "retry-backoff=2m",
+        "-p",
+        "max-failed=5%",
         "-p",
         "image=registry.example/shardflow:1",
         "-p",
@@ -95,37 +94,37 @@ def _checked_in() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted(ARGO.glob("*.yaml"))}
 
 
-def _rendered(*options: str) -> dict[str, str]:
-    return {"render.yaml": _shardflow("render", "--out", "-", *options)}
+def _files(command: str, args: tuple[str, ...]) -> dict[str, str]:
+    """File name -> text of one variant, linted together: a workflowTemplateRef resolves
+    against the template beside it, as `argo lint --offline` resolves it."""
+    if command == "argo/*.yaml":
+        return _checked_in()
+    if command == "render":
+        return {"render.yaml": _shardflow("render", "--out", "-", *args)}
+    files = {"workflow.yaml": _shardflow("submit", "--dry-run", *args)}
+    if "--from-template" in args:  # the reference, with the template a cluster would hold
+        files["workflowtemplate.yaml"] = _checked_in()["workflowtemplate.yaml"]
+    return files
 
 
-def _submitted(name: str) -> dict[str, str]:
-    return {"workflow.yaml": _shardflow("submit", "--dry-run", *PARAMETERS[name])}
-
-
-def _from_template(name: str) -> dict[str, str]:
-    """The reference `submit --from-template` sends, with the template a cluster would hold."""
-    workflow = _shardflow("submit", "--dry-run", "--from-template", TEMPLATE, *PARAMETERS[name])
-    return {
-        "workflow.yaml": workflow,
-        "workflowtemplate.yaml": _checked_in()["workflowtemplate.yaml"],
-    }
-
-
-# id -> a function returning file name -> text; the files of one variant are linted together,
-# so a workflowTemplateRef resolves against the template beside it (as `argo lint --offline`).
-VARIANTS = {
-    "argo/*.yaml": _checked_in,
-    "render": lambda: _rendered(),
-    "render --image --parallelism": lambda: _rendered(
-        "--image", "registry.example/shardflow:1", "--parallelism", "200"
+# id -> (command, its arguments).
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "argo/*.yaml": ("argo/*.yaml", ()),
+    "render": ("render", ()),
+    "render --image --parallelism": (
+        "render",
+        ("--image", "registry.example/shardflow:1", "--parallelism", "200"),
     ),
-    **{f"submit {name}": (lambda name=name: _submitted(name)) for name in PARAMETERS},
+    **{f"submit {name}": ("submit", tuple(args)) for name, args in PARAMETERS.items()},
+    # Not with --from-template: the installed template's parallelism applies.
+    "submit --parallelism": ("submit", (*PARAMETERS["defaults"], "--parallelism", "8")),
     **{
-        f"submit --from-template {name}": (lambda name=name: _from_template(name))
-        for name in PARAMETERS
+        f"submit --from-template {name}": ("submit", ("--from-template", TEMPLATE, *args))
+        for name, args in PARAMETERS.items()
     },
 }
+# Options that do not change the manifest printed.
+NOT_IN_MANIFEST = {"--help", "--dry-run", "--namespace", "--out", "--write"}
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +153,7 @@ def _write(directory: Path, texts: dict[str, str]) -> list[Path]:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_argo_accepts_the_manifest(variant, version, argo_lint, tmp_path):
-    files = _write(tmp_path, VARIANTS[variant]())
+    files = _write(tmp_path, _files(*VARIANTS[variant]))
     status, output = argo_lint(version, files)
     assert status == 0, f"Argo {version} refuses {variant}:\n{output}"
 
@@ -189,7 +188,42 @@ def test_a_template_reference_resolves_only_against_the_templates_given(
     version, argo_lint, tmp_path
 ):
     """Offline resolution is real: without the WorkflowTemplate beside it, the reference fails."""
-    files = _write(tmp_path, {"workflow.yaml": _from_template("defaults")["workflow.yaml"]})
+    workflow = _files("submit", ("--from-template", TEMPLATE, *PARAMETERS["defaults"]))[
+        "workflow.yaml"
+    ]
+    files = _write(tmp_path, {"workflow.yaml": workflow})
     status, output = argo_lint(version, files)
     assert status != 0, output
     assert TEMPLATE in output, output
+
+
+def _subcommand_options(command: str) -> list[list[str]]:
+    subparsers = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    return [action.option_strings for action in subparsers.choices[command]._actions]
+
+
+@pytest.mark.parametrize("command", ["render", "submit"])
+def test_variants_use_every_option_that_changes_the_manifest(command):
+    """A new option of `render` or `submit` fails here until a variant above uses it."""
+    used = {arg for kind, args in VARIANTS.values() if kind == command for arg in args}
+    missing = [
+        options[-1]
+        for options in _subcommand_options(command)
+        if options and not NOT_IN_MANIFEST.intersection(options) and not used.intersection(options)
+    ]
+    assert missing == [], f"add a VARIANTS row that uses {missing}"
+
+
+def test_variants_give_every_parameter_a_value_other_than_its_default():
+    """A new workflow parameter fails here until a variant above sets it."""
+    changed: set[str] = set()
+    for args in PARAMETERS.values():
+        workflow = yaml.safe_load(_files("submit", tuple(args))["workflow.yaml"])
+        for parameter in workflow["spec"]["arguments"]["parameters"]:
+            if parameter.get("value") != BY_NAME[parameter["name"]].default:
+                changed.add(parameter["name"])
+    assert sorted(set(BY_NAME) - changed) == []
