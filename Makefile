@@ -24,7 +24,7 @@ $(BIN)/python:
 CONSTRAINTS := containers/constraints.txt
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	@echo "installing shardflow into $(VENV) (a minute the first time)"
-	$(PIP) -c $(CONSTRAINTS) -e '.[fast-png]'
+	$(PIP) -c $(CONSTRAINTS) -e '.[fast-png,strict-jpeg]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
@@ -74,7 +74,7 @@ image:
 
 # Re-pin the image's dependencies to the versions installed in .venv (after pyproject changes).
 constraints: $(VENV)/.installed-test
-	$(PIP) -e '.[s3,gcs,fast-png]'
+	$(PIP) -e '.[s3,gcs,fast-png,strict-jpeg]'
 	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from . import storage
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError
 from .failures import every_sample_failed
+from .input_identity import difference
 from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
@@ -103,9 +104,24 @@ def already_done(
         return None
     if storage.size(output_url, options.storage_options) != view.output_size:
         return None  # missing, truncated, emptied or replaced (or its size is unknown)
+    if not input_unchanged(manifest, input_url, options.storage_options):
+        return None
     if options.verify_existing and verify_shard(output_url, options.storage_options).problems:
         return None
     return view
+
+
+def input_unchanged(manifest: dict, input_url: str, options: storage.StorageOptions) -> bool:
+    """Whether the input is still the version the manifest records: a shard made from an
+    older version is redone. Unknown counts as changed (a manifest that records no identity,
+    an input that cannot be asked now): skipping is only for what is known to be done."""
+    if "input_identity" not in manifest:
+        return False
+    try:
+        current = storage.current_identity(input_url, options)
+    except Exception:  # any back-end's error: the shard is redone, which reports it
+        return False
+    return difference(manifest["input_identity"], current) is None
 
 
 def augment_shard(
@@ -172,9 +188,10 @@ def _write_shard(
         options=result_options(pipeline, options),
     )
     manifest_at = manifest_url(output_url)
-    with storage.open_input(
+    with storage.open_pinned_input(
         input_url, options.storage_options, allow_pipe=options.allow_pipe
-    ) as stream:
+    ) as opened:
+        stream = opened.stream
         if progress is not None:
             progress.shard_started(storage.size(input_url, options.storage_options))
         tar = TarReader(stream)
@@ -197,6 +214,7 @@ def _write_shard(
                         key=first["key"],
                     )
                 size, sha256 = writer.close()
+                opened.confirm_unchanged(input_url)  # read whole from one version: publish
                 # A manifest from an earlier run must not sit beside the new shard, even for
                 # the instant between publishing the shard and writing its own manifest.
                 storage.remove(manifest_at, options.storage_options)
@@ -207,6 +225,7 @@ def _write_shard(
         output_size=size,
         output_sha256=sha256,
         input_bytes=tar.offset,
+        input_identity=opened.identity,
         ignored_members=samples.ignored_members,
         timings={
             "started": started_at,
@@ -234,7 +253,7 @@ def _record(
     else:
         assert outcome.failed is not None
         if on_error == "fail":
-            raise ShardError(shard, f"{outcome.failed} (--on-error fail)", key=outcome.key)
+            raise DataError(shard, f"{outcome.failed} (--on-error fail)", key=outcome.key)
         builder.add_failed(outcome.key, outcome.failed)
 
 

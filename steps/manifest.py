@@ -4,7 +4,7 @@ For `out-000001.tar` it is `out-000001.manifest.json`. It records what went in (
 recipe and its hash), what came out (every sample's members and sizes, the archive's size
 and sha256) and what was left out and why (dropped and failed keys with reasons). The
 verification step checks a shard against it; `--skip-existing` trusts a shard whose
-manifest names the same input and recipe hash.
+manifest names the same input, the same version of it and the same recipe hash.
 
 Format (version 1):
     format           "shardflow.manifest/1"
@@ -18,6 +18,8 @@ Format (version 1):
     dropped, failed  [{key, reason}]
     ignored_members  member names without an extension (skipped, as webdataset does)
     output_size, output_sha256, input_bytes
+    input_identity   the version of the input read: {size, and etag, version_id or
+                     last_modified (remote), mtime_ns (local)}; null for pipe: inputs
     versions, timings, threads
 """
 
@@ -43,7 +45,8 @@ def manifest_url(output_url: str) -> str:
 
 def versions() -> dict[str, str | None]:
     """What produced the bytes. isal is listed because PNG output at level 1 takes a faster
-    path when it is installed: the same pixels, other bytes (null: not installed)."""
+    path when it is installed: the same pixels, other bytes (null: not installed); simplejpeg
+    because with it a JPEG damaged mid-stream fails its sample instead of being written."""
     import numpy
     import PIL
 
@@ -53,6 +56,7 @@ def versions() -> dict[str, str | None]:
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
         "isal": _installed_version("isal"),
+        "simplejpeg": _installed_version("simplejpeg"),
     }
 
 
@@ -104,6 +108,7 @@ class ManifestBuilder:
         output_size: int,
         output_sha256: str,
         input_bytes: int,
+        input_identity: dict[str, Any] | None,
         ignored_members: list[str],
         timings: dict[str, Any],
         threads: int,
@@ -120,6 +125,7 @@ class ManifestBuilder:
             "output_size": output_size,
             "output_sha256": output_sha256,
             "input_bytes": input_bytes,
+            "input_identity": input_identity,
             "dropped": self.dropped,
             "failed": self.failed,
             "ignored_members": ignored_members,

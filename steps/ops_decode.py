@@ -55,7 +55,7 @@ class DecodeImage(Operation):
             except images.ImageDecodeError as exc:
                 raise SampleError(ctx.key, str(exc)) from None
             if self.mode and image.mode != self.mode:
-                image = image.convert(self.mode)
+                image = images.convert_mode(image, self.mode)
             del sample[source]
             sample[self.target] = image
             return sample

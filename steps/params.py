@@ -34,16 +34,27 @@ class Params:
     def error(self, message: str) -> RecipeError:
         return RecipeError(f"{self.where}: {message}")
 
-    def int(self, name: str, default: int | None = None, *, minimum: int | None = None) -> int:
+    def int(
+        self,
+        name: str,
+        default: int | None = None,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
         value = self._raw.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"{name} must be an integer, got {value!r}")
         if minimum is not None and value < minimum:
             raise self.error(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(f"{name} must be at most {maximum}, got {value}")
         return value
 
-    def optional_int(self, name: str, *, minimum: int | None = None) -> int | None:
-        return self.int(name, minimum=minimum) if name in self._raw else None
+    def optional_int(
+        self, name: str, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        return self.int(name, minimum=minimum, maximum=maximum) if name in self._raw else None
 
     def float(self, name: str, default: float, *, low: float, high: float) -> float:
         value = self._raw.get(name, default)

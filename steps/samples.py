@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import ShardError
+from .errors import DataError
 from .tarstream import TarFormatError, TarMember, TarReader
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -87,7 +87,7 @@ class SampleReader:
                 current = None
             if current is None:
                 if key in finished:
-                    raise ShardError(
+                    raise DataError(
                         self._shard,
                         f"duplicate key: member {member.name!r} repeats a key seen earlier "
                         "with other samples in between",
@@ -95,7 +95,7 @@ class SampleReader:
                     )
                 current = RawSample(key)
             if extension in current.sizes:
-                raise ShardError(
+                raise DataError(
                     self._shard, f"duplicate member {member.name!r} in one sample", key=key
                 )
             current.sizes[extension] = member.size
@@ -120,16 +120,16 @@ class SampleReader:
                 return
             except TarFormatError as exc:
                 key = _key_of(exc.member)
-                raise ShardError(self._shard, exc.cause, key=key) from None
+                raise DataError(self._shard, exc.cause, key=key) from None
             if member.is_directory:
                 continue
             parts = split_member_name(member.name)
             key = parts[0] if parts else None
             reason = unsafe_name_reason(member.name)
             if reason:
-                raise ShardError(self._shard, f"{reason}: {member.name!r}", key=key)
+                raise DataError(self._shard, f"{reason}: {member.name!r}", key=key)
             if not member.is_regular:
-                raise ShardError(
+                raise DataError(
                     self._shard,
                     f"member {member.name!r} is {member.kind()}, not a regular file",
                     key=key,
@@ -140,7 +140,7 @@ class SampleReader:
         try:
             return self._reader.read_data()
         except TarFormatError as exc:
-            raise ShardError(self._shard, exc.cause, key=key) from None
+            raise DataError(self._shard, exc.cause, key=key) from None
 
 
 def _key_of(name: str | None) -> str | None:

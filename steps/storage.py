@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import braceexpand
@@ -23,17 +24,36 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ShardError, UsageError
-from .storage_faults import ResumingReader, UploadStream, upload_errors
+from .input_identity import Identity, InputChanged, PinnedObject, changed_error, identity_of
+from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
+from .storage_faults import (
+    ResumingReader,
+    UploadStream,
+    describe,
+    is_storage_error,
+    upload_errors,
+)
 
 StorageOptions = dict[str, Any]
 
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}  # file objects with commit()/discard()
 _READ_ONLY = {"http", "https"}
+# Back-ends whose folder listing names every object (an http "listing" is whatever page the
+# server returns for the folder's URL).
+_AUTHORITATIVE_LISTINGS = {"file", "local", "s3", "s3a", "gs", "gcs"}
 
 
 def expand(pattern: str) -> list[str]:
     """Brace-expand a shard pattern (`train-{000000..000554}.tar`) into URLs, in order."""
+    try:
+        count = count_expansions(pattern)
+    except PatternError as exc:
+        raise UsageError(f"cannot expand pattern {pattern!r}: {exc}") from None
+    if count > MAX_SHARDS:
+        raise UsageError(
+            f"pattern {pattern!r} names {count} shards, more than the limit of {MAX_SHARDS}"
+        )
     try:
         urls = list(braceexpand.braceexpand(pattern))
     except Exception as exc:  # braceexpand raises plain exceptions on malformed patterns
@@ -109,6 +129,31 @@ def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileS
     return fsspec.core.url_to_fs(url, **options_for(url, options))
 
 
+@dataclass
+class OpenInput:
+    """An input being read: its stream, and the version of the object it is pinned to."""
+
+    stream: BinaryIO
+    pinned: PinnedObject | None  # None for pipe: inputs, which have no stored version
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.pinned.identity if self.pinned is not None else None
+
+    def confirm_unchanged(self, url: str) -> None:
+        """Raise ShardError if the input is no longer the version read (call after reading,
+        before publishing)."""
+        if self.pinned is None:
+            return
+        try:
+            self.pinned.confirm_unchanged()
+        except InputChanged as exc:
+            raise changed_error(url, str(exc)) from None
+        except Exception as exc:
+            cause = describe(exc) if is_storage_error(exc) else repr(exc)
+            raise ShardError(url, f"cannot check that the input is unchanged: {cause}") from None
+
+
 @contextlib.contextmanager
 def open_input(
     url: str,
@@ -120,26 +165,46 @@ def open_input(
     """A binary stream of the shard; raises ShardError if it cannot be opened.
 
     `compression=None` gives the stored bytes as they are (verify hashes those)."""
+    with open_pinned_input(url, options, allow_pipe=allow_pipe, compression=compression) as opened:
+        yield opened.stream
+
+
+@contextlib.contextmanager
+def open_pinned_input(
+    url: str,
+    options: StorageOptions,
+    *,
+    allow_pipe: bool = False,
+    compression: str | None = "infer",
+) -> Iterator[OpenInput]:
+    """`open_input`, with every read tied to the version of the object first seen (see
+    input_identity): a shard is never stitched from two versions of its input."""
     check_url(url, writing=False, allow_pipe=allow_pipe)
     if url.startswith("pipe:"):
         with _open_pipe(url) as stream:
-            yield stream
+            yield OpenInput(stream, None)
         return
     fs, path = _filesystem(url, options)
+    pinned = PinnedObject(fs, path)
     # Resumes after dropped connections; any failure is a ShardError naming the shard.
-    raw = ResumingReader(
-        lambda: fs.open(path, "rb"),
-        url,
-        open_streaming=lambda: fs.open(path, "rb", block_size=0),
-    )
+    raw = ResumingReader(pinned.open, url, open_streaming=lambda: pinned.open(block_size=0))
     if compression == "infer":
         compression = fsspec.utils.infer_compression(url)
     stream = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
     try:
-        yield stream
+        yield OpenInput(stream, pinned)
     finally:
         stream.close()
         raw.close()
+
+
+def current_identity(url: str, options: StorageOptions) -> Identity | None:
+    """The identity the input has now (None for pipe: inputs); raises what the back-end
+    raises when it cannot be asked."""
+    if url.startswith("pipe:"):
+        return None
+    fs, path = _filesystem(url, options)
+    return identity_of(fs, path)
 
 
 class _PipeReader:
@@ -179,6 +244,34 @@ def _open_pipe(url: str) -> Iterator[BinaryIO]:
 def exists(url: str, options: StorageOptions) -> bool:
     fs, path = _filesystem(url, options)
     return fs.exists(path)
+
+
+def absent(urls: list[str], options: StorageOptions) -> set[str]:
+    """The URLs that a listing of their folder shows do not exist.
+
+    One listing per folder instead of two requests per shard: verifying a million shards of
+    which most were never written is then a few listings, not hours of HEAD requests. URLs
+    whose folder cannot be listed (http, no list permission) are left out: the caller checks
+    those one by one."""
+    by_folder: dict[str, list[str]] = {}
+    for url in urls:
+        if url.startswith("pipe:") or scheme(url) not in _AUTHORITATIVE_LISTINGS:
+            continue
+        folder, slash, _ = url.rpartition("/")
+        if slash and (folder.endswith((":", "/")) or not folder):
+            continue  # the root of a bucket or of the disk: checked one by one
+        by_folder.setdefault(folder if slash else ".", []).append(url)
+    missing: set[str] = set()
+    for folder, members in by_folder.items():
+        try:
+            fs, path = _filesystem(folder, options)
+            names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            names = set()
+        except Exception:  # a back-end that cannot list: these URLs are checked one by one
+            continue
+        missing.update(url for url in members if url.rsplit("/", 1)[-1] not in names)
+    return missing
 
 
 def remove(url: str, options: StorageOptions) -> None:

@@ -17,6 +17,10 @@ from typing import BinaryIO
 
 BLOCK = 512
 _COPY_CHUNK = 1 << 20
+# Zeros accepted after the end-of-archive blocks: writers pad the archive to a whole record
+# (GNU tar: 20 blocks of 512 bytes by default, `-b` up to a few MiB for tape drives). Beyond
+# this bound the stream is not a padded archive (a `/dev/zero` input would never end).
+MAX_TRAILING_ZEROS = 8 << 20
 
 REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _TYPE_NAMES = {
@@ -239,11 +243,19 @@ class TarReader:
                 f"corrupt tar: a zero block at byte {first_zero_offset} is followed by data",
                 offset=first_zero_offset,
             )
+        end = self._in.offset
         while chunk := self._in.read(_COPY_CHUNK):
             if any(chunk):
                 raise TarFormatError(
                     f"data after the end-of-archive blocks at byte {first_zero_offset} "
                     "(concatenated archives?)",
+                    offset=first_zero_offset,
+                )
+            if self._in.offset - end > MAX_TRAILING_ZEROS:
+                raise TarFormatError(
+                    f"trailing data: more than {MAX_TRAILING_ZEROS} zero bytes after the "
+                    f"end-of-archive blocks at byte {first_zero_offset}, more than any record "
+                    "padding",
                     offset=first_zero_offset,
                 )
 

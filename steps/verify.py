@@ -38,7 +38,7 @@ _NO_END_BLOCKS = "archive ends without its end-of-archive blocks"  # TarReader's
 class Problem:
     """One finding: `kind` for scripts (missing, incomplete, truncated, corrupt, size, sha256,
     members, names, samples, duplicate, expect, count, failures, manifest, unreadable, input,
-    extra),
+    extra, changed),
     `message` for people (it starts with the kind when that reads naturally)."""
 
     kind: str
@@ -386,6 +386,7 @@ class ShardReport:
     output: str
     input: str | None = None  # the paired input, with --inputs
     manifest_input: str | None = None  # the input the manifest names
+    input_identity: dict[str, Any] | None = None  # the version of it the manifest records
     samples: int = 0
     members: int = 0
     bytes: int = 0
@@ -440,6 +441,7 @@ def verify_shard(
         else:
             manifest = manifest_view(document)
             report.manifest_input = manifest.input
+            report.input_identity = recorded_identity(document)
     except ManifestError as exc:
         manifest_problem = Problem("manifest", str(exc))
     except Exception as exc:  # any back-end's error: a verdict for this shard, not a crash
@@ -450,9 +452,7 @@ def verify_shard(
         report.problems.append(Problem("unreadable", f"cannot reach the shard: {_error(exc)}"))
         return report
     if not shard_exists:
-        whose = f"for input {input_url!r}" if input_url else "at this URL"
-        also = " (but its manifest exists)" if document is not None else ""
-        report.problems.append(Problem("missing", f"missing: no output shard {whose}{also}"))
+        report.problems.append(missing_problem(input_url, manifest_exists=document is not None))
         return report
     if manifest_problem is not None:
         report.problems.append(manifest_problem)
@@ -475,6 +475,19 @@ def verify_shard(
         report.counts = manifest.counts
         report.problems += check_listing(listing, manifest, expect)
     return report
+
+
+def missing_problem(input_url: str | None, *, manifest_exists: bool) -> Problem:
+    whose = f"for input {input_url!r}" if input_url else "at this URL"
+    also = " (but its manifest exists)" if manifest_exists else ""
+    return Problem("missing", f"missing: no output shard {whose}{also}")
+
+
+def recorded_identity(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The input's identity as the manifest records it; None if it records none (older
+    manifests, pipe: inputs) or something that is not one (the manifest is untrusted)."""
+    identity = manifest.get("input_identity")
+    return identity if isinstance(identity, dict) else None
 
 
 def _error(exc: Exception) -> str:

@@ -27,7 +27,8 @@ from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
 from .pairing import Write, refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
-from .verify import ShardReport, check_pairing, verify_shard
+from .verify import ShardReport, check_pairing, missing_problem, verify_shard
+from .verify_identity import check_input_identity
 
 REPORT_FORMAT = "shardflow.verify/1"
 MAX_SHEET_PIXELS = 64_000_000
@@ -39,7 +40,8 @@ checksums, member data, end-of-archive blocks), its size and sha256 are the mani
 member list and sizes are the manifest's, every sample has exactly the expected members, no
 key repeats, the sample count is the manifest's written count, and not every sample failed;
 over all shards, at most --max-failed of the samples read failed. With --inputs, outputs and
-inputs are paired by position: each output must come from its paired input, and each input
+inputs are paired by position: each output must come from its paired input, still the
+version the manifest records (ETag, version, size and modification time), and each input
 must have exactly one output.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
@@ -183,6 +185,7 @@ def _check_all(
             tiles = [make_tile(s, max_pixels=MAX_SHEET_PIXELS) for s in report.kept]
             row = SheetRow(outputs[position], tiles)
         report.kept = []
+        check_input_identity(report, options)
         return report, row
 
     progress = Progress(
@@ -191,12 +194,14 @@ def _check_all(
         argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
         desc="verify",
     )
-    reports: dict[int, ShardReport] = {}
-    rows: dict[int, SheetRow] = {}
+    reports = _known_missing(outputs, inputs, options)
+    rows = {i: SheetRow(outputs[i], []) for i in reports if i in sheet_positions}
+    for _ in reports:
+        progress.shard_finished()
     threads = args.threads or min(16, 2 * available_cpus())
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
-            futures = {pool.submit(check, i): i for i in range(len(outputs))}
+            futures = {pool.submit(check, i): i for i in range(len(outputs)) if i not in reports}
             for future in as_completed(futures):
                 position = futures[future]
                 reports[position], row = future.result()
@@ -207,6 +212,23 @@ def _check_all(
     finally:
         progress.close()
     return [reports[i] for i in range(len(outputs))], [rows[i] for i in sorted(rows)]
+
+
+def _known_missing(
+    outputs: list[str], inputs: list[str] | None, options: storage.StorageOptions
+) -> dict[int, ShardReport]:
+    """Reports for the shards that their folders' listings show missing, with no manifest
+    either: nothing to read, so no request per shard."""
+    manifests = [manifest_url(url) for url in outputs]
+    absent = storage.absent(outputs + manifests, options)
+    reports = {}
+    for position, url in enumerate(outputs):
+        if url in absent and manifests[position] in absent:
+            input_url = inputs[position] if inputs else None
+            report = ShardReport(url, input=input_url)
+            report.problems.append(missing_problem(input_url, manifest_exists=False))
+            reports[position] = report
+    return reports
 
 
 def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:

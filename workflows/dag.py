@@ -52,15 +52,13 @@ from hera.workflows.models import (
 )
 
 from shardflow.steps import __version__
-from shardflow.steps.failures import DEFAULT_MAX_FAILED
-from shardflow.steps.recipe import BUILTIN_RECIPES
 
 from . import yamltext
-from .plan import AUTO, MAX_TASKS
+from .parameters import DEFAULT_IMAGE, PARAMETERS, PLAN_CHECKED
+from .plan import MAX_TASKS
 
 NAME = "shardflow-augment"
 ENTRYPOINT = "main"
-DEFAULT_IMAGE = f"shardflow:{__version__}"
 DEFAULT_PARALLELISM = 32
 USER_ID = 10001  # the image's non-root user (containers/Dockerfile)
 TMP = "/tmp"
@@ -69,9 +67,6 @@ SUMMARY_FILE = f"{TMP}/verify-summary.txt"
 CREDENTIALS_SECRET = "shardflow-credentials"
 
 PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet")
-CPU_CHOICES = ("1", "2", "4", "8", "16")
-MEMORY_CHOICES = ("1Gi", "2Gi", "4Gi", "8Gi", "16Gi", "32Gi")
-RETRY_CHOICES = ("0", "1", "2", "3", "5", "10")
 
 TITLE = "shardflow: augment WebDataset shards"
 DESCRIPTION = """\
@@ -87,82 +82,16 @@ verifies the outputs.
 Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`."""
 
 
-def _parameters() -> list[Parameter]:
-    """The workflow's parameters: what the UI form shows, with help and drop-downs."""
-    recipes = ", ".join(BUILTIN_RECIPES)
-    return [
-        Parameter(
-            name="input",
-            description="Input shards: a URL brace pattern, e.g. "
-            "gs://bucket/train/train-{000000..000554}.tar (gs://, s3://, https://).",
-        ),
-        Parameter(
-            name="output",
-            description="Output shards: a pattern that expands to as many URLs as input, or a "
-            "directory ending in / for shards of the same names.",
-        ),
-        Parameter(
-            name="recipe",
-            value="seed",
-            description=f"Built-in recipe ({recipes}), a .yaml or .json URL, or inline JSON.",
-        ),
-        Parameter(
-            name="shards-per-task",
-            value=AUTO,
-            description=f"Shards per augment pod, or {AUTO}: one per pod unless that makes "
-            f"more than {MAX_TASKS} pods (a workflow stays responsive up to about 2,000 nodes).",
-        ),
-        Parameter(
-            name="on-error",
-            value="skip",
-            enum=["skip", "fail"],
-            description="A sample that cannot be decoded or processed: skip it (counted and "
-            "listed by key in the shard's manifest) or fail its shard.",
-        ),
-        Parameter(
-            name="max-failed",
-            value=f"{DEFAULT_MAX_FAILED:g}",
-            description="Fail the run when more than this fraction of the samples read failed "
-            "(e.g. 0.05 or 5%); a shard whose every sample failed always fails.",
-        ),
-        Parameter(
-            name="cpu",
-            value="2",
-            enum=list(CPU_CHOICES),
-            description="CPU cores per augment and verify pod (request = limit); the step runs "
-            "this many threads.",
-        ),
-        Parameter(
-            name="memory",
-            value="4Gi",
-            enum=list(MEMORY_CHOICES),
-            description="Memory per augment and verify pod (request = limit).",
-        ),
-        Parameter(
-            name="retries",
-            value="3",
-            enum=list(RETRY_CHOICES),
-            description="Retries of a pod that fails for a reason that can pass (eviction, OOM "
-            "kill, node loss, a storage error), with exponential backoff from 30 s.",
-        ),
-        Parameter(
-            name="image",
-            value=DEFAULT_IMAGE,
-            description="The shardflow container image (containers/Dockerfile).",
-        ),
-        Parameter(
-            name="service-account",
-            value="default",
-            description="Kubernetes service account of the pods: bind it to a cloud identity "
-            "(GKE Workload Identity, EKS IRSA) to reach the buckets without keys.",
-        ),
-        Parameter(
-            name="storage-options",
-            value="{}",
-            description='fsspec storage options as JSON, e.g. {"endpoint_url": '
-            '"http://minio:9000"} for an S3-compatible store.',
-        ),
-    ]
+def _parameters(image: str) -> list[Parameter]:
+    """The workflow's parameters (parameters.py): what the UI form shows, with drop-downs."""
+    built = []
+    for parameter in PARAMETERS:
+        value = image if parameter.name == "image" else parameter.default
+        options: dict[str, Any] = {"value": value} if value is not None else {}
+        if parameter.enum:
+            options["enum"] = list(parameter.enum)
+        built.append(Parameter(name=parameter.name, description=parameter.description, **options))
+    return built
 
 
 def _container_security() -> SecurityContext:
@@ -184,12 +113,9 @@ def _pod_security() -> PodSecurityContext:
     )
 
 
-def _resources_patch() -> str:
-    """Requests = limits (Guaranteed QoS: the last pods evicted), from enum-checked parameters."""
-    quantities = {
-        "cpu": "{{workflow.parameters.cpu}}",
-        "memory": "{{workflow.parameters.memory}}",
-    }
+def _resources_patch(memory: str) -> str:
+    """Requests = limits for `main`, from values the plan pod has checked against their enums."""
+    quantities = {"cpu": "{{workflow.parameters.cpu}}", "memory": memory}
     patch = {
         "containers": [
             {"name": "main", "resources": {"requests": quantities, "limits": quantities}}
@@ -198,12 +124,36 @@ def _resources_patch() -> str:
     return yamltext.dump(patch)
 
 
-def _retry(expression: str) -> RetryStrategy:
+# After an OOM kill (exit 137) the next attempt gets twice the `memory` parameter. Argo
+# substitutes `lastRetry.exitCode` into the template of each retry before the pod is created
+# (operator.go executeTemplate; "0" on the first attempt), and the enum makes every value a
+# whole number of Gi.
+MEMORY_AFTER_OOM = (
+    "{{=(asInt(lastRetry.exitCode) == 137 ? 2 : 1)"
+    ' * asInt(sprig.trimSuffix("Gi", workflow.parameters.memory))}}Gi'
+)
+# Exit codes (steps/errors.py): 2 usage and 3 damaged data fail the same way every time; 1
+# (storage, network), 137 (OOM kill) and Argo's "-1" (no exit code: eviction, node loss) may
+# pass on another attempt.
+RETRY_UNLESS_USAGE_OR_DATA = "lastRetry.exitCode != '2' && lastRetry.exitCode != '3'"
+# verify: a failed verification (1) or a usage error (2) is a result, not an accident.
+RETRY_VERIFY = "lastRetry.exitCode != '1' && lastRetry.exitCode != '2'"
+# plan's own retries never depend on a parameter: when it refuses one, nothing else may fail
+# first (the controller parses limit and backoff before it evaluates the expression).
+PLAN_RETRIES = "3"
+PLAN_BACKOFF = "10s"
+
+
+def _retry(
+    expression: str,
+    limit: str = "{{workflow.parameters.retries}}",
+    backoff: str = "{{workflow.parameters.retry-backoff}}",
+) -> RetryStrategy:
     return RetryStrategy(
-        limit="{{workflow.parameters.retries}}",
+        limit=limit,
         retry_policy="Always",
         expression=expression,
-        backoff=Backoff(duration="30s", factor="2", cap="10m"),
+        backoff=Backoff(duration=backoff, factor="2", cap="10m"),
     )
 
 
@@ -230,9 +180,12 @@ def _templates() -> tuple[Container, Container, Container]:
             "plan",
             "--shards-per-task={{workflow.parameters.shards-per-task}}",
             "--recipe={{workflow.parameters.recipe}}",
-            "--max-failed={{workflow.parameters.max-failed}}",
             f"--max-tasks={MAX_TASKS}",
             f"--write-params={PLAN_DIR}",
+            *(
+                f"--check-parameter={name}={{{{workflow.parameters.{name}}}}}"
+                for name in PLAN_CHECKED
+            ),
             "--",
             "{{workflow.parameters.input}}",
             "{{workflow.parameters.output}}",
@@ -243,7 +196,7 @@ def _templates() -> tuple[Container, Container, Container]:
         ],
         resources=Resources(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi"),
         active_deadline_seconds="600",
-        retry_strategy=_retry("lastRetry.exitCode != '2'"),
+        retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA, PLAN_RETRIES, PLAN_BACKOFF),
     )
     augment = _step(
         "augment",
@@ -260,11 +213,11 @@ def _templates() -> tuple[Container, Container, Container]:
             "{{workflow.parameters.output}}",
         ],
         inputs=[Parameter(name="task-index"), Parameter(name="shards-per-task")],
-        pod_spec_patch=_resources_patch(),
+        pod_spec_patch=_resources_patch(MEMORY_AFTER_OOM),
         # A stuck read must not hold a parallelism slot forever; batches are sized to take
         # minutes to a few hours (README: scaling), and a retry resumes where it stopped.
         active_deadline_seconds="43200",
-        retry_strategy=_retry("lastRetry.exitCode != '2'"),
+        retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA),
     )
     verify = _step(
         "verify",
@@ -290,9 +243,8 @@ def _templates() -> tuple[Container, Container, Container]:
                 value_from=ValueFrom(path=SUMMARY_FILE, default="verification did not finish"),
             )
         ],
-        pod_spec_patch=_resources_patch(),
-        # Failed verification (1) or a usage error (2) is a result, not an accident.
-        retry_strategy=_retry("lastRetry.exitCode != '1' && lastRetry.exitCode != '2'"),
+        pod_spec_patch=_resources_patch("{{workflow.parameters.memory}}"),
+        retry_strategy=_retry(RETRY_VERIFY),
     )
     return plan, augment, verify
 
@@ -326,10 +278,7 @@ class RenderSettings:
 
 def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
     """The Hera WorkflowTemplate (kind=WorkflowTemplate) or standalone Workflow (kind=Workflow)."""
-    parameters = _parameters()
-    for parameter in parameters:
-        if parameter.name == "image":
-            parameter.value = settings.image
+    parameters = _parameters(settings.image)
     naming = {"name": NAME} if kind is WorkflowTemplate else {"generate_name": f"{NAME}-"}
     with kind(
         **naming,
@@ -354,5 +303,7 @@ def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
 
 
 # Template-level annotations (Argo >= 3.7) name each loop node in the UI; Hera 7.1's Container
-# only sets pod annotations, so they are applied to the built model (render.py).
-DISPLAY_NAMES = {"augment": "augment batch {{inputs.parameters.task-index}}"}
+# only sets pod annotations, so they are applied to the built model (render.py). After
+# substitution a display name must match Argo's `displayNameRegex` (no spaces, at most 63
+# characters) or the controller errors the node and the fan-out stalls; lint.py checks it.
+DISPLAY_NAMES = {"augment": "augment-{{inputs.parameters.task-index}}"}

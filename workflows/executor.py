@@ -32,8 +32,10 @@ from shardflow.steps.errors import EXIT_FAILED, UsageError
 
 from . import argo_vars
 from .depends import TaskOutcome, ancestors, evaluate, upstream
+from .parameters import refusal
 
 POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 30  # as Kubernetes' default terminationGracePeriodSeconds
 PROGRESS_INTERVAL = "1"  # seconds between a step's progress-file writes (Argo reads every 3 s)
 # The image's entrypoint is this very program: run it with this interpreter.
 SHARDFLOW = [sys.executable, "-m", "shardflow.workflows.cli"]
@@ -53,7 +55,7 @@ def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[
             raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
         enum = parameter.get("enum")
         if enum and values[name] not in enum:
-            raise UsageError(f"parameter {name}={values[name]!r} is not one of {', '.join(enum)}")
+            raise UsageError(refusal(name, values[name], enum))
     return values
 
 
@@ -190,11 +192,16 @@ class LocalExecutor:
                 )
                 if queue or running:
                     time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks as pods are stopped
+            killed = _stop([n for nodes in task_nodes.values() for n in nodes])
+            if killed:
+                exc.left_behind = (  # type: ignore[attr-defined]
+                    f"{', '.join(killed)} did not stop within {STOP_GRACE_SECONDS} s and were "
+                    "killed: they may leave .partial files or unfinished uploads"
+                )
+            raise
         finally:
-            for node in running:
-                if node.process and node.process.poll() is None:
-                    node.process.terminate()
-                    node.process.wait()
+            _stop(running)
         nodes = [n for nodes in task_nodes.values() for n in nodes]
         phase, exit_code = self._result(outcomes, task_nodes)
         return RunResult(phase, exit_code, outcomes, nodes, global_outputs)
@@ -340,6 +347,25 @@ class _Exited:
 
     def terminate(self) -> None:
         pass
+
+
+def _stop(nodes: list[Node]) -> list[str]:
+    """SIGTERM each running node's process, as the kubelet stops a pod, and wait for it to
+    clean up; after the grace period, SIGKILL. Returns the names of the nodes killed."""
+    alive = [n for n in nodes if n.process is not None and n.process.poll() is None]
+    for node in alive:
+        node.process.terminate()  # type: ignore[union-attr]
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    killed = []
+    for node in alive:
+        assert node.process is not None
+        try:
+            node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+            killed.append(node.name)
+    return killed
 
 
 def _loops(task: dict[str, Any]) -> bool:

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 from shardflow.steps.cli_common import positive_int
-from shardflow.steps.failures import add_max_failed_argument
+from shardflow.steps.errors import UsageError
 from shardflow.steps.recipe import load_recipe
 
+from .parameters import check_values
 from .plan import AUTO, MAX_TASKS, plan_tasks
 
 DESCRIPTION = """\
@@ -21,6 +22,8 @@ Check a run's parameters and split it into tasks: expand the INPUT and OUTPUT pa
 that they pair up and that the recipe loads, and compute the number of augment tasks and where
 verification writes its report. In the Argo DAG this is the first pod; --write-params writes
 one file per output parameter (tasks, shards-per-task, outputs, report, sample-sheet).
+--check-parameter refuses a workflow parameter outside its allowed values before any other pod
+starts (Argo does not enforce enums for `argo submit -p` or the API).
 
 exit status: 0 planned, 2 usage error."""
 
@@ -42,7 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "more than --max-tasks tasks",
     )
     parser.add_argument("--recipe", default="seed", help="recipe to check (default: seed)")
-    add_max_failed_argument(parser)  # checked here, so a bad value fails one pod, not all
     parser.add_argument(
         "--max-tasks",
         type=positive_int,
@@ -55,11 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write each output parameter to DIR/NAME (for Argo's valueFrom.path)",
     )
+    parser.add_argument(
+        "--check-parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="refuse (exit 2) a workflow parameter value outside its allowed set (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_values(_name_values(args.check_parameter))
     plan = plan_tasks(args.input, args.output, args.shards_per_task, max_tasks=args.max_tasks)
     load_recipe(args.recipe)
     parameters = plan.parameters()
@@ -72,3 +82,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(plan.describe())
     return 0
+
+
+def _name_values(items: list[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--check-parameter {item!r} is not NAME=VALUE")
+        values[name] = value
+    return values
