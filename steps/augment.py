@@ -23,9 +23,10 @@ from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifes
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
 from .progress import Progress
+from .redact import redact_text, redact_url
 from .samples import SampleReader
 from .tarstream import TarReader
-from .tarwrite import ShardWriter
+from .tarwrite import ShardWriter, UnsafeMemberName
 from .verify import ManifestView, manifest_view, verify_shard
 
 OnError = Literal["skip", "fail"]
@@ -66,8 +67,8 @@ class ShardResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "input": self.input,
-            "output": self.output,
+            "input": redact_url(self.input),
+            "output": redact_url(self.output),
             "status": self.status,
             "counts": self.counts,
             "error": self.error,
@@ -148,9 +149,10 @@ def augment_shard(
     try:
         manifest = _write_shard(input_url, output_url, pipeline, options, progress, started)
     except ShardError as exc:
-        error, exit_code = str(exc), exc.exit_code
+        error, exit_code = redact_text(str(exc)), exc.exit_code
     except Exception as exc:  # a back-end or library failure must not end the batch
-        error, exit_code = f"{input_url}: unexpected {type(exc).__name__}: {exc}", EXIT_FAILED
+        error = redact_text(f"{input_url}: unexpected {type(exc).__name__}: {exc}")
+        exit_code = EXIT_FAILED
     else:
         return ShardResult(
             input_url,
@@ -246,7 +248,10 @@ def _record(
 ) -> None:
     if outcome.members is not None:
         for name, data in outcome.members:
-            writer.add(name, data)
+            try:
+                writer.add(name, data)
+            except UnsafeMemberName as exc:
+                raise DataError(shard, str(exc), key=outcome.key) from None
         builder.add_written(outcome.key, outcome.members)
     elif outcome.dropped is not None:
         builder.add_dropped(outcome.key, outcome.dropped)

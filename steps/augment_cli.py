@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from . import storage
 from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code
 from .cli_common import (
     add_output_arguments,
@@ -18,7 +19,7 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_DATA, EXIT_OK, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .pairing import Batch, check_urls, pair_shards
@@ -26,6 +27,8 @@ from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .recipe import BUILTIN_RECIPES, load_recipe
+from .redact import redact_url
+from .shard_index import index_outputs
 
 DESCRIPTION = """\
 Augment WebDataset shards: read each INPUT shard, apply the recipe to every sample, and
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-mpx and --max-member-mb must be positive")
     if args.verify_existing and not args.skip_existing:
         raise UsageError("--verify-existing only applies with --skip-existing")
-    recipe = load_recipe(args.recipe, label_field=args.label_field)
+    recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
     rely_on_own_pixel_limit()
     pipeline = Pipeline(
         recipe,
@@ -168,15 +171,29 @@ def run(args: argparse.Namespace) -> int:
             _report_shard(result, args, progress)
     finally:
         progress.close()
-    _report_summary(results, recipe.name, pipeline.recipe_hash, time.monotonic() - started, args)
-    status = batch_exit_code(results)
+    failed = any(r.status == "failed" for r in results)
+    index = _write_index(pairs, options) if args.task_index is None and not failed else []
+    seconds = time.monotonic() - started
+    _report_summary(results, recipe.name, pipeline.recipe_hash, seconds, args, index)
+    code = batch_exit_code(results)
     finished = [r.counts for r in results if r.status != "failed"]  # skipped ones count too
-    read, failed = (sum(c.get(name, 0) for c in finished) for name in ("read", "failed"))
-    problem = too_many_failed(read, failed, args.max_failed)
+    read, failed_samples = (sum(c.get(n, 0) for c in finished) for n in ("read", "failed"))
+    problem = too_many_failed(read, failed_samples, args.max_failed)
     if problem is not None:
         print(f"shardflow: error: {problem}", file=sys.stderr, flush=True)
-        return EXIT_DATA if status == EXIT_OK else status
-    return status
+        code = EXIT_DATA if code == EXIT_OK else code
+    return EXIT_FAILED if code == EXIT_OK and index is None else code
+
+
+def _write_index(pairs: list[tuple[str, str]], options: storage.StorageOptions) -> list[str] | None:
+    """A whole run ends with the dataset index beside the outputs, from their manifests (a
+    batch of an Argo run does not: the verify step writes it once every batch is done).
+    None when it cannot be written; the shards themselves are complete all the same."""
+    try:
+        return index_outputs([output for _, output in pairs], options)
+    except (ShardError, OSError) as exc:
+        print(f"shardflow: error: cannot write the dataset index: {exc}", file=sys.stderr)
+        return None
 
 
 def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progress) -> None:
@@ -186,13 +203,14 @@ def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progr
     if args.quiet or args.json:
         return
     counts = result.counts
+    output = redact_url(result.output)
     if result.status == "skipped":
         written = counts.get("written", 0)
-        line = f"{result.output}: skipped, complete from an earlier run ({written} samples)"
+        line = f"{output}: skipped, complete from an earlier run ({written} samples)"
     else:
         rate = counts["read"] / result.seconds if result.seconds else 0.0
         line = (
-            f"{result.output}: {counts['written']} written, {counts['dropped']} dropped, "
+            f"{output}: {counts['written']} written, {counts['dropped']} dropped, "
             f"{counts['failed']} failed of {counts['read']} read "
             f"({_megabytes(result.output_size)}, {result.seconds:.1f} s, {rate:.1f} samples/s)"
         )
@@ -205,6 +223,7 @@ def _report_summary(
     recipe_hash: str,
     seconds: float,
     args: argparse.Namespace,
+    index: list[str] | None,
 ) -> None:
     totals = {"read": 0, "written": 0, "dropped": 0, "failed": 0}
     for result in results:
@@ -217,12 +236,15 @@ def _report_summary(
             "recipe_hash": recipe_hash,
             "shards": [r.to_dict() for r in results],
             "summary": {"shards": status, "samples": totals, "seconds": round(seconds, 3)},
+            "index": index or [],
         }
         json.dump(document, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
     if args.quiet:
         return
+    for url in index or []:
+        print(f"index: {url}")
     print(
         f"{len(results)} shard(s) with recipe {recipe}: {status['written']} written, "
         f"{status['skipped']} skipped, {status['failed']} failed; samples: "

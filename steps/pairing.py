@@ -23,6 +23,8 @@ from fsspec.implementations.local import LocalFileSystem
 from . import storage
 from .errors import UsageError
 from .manifest import manifest_url
+from .redact import path_name, redact_url
+from .shard_index import SIZES_NAME, default_index_url
 
 Pair = tuple[str, str]
 
@@ -40,7 +42,7 @@ def pair_shards(input_pattern: str, output_pattern: str) -> list[Pair]:
     written safely (see `refuse_aliases`)."""
     inputs = storage.expand(input_pattern)
     if output_pattern.endswith("/"):
-        outputs = [output_pattern + url.rstrip("/").rsplit("/", 1)[-1] for url in inputs]
+        outputs = [output_pattern + path_name(url) for url in inputs]
     else:
         outputs = storage.expand(output_pattern)
     if len(inputs) != len(outputs):
@@ -66,13 +68,22 @@ class Write:
         return self.what if self.of is None else f"{self.what} {_shown(self.of)}"
 
 
-def shard_writes(pairs: Iterable[Pair]) -> list[Write]:
-    """What augmenting the pairs writes: each output and its manifest."""
+def shard_writes(pairs: list[Pair]) -> list[Write]:
+    """What augmenting the pairs writes: each output and its manifest, then the index."""
     writes = []
     for input_url, output_url in pairs:
         writes.append(Write(output_url, "the output of", input_url))
         writes.append(Write(manifest_url(output_url), "the manifest of", output_url))
-    return writes
+    return writes + index_writes([output for _, output in pairs])
+
+
+def index_writes(outputs: list[str]) -> list[Write]:
+    """The dataset index a finished run writes beside its outputs (shard_index.py)."""
+    folders = sorted({url.rstrip("/").rpartition("/")[0] for url in outputs})
+    return [
+        Write(default_index_url(outputs), "the dataset index"),
+        *(Write(f"{f}/{SIZES_NAME}" if f else SIZES_NAME, "the shard counts") for f in folders),
+    ]
 
 
 def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
@@ -96,10 +107,9 @@ def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
         if where in written_at:
             other = written_at[where]
             raise UsageError(
-                f"two shards map to the same output: {_shown(other.url)} ({other.describe()}) "
-                f"and {_shown(url)} ({what()}) are one location"
-                f"{_same_as(where, url, other.url)}; give "
-                "OUTPUT as a pattern that names every shard"
+                f"{_shown(other.url)} ({other.describe()}) and {_shown(url)} ({what()}) map to "
+                f"the same output{_same_as(where, url, other.url)}: give OUTPUT as a pattern "
+                "that names every shard"
             )
         written_at[where] = write
 
@@ -204,13 +214,9 @@ def _without_dot_segments(path: str) -> str:
 
 def _same_as(where: str, *urls: str) -> str:
     """The location in brackets, when a URL is spelled differently from it."""
-    return "" if all(url == where for url in urls) else f" ({where})"
+    return "" if all(url == where for url in urls) else f" ({redact_url(where)})"
 
 
 def _shown(url: str) -> str:
-    """The URL quoted for a message, without credentials (`s3://key:secret@bucket/x`)."""
-    parts = urlsplit(url) if "://" in url else None
-    if parts is None or "@" not in parts.netloc:
-        return repr(url)
-    host = parts.netloc.rpartition("@")[2]
-    return repr(parts._replace(netloc=f"***@{host}").geturl())
+    """The URL quoted for a message, without credentials."""
+    return repr(redact_url(url))

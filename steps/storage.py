@@ -25,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ShardError, UsageError
 from .input_identity import Identity, InputChanged, PinnedObject, changed_error, identity_of
+from .redact import redact_url
 from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
 from .storage_faults import (
     ResumingReader,
@@ -71,10 +72,11 @@ def scheme(url: str) -> str:
 
 def comparable_url(url: str) -> str:
     """Local paths as absolute paths (`in/x.tar`, `./in/x.tar` and `file:///.../in/x.tar` are
-    one shard, whatever the working directory); other URLs as they are. Manifests record this
-    form, so verify and --skip-existing recognise an input given another way."""
+    one shard, whatever the working directory); other URLs without their credentials (a
+    signed URL signed again is the same object). Manifests record this form, so verify and
+    --skip-existing recognise an input given another way, and no manifest holds a secret."""
     if scheme(url) != "file":
-        return url
+        return redact_url(url)
     path = url[len("file://") :] if url.startswith("file://") else url
     return os.path.abspath(path)
 
@@ -304,6 +306,21 @@ def read_bytes(url: str, options: StorageOptions) -> bytes | None:
         return None
 
 
+def read_head(url: str, options: StorageOptions, limit: int) -> bytes:
+    """At most `limit` bytes from the start of a small object (a recipe), whatever size it
+    claims or turns out to have. Raises what the back-end raises (FileNotFoundError for a
+    missing object, with fsspec's HTTP back-end's real cause chained to it)."""
+    if scheme(url) == "file":
+        path = url[len("file://") :] if url.startswith("file://") else url
+        with open(path, "rb") as stream:
+            return stream.read(limit)
+    fs, path = _filesystem(url, options)
+    # Over HTTP, a plain stream: no HEAD first and no read-ahead past the limit.
+    streaming = {"block_size": 0} if scheme(url) in _READ_ONLY else {}
+    with fs.open(path, "rb", **streaming) as stream:
+        return stream.read(limit)
+
+
 @contextlib.contextmanager
 def publish_atomically(url: str, options: StorageOptions) -> Iterator[BinaryIO]:
     """Yield a writable stream; the object appears at `url` only if the block ends normally."""
@@ -399,3 +416,10 @@ def _publish_by_move(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Iter
         with contextlib.suppress(Exception):
             fs.rm(temporary)
         raise
+
+
+def open_ranged(url: str, options: StorageOptions, block_size: int = 1 << 20) -> BinaryIO:
+    """A seekable file object reading `block_size` bytes per request: seeking over data the
+    caller does not need costs no transfer (ranged reads on object stores and HTTP)."""
+    fs, path = _filesystem(url, options)
+    return fs.open(path, "rb", block_size=block_size)

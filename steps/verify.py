@@ -25,6 +25,7 @@ from . import storage
 from .errors import ShardError
 from .failures import every_sample_failed
 from .manifest import ManifestError, manifest_url, read_manifest
+from .redact import redact_text, redact_url
 from .samples import split_member_name, unsafe_name_reason
 from .tarstream import TarFormatError, TarMember, TarReader
 
@@ -45,10 +46,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return self.message
+        return redact_text(self.message)  # messages quote URLs, and network errors theirs
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "message": self.message}
+        return {"kind": self.kind, "message": str(self)}
 
 
 @dataclass
@@ -406,10 +407,10 @@ class ShardReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "output": self.output,
-            "manifest": manifest_url(self.output),
-            "input": self.input,
-            "manifest_input": self.manifest_input,
+            "output": redact_url(self.output),
+            "manifest": redact_url(manifest_url(self.output)),
+            "input": redact_url(self.input) if self.input else None,
+            "manifest_input": redact_url(self.manifest_input) if self.manifest_input else None,
             "status": self.status,
             "samples": self.samples,
             "members": self.members,

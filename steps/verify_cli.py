@@ -25,8 +25,10 @@ from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import Write, refuse_aliases
+from .pairing import Write, index_writes, refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
+from .redact import redact_url
+from .shard_index import index_outputs
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
 from .verify_identity import check_input_identity
 
@@ -100,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=4,
         help="samples shown per shard, its first ones (default: 4)",
     )
+    files.add_argument(
+        "--write-index",
+        action="store_true",
+        help="when every shard passes, write the dataset index beside them from the manifests "
+        "(PREFIX.shardindex.json for wids, sizes.json; see shardflow index)",
+    )
     parser.add_argument(
         "--all-rows",
         action="store_true",
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     for write in written:
         storage.check_url(write.url, writing=True)
+    written += index_writes(outputs)  # written when every shard passes
     refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
@@ -145,11 +154,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.quiet:
         for report in reports:
             for problem in report.problems:
-                print(f"shardflow verify: {report.output}: {problem}", file=sys.stderr)
+                print(
+                    f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr
+                )
     else:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)
     written = _write_files(args, options, document, summary, rows)
+    if args.write_index:
+        written += _write_index(outputs, reports, options)
     if not (args.json or args.quiet):
         for line in written:
             print(line)
@@ -297,7 +310,7 @@ def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None =
             first += f" (+{len(report.problems) - 1} more, below)"
         rows.append(
             (
-                report.output,
+                redact_url(report.output),
                 str(report.samples),
                 str(report.members),
                 _human(report.bytes),
@@ -322,7 +335,7 @@ def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None =
         )
     for report in reports:
         if len(report.problems) > 1:
-            lines.append(f"{report.output}:")
+            lines.append(f"{redact_url(report.output)}:")
             lines += [f"  - {problem}" for problem in report.problems]
     return "\n".join(lines)
 
@@ -340,8 +353,8 @@ def report_document(
     by_status = {s: sum(r.status == s for r in reports) for s in statuses}
     return {
         "format": REPORT_FORMAT,
-        "outputs": args.outputs,
-        "inputs": args.inputs,
+        "outputs": redact_url(args.outputs),
+        "inputs": redact_url(args.inputs) if args.inputs else args.inputs,
         "expect": expect,
         "passed": all(r.status == "ok" for r in reports),
         "summary": {
@@ -370,16 +383,28 @@ def _write_files(
         if args.report:
             data = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
             storage.write_atomically(args.report, data, options)
-            said.append(f"report: {args.report}")
+            said.append(f"report: {redact_url(args.report)}")
         if args.sample_sheet:
             storage.write_atomically(args.sample_sheet, render_sheet(rows), options)
             tiles = sum(len(row.tiles) for row in rows)
-            said.append(f"sample sheet: {args.sample_sheet} ({tiles} samples)")
+            said.append(f"sample sheet: {redact_url(args.sample_sheet)} ({tiles} samples)")
         if args.summary_file:
             storage.write_atomically(args.summary_file, summary.encode("utf-8") + b"\n", options)
     except OSError as exc:
         raise ShardflowError(f"cannot write the verification files: {exc}") from None
     return said
+
+
+def _write_index(
+    outputs: list[str], reports: list[ShardReport], options: storage.StorageOptions
+) -> list[str]:
+    """The index of a verified dataset: a run on Argo ends with it, as a local run does."""
+    if not all(r.status == "ok" for r in reports):
+        return ["index: not written, not every shard passed"]
+    try:
+        return [f"index: {url}" for url in index_outputs(outputs, options)]
+    except (ShardflowError, OSError) as exc:
+        raise ShardflowError(f"cannot write the dataset index: {exc}") from None
 
 
 def _human(size: int) -> str:

@@ -182,9 +182,16 @@ def test_credentials_are_not_quoted_in_the_refusal():
     with pytest.raises(UsageError) as refused:
         refuse_aliases(["s3://key:secret@bucket/x.tar"], [Write("s3://bucket/x.tar", "an output")])
     assert "secret" not in str(refused.value)
-    assert "s3://***@bucket/x.tar" in str(refused.value)
+    assert "s3://REDACTED@bucket/x.tar" in str(refused.value)
 
 
 def test_an_output_manifest_may_not_land_on_an_input():
     with pytest.raises(UsageError, match=re.escape("the manifest of 's3://b/x.tar'")):
         pair_shards("s3://b/{x.manifest.json,y.tar}", "s3://b/{x.tar,z.tar}")
+
+
+def test_an_output_may_not_land_on_the_dataset_index_a_run_writes():
+    with pytest.raises(UsageError, match="the shard counts"):
+        pair_shards("s3://b/in/{a,b}.tar", "s3://b/out/{a.tar,sizes.json}")
+    with pytest.raises(UsageError, match="the dataset index"):
+        pair_shards("s3://b/in/{a,b}.tar", "s3://b/out/{a.tar,a.shardindex.json}")

@@ -136,6 +136,9 @@ PARAMETERS: tuple[DagParameter, ...] = (
 
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 PLAN_CHECKED = tuple(p.name for p in PARAMETERS if p.checked_by_plan)
+# Values that reach a podSpecPatch: the plan pod writes them, once checked, as output
+# parameters, and the patched pods read those (dag.py says why not the parameters themselves).
+PATCHED = ("cpu", "memory")
 
 
 def refusal(name: str, value: str, allowed: Iterable[str]) -> str:
@@ -164,10 +167,12 @@ def check_value(name: str, value: str) -> None:
         )
 
 
-def check_values(values: Mapping[str, str]) -> None:
-    """check_value() for each item, in the table's order (the first bad one is reported)."""
+def check_values(values: Mapping[str, str]) -> dict[str, str]:
+    """check_value() for each item, in the table's order (the first bad one is reported);
+    returns the values that reach a pod spec (PATCHED), for the plan pod to pass on."""
     for name in sorted(values, key=lambda n: PARAMETERS.index(BY_NAME[n]) if n in BY_NAME else -1):
         check_value(name, values[name])
+    return {name: values[name] for name in PATCHED if name in values}
 
 
 def _valid_backoff(value: str) -> bool:

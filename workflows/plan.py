@@ -8,10 +8,12 @@ patterns, and so that a bad parameter fails one small pod instead of every augme
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from shardflow.steps.errors import UsageError
 from shardflow.steps.pairing import Write, pair_shards, refuse_aliases, task_count
 from shardflow.steps.pairing import check_urls as check_schemes
+from shardflow.steps.redact import redact_url
 
 AUTO = "auto"
 # Every augment task is two Argo nodes (a retry node and its pod), and the UI and controller
@@ -44,7 +46,7 @@ class TaskPlan:
         per = "shard" if self.shards_per_task == 1 else "shards"
         return (
             f"{self.shards} shard(s) in {self.tasks} augment task(s) of {self.shards_per_task} "
-            f"{per}; outputs {self.outputs}; verify report {self.report}"
+            f"{per}; outputs {redact_url(self.outputs)}; verify report {redact_url(self.report)}"
         )
 
 
@@ -124,6 +126,8 @@ def _outputs_pattern(input_pattern: str, output_pattern: str) -> str:
     """A pattern naming exactly the outputs, for verify (which takes no directory form)."""
     if not output_pattern.endswith("/"):
         return output_pattern
+    if "://" in input_pattern:  # names come from the path, never a signed URL's query
+        input_pattern = urlsplit(input_pattern)._replace(query="", fragment="").geturl()
     names = input_pattern[_last_separator(input_pattern) + 1 :]
     if "/" in names:
         raise UsageError(
