@@ -21,6 +21,7 @@ from .cli_common import (
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError
 from .manifest import ManifestError, manifest_url, read_manifest
+from .pairing import index_writes, refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
     ShardIndex,
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         storage.check_url(url, writing=False)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
+    refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))
     threads = args.threads or min(16, 2 * available_cpus())
     indexes, errors = index_all(shards, options, threads, args)
     if errors:

@@ -77,11 +77,12 @@ def shard_writes(pairs: list[Pair]) -> list[Write]:
     return writes + index_writes([output for _, output in pairs])
 
 
-def index_writes(outputs: list[str]) -> list[Write]:
-    """The dataset index a finished run writes beside its outputs (shard_index.py)."""
-    folders = sorted({url.rstrip("/").rpartition("/")[0] for url in outputs})
+def index_writes(shards: list[str], index_url: str | None = None) -> list[Write]:
+    """The dataset index of the shards (shard_index.py): the wids JSON (by default beside
+    the first shard) and a sizes.json in each folder."""
+    folders = sorted({url.rstrip("/").rpartition("/")[0] for url in shards})
     return [
-        Write(default_index_url(outputs), "the dataset index"),
+        Write(index_url or default_index_url(shards), "the dataset index"),
         *(Write(f"{f}/{SIZES_NAME}" if f else SIZES_NAME, "the shard counts") for f in folders),
     ]
 

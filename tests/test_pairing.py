@@ -195,3 +195,12 @@ def test_an_output_may_not_land_on_the_dataset_index_a_run_writes():
         pair_shards("s3://b/in/{a,b}.tar", "s3://b/out/{a.tar,sizes.json}")
     with pytest.raises(UsageError, match="the dataset index"):
         pair_shards("s3://b/in/{a,b}.tar", "s3://b/out/{a.tar,a.shardindex.json}")
+
+
+def test_index_does_not_write_its_index_over_a_shard(tmp_path: Path):
+    for index in range(2):
+        good_shard(tmp_path / f"in-{index}.tar", count=1)
+    before = (tmp_path / "in-0.tar").read_bytes()
+    result = run_cli("index", tmp_path / "in-{0..1}.tar", "--index", tmp_path / "in-0.tar")
+    assert result.returncode == 2 and "both an input" in result.stderr, result.stderr
+    assert (tmp_path / "in-0.tar").read_bytes() == before
