@@ -103,10 +103,10 @@ def already_done(
         return None
     if manifest.get("options") != result_options(pipeline, options):
         return None
+    if storage.size(output_url, options.storage_options, stored=True) != view.output_size:
+        return None  # missing, truncated, emptied or replaced (or its size is unknown)
     if not input_unchanged(manifest, input_url, options.storage_options):
         return None
-    if storage.size(output_url, options.storage_options) != view.output_size:
-        return None  # missing, truncated, emptied or replaced (or its size is unknown)
     if options.verify_existing and verify_shard(output_url, options.storage_options).problems:
         return None
     return view

@@ -177,14 +177,14 @@ def run(args: argparse.Namespace) -> int:
     index = _write_index(pairs, options) if args.task_index is None and not failed else []
     seconds = time.monotonic() - started
     _report_summary(results, recipe.name, pipeline.recipe_hash, seconds, args, index)
-    status = batch_exit_code(results)
+    code = batch_exit_code(results)
     finished = [r.counts for r in results if r.status != "failed"]  # skipped ones count too
-    read, failed_samples = (sum(c.get(name, 0) for c in finished) for name in ("read", "failed"))
+    read, failed_samples = (sum(c.get(n, 0) for c in finished) for n in ("read", "failed"))
     problem = too_many_failed(read, failed_samples, args.max_failed)
     if problem is not None:
         print(f"shardflow: error: {problem}", file=sys.stderr, flush=True)
-        return EXIT_DATA if status == EXIT_OK else status
-    return EXIT_FAILED if status == EXIT_OK and index is None else status
+        code = EXIT_DATA if code == EXIT_OK else code
+    return EXIT_FAILED if code == EXIT_OK and index is None else code
 
 
 def _write_index(pairs: list[tuple[str, str]], options: storage.StorageOptions) -> list[str] | None:

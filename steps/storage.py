@@ -328,10 +328,10 @@ def remove(url: str, options: StorageOptions) -> None:
         fs.rm(path)
 
 
-def size(url: str, options: StorageOptions) -> int | None:
-    """The stored size in bytes, or None when unknown or not the size of what is read
-    (compressed and pipe: inputs)."""
-    if url.startswith("pipe:") or compression_of(url):
+def size(url: str, options: StorageOptions, *, stored: bool = False) -> int | None:
+    """The stored size in bytes, or None when unknown or (unless `stored`) not the size of
+    what is read (compressed and pipe: inputs)."""
+    if url.startswith("pipe:") or (not stored and compression_of(url)):
         return None
     try:
         fs, path = _filesystem(url, options)
