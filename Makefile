@@ -45,12 +45,14 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
 # The long fuzz run, outside `make test`: FUZZ_CASES mutated shards (and as many damaged
-# outputs) with a fresh seed each time; a failure names its seed and case to replay.
+# outputs) and as many recipes, with a fresh seed each time; a failure names its seed and
+# case to replay.
 FUZZ_CASES ?= 1000
 FUZZ_SEED ?= $(shell date +%s)
 fuzz: $(VENV)/.installed-test
 	@echo "fuzzing $(FUZZ_CASES) cases with --fuzz-seed $(FUZZ_SEED)"
-	$(BIN)/python -m pytest tests/test_fuzz.py -q --fuzz-cases $(FUZZ_CASES) --fuzz-seed $(FUZZ_SEED)
+	$(BIN)/python -m pytest tests/test_fuzz.py tests/test_fuzz_recipes.py -q \
+		--fuzz-cases $(FUZZ_CASES) --fuzz-seed $(FUZZ_SEED)
 
 # Benchmarks, never part of `make test` (benchmarks/README.md). Add the 2 GB shard's memory
 # row with: make bench BENCH_ARGS="--big-gb 2"

@@ -10,6 +10,8 @@ Format (version 1):
     format           "shardflow.manifest/1"
     input, output    URLs as given
     recipe           canonical recipe; recipe_hash "sha256:<hex>" of it
+    options          the other settings that change the result: on_error, max_pixels,
+                     max_member_bytes (--skip-existing redoes a shard made with others)
     expect           output extensions every sample has, or null when they vary
     counts           {read, written, dropped, failed}; read = written + dropped + failed
     samples          [{key, members: [{name, size}]}] in archive order
@@ -74,6 +76,7 @@ class ManifestBuilder:
     recipe: dict[str, Any]
     recipe_hash: str
     expect: list[str] | None
+    options: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
@@ -116,6 +119,7 @@ class ManifestBuilder:
             "output": self.output,
             "recipe": self.recipe,
             "recipe_hash": self.recipe_hash,
+            "options": self.options,
             "expect": self.expect,
             "counts": self.counts,
             "output_size": output_size,

@@ -25,6 +25,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ShardError, UsageError
 from .input_identity import Identity, InputChanged, PinnedObject, changed_error, identity_of
+from .redact import redact_url
+from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
 from .storage_faults import (
     ResumingReader,
     UploadStream,
@@ -38,10 +40,21 @@ StorageOptions = dict[str, Any]
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}  # file objects with commit()/discard()
 _READ_ONLY = {"http", "https"}
+# Back-ends whose folder listing names every object (an http "listing" is whatever page the
+# server returns for the folder's URL).
+_AUTHORITATIVE_LISTINGS = {"file", "local", "s3", "s3a", "gs", "gcs"}
 
 
 def expand(pattern: str) -> list[str]:
     """Brace-expand a shard pattern (`train-{000000..000554}.tar`) into URLs, in order."""
+    try:
+        count = count_expansions(pattern)
+    except PatternError as exc:
+        raise UsageError(f"cannot expand pattern {pattern!r}: {exc}") from None
+    if count > MAX_SHARDS:
+        raise UsageError(
+            f"pattern {pattern!r} names {count} shards, more than the limit of {MAX_SHARDS}"
+        )
     try:
         urls = list(braceexpand.braceexpand(pattern))
     except Exception as exc:  # braceexpand raises plain exceptions on malformed patterns
@@ -59,10 +72,11 @@ def scheme(url: str) -> str:
 
 def comparable_url(url: str) -> str:
     """Local paths as absolute paths (`in/x.tar`, `./in/x.tar` and `file:///.../in/x.tar` are
-    one shard, whatever the working directory); other URLs as they are. Manifests record this
-    form, so verify and --skip-existing recognise an input given another way."""
+    one shard, whatever the working directory); other URLs without their credentials (a
+    signed URL signed again is the same object). Manifests record this form, so verify and
+    --skip-existing recognise an input given another way, and no manifest holds a secret."""
     if scheme(url) != "file":
-        return url
+        return redact_url(url)
     path = url[len("file://") :] if url.startswith("file://") else url
     return os.path.abspath(path)
 
@@ -234,6 +248,34 @@ def exists(url: str, options: StorageOptions) -> bool:
     return fs.exists(path)
 
 
+def absent(urls: list[str], options: StorageOptions) -> set[str]:
+    """The URLs that a listing of their folder shows do not exist.
+
+    One listing per folder instead of two requests per shard: verifying a million shards of
+    which most were never written is then a few listings, not hours of HEAD requests. URLs
+    whose folder cannot be listed (http, no list permission) are left out: the caller checks
+    those one by one."""
+    by_folder: dict[str, list[str]] = {}
+    for url in urls:
+        if url.startswith("pipe:") or scheme(url) not in _AUTHORITATIVE_LISTINGS:
+            continue
+        folder, slash, _ = url.rpartition("/")
+        if slash and (folder.endswith((":", "/")) or not folder):
+            continue  # the root of a bucket or of the disk: checked one by one
+        by_folder.setdefault(folder if slash else ".", []).append(url)
+    missing: set[str] = set()
+    for folder, members in by_folder.items():
+        try:
+            fs, path = _filesystem(folder, options)
+            names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            names = set()
+        except Exception:  # a back-end that cannot list: these URLs are checked one by one
+            continue
+        missing.update(url for url in members if url.rsplit("/", 1)[-1] not in names)
+    return missing
+
+
 def remove(url: str, options: StorageOptions) -> None:
     """Delete the object if it exists."""
     fs, path = _filesystem(url, options)
@@ -262,6 +304,21 @@ def read_bytes(url: str, options: StorageOptions) -> bytes | None:
             return stream.read()
     except FileNotFoundError:
         return None
+
+
+def read_head(url: str, options: StorageOptions, limit: int) -> bytes:
+    """At most `limit` bytes from the start of a small object (a recipe), whatever size it
+    claims or turns out to have. Raises what the back-end raises (FileNotFoundError for a
+    missing object, with fsspec's HTTP back-end's real cause chained to it)."""
+    if scheme(url) == "file":
+        path = url[len("file://") :] if url.startswith("file://") else url
+        with open(path, "rb") as stream:
+            return stream.read(limit)
+    fs, path = _filesystem(url, options)
+    # Over HTTP, a plain stream: no HEAD first and no read-ahead past the limit.
+    streaming = {"block_size": 0} if scheme(url) in _READ_ONLY else {}
+    with fs.open(path, "rb", **streaming) as stream:
+        return stream.read(limit)
 
 
 @contextlib.contextmanager
@@ -359,3 +416,10 @@ def _publish_by_move(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Iter
         with contextlib.suppress(Exception):
             fs.rm(temporary)
         raise
+
+
+def open_ranged(url: str, options: StorageOptions, block_size: int = 1 << 20) -> BinaryIO:
+    """A seekable file object reading `block_size` bytes per request: seeking over data the
+    caller does not need costs no transfer (ranged reads on object stores and HTTP)."""
+    fs, path = _filesystem(url, options)
+    return fs.open(path, "rb", block_size=block_size)

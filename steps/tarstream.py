@@ -17,6 +17,10 @@ from typing import BinaryIO
 
 BLOCK = 512
 _COPY_CHUNK = 1 << 20
+# Zeros accepted after the end-of-archive blocks: writers pad the archive to a whole record
+# (GNU tar: 20 blocks of 512 bytes by default, `-b` up to a few MiB for tape drives). Beyond
+# this bound the stream is not a padded archive (a `/dev/zero` input would never end).
+MAX_TRAILING_ZEROS = 8 << 20
 
 REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _TYPE_NAMES = {
@@ -27,6 +31,14 @@ _TYPE_NAMES = {
     tarfile.FIFOTYPE: "a FIFO",
     tarfile.GNUTYPE_SPARSE: "a sparse file",
 }
+
+
+_EXTENSION_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+)
 
 
 class TarFormatError(Exception):
@@ -47,6 +59,9 @@ class TarMember:
     size: int
     type: bytes
     offset: int  # where its (first) header starts
+    # Types of the extension headers before it (b"x" PAX, b"g" global PAX, b"L"/b"K" GNU long
+    # name/link): readers that ignore them (DALI, wids) see another name or another member.
+    extensions: tuple[bytes, ...] = ()
 
     @property
     def is_regular(self) -> bool:
@@ -66,11 +81,28 @@ class TarMember:
 
 
 class _CountingReader:
-    """Reads exact byte counts from a stream and keeps the offset."""
+    """Reads exact byte counts from a stream and keeps the offset; with the object's `size`
+    known, skips member data by seeking (a ranged read on object stores) instead of reading."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, size: int | None = None) -> None:
         self._stream = stream
+        self._size = size
         self.offset = 0
+
+    def skip(self, n: int) -> int:
+        """Move `n` bytes on; the count moved (fewer at the end of the object)."""
+        if self._size is not None:
+            moved = max(0, min(n, self._size - self.offset))
+            self._stream.seek(self.offset + moved)
+            self.offset += moved
+            return moved
+        moved = 0
+        while moved < n:
+            got = len(self.read(min(n - moved, _COPY_CHUNK)))
+            if got == 0:
+                break
+            moved += got
+        return moved
 
     def read(self, n: int) -> bytes:
         parts = []
@@ -93,8 +125,10 @@ class TarReader:
     ...     data = reader.read_data()     # or leave it: the next iteration skips it
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._in = _CountingReader(stream)
+    def __init__(self, stream: BinaryIO, *, seek_size: int | None = None) -> None:
+        """`seek_size`: the object's size, for a seekable stream whose member data is to be
+        skipped by seeking (header-only reads); by default every byte is read."""
+        self._in = _CountingReader(stream, seek_size)
         self._pending: TarMember | None = None  # member whose data has not been consumed
         self._last_name: str | None = None  # for error messages: "after <name>"
 
@@ -136,17 +170,14 @@ class TarReader:
         if member is None:
             return
         self._pending = None
-        remaining = member.size
-        while remaining > 0:
-            got = len(self._in.read(min(remaining, _COPY_CHUNK)))
-            if got == 0:
-                raise TarFormatError(
-                    f"archive is truncated inside the data of {member.name!r} "
-                    f"({member.size - remaining} of {member.size} bytes present)",
-                    offset=self._in.offset,
-                    member=member.name,
-                )
-            remaining -= got
+        present = self._in.skip(member.size)
+        if present < member.size:
+            raise TarFormatError(
+                f"archive is truncated inside the data of {member.name!r} "
+                f"({present} of {member.size} bytes present)",
+                offset=self._in.offset,
+                member=member.name,
+            )
         self._skip_padding(member)
 
     def _skip_padding(self, member: TarMember) -> None:
@@ -175,6 +206,7 @@ class TarReader:
     def _next_member(self) -> TarMember | None:
         long_name: str | None = None
         pax: dict[str, str] = {}
+        extensions: list[bytes] = []
         start = self._in.offset
         previous = self._last_name
         while True:
@@ -198,6 +230,8 @@ class TarReader:
                     f"corrupt tar header at byte {header_offset}{where}: {exc}",
                     offset=header_offset,
                 ) from None
+            if info.type in _EXTENSION_TYPES:
+                extensions.append(info.type)
             if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE):
                 payload = self._read_extension(info, header_offset)
                 if info.type == tarfile.GNUTYPE_LONGNAME:
@@ -211,7 +245,7 @@ class TarReader:
             name = pax.get("path", long_name if long_name is not None else info.name)
             size = _member_size(pax.get("size"), info.size, header_offset)
             self._last_name = name
-            return TarMember(name=name, size=size, type=info.type, offset=start)
+            return TarMember(name, size, info.type, start, tuple(extensions))
 
     def _read_extension(self, info: tarfile.TarInfo, header_offset: int) -> bytes:
         if info.size > 1 << 20:
@@ -239,11 +273,19 @@ class TarReader:
                 f"corrupt tar: a zero block at byte {first_zero_offset} is followed by data",
                 offset=first_zero_offset,
             )
+        end = self._in.offset
         while chunk := self._in.read(_COPY_CHUNK):
             if any(chunk):
                 raise TarFormatError(
                     f"data after the end-of-archive blocks at byte {first_zero_offset} "
                     "(concatenated archives?)",
+                    offset=first_zero_offset,
+                )
+            if self._in.offset - end > MAX_TRAILING_ZEROS:
+                raise TarFormatError(
+                    f"trailing data: more than {MAX_TRAILING_ZEROS} zero bytes after the "
+                    f"end-of-archive blocks at byte {first_zero_offset}, more than any record "
+                    "padding",
                     offset=first_zero_offset,
                 )
 

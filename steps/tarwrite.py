@@ -13,6 +13,12 @@ import io
 import tarfile
 from typing import BinaryIO
 
+from .samples import written_name_reason
+
+
+class UnsafeMemberName(ValueError):
+    """A member name that readers would refuse or misread: the shard must not be published."""
+
 
 class HashingWriter:
     """A write-only file object that forwards to `sink` and keeps a running sha256 and size."""
@@ -53,6 +59,10 @@ class ShardWriter:
         )
 
     def add(self, name: str, data: bytes) -> None:
+        # The last defence: recipes and operations check names earlier, with better messages.
+        reason = written_name_reason(name)
+        if reason is not None:
+            raise UnsafeMemberName(f"refusing to write member {name!r}: {reason}")
         info = tarfile.TarInfo(name)
         info.size = len(data)
         info.mtime = 0

@@ -23,7 +23,9 @@ from typing import Any, BinaryIO, Literal
 
 from . import storage
 from .errors import ShardError
+from .failures import every_sample_failed
 from .manifest import ManifestError, manifest_url, read_manifest
+from .redact import redact_text, redact_url
 from .samples import split_member_name, unsafe_name_reason
 from .tarstream import TarFormatError, TarMember, TarReader
 
@@ -36,18 +38,18 @@ _NO_END_BLOCKS = "archive ends without its end-of-archive blocks"  # TarReader's
 @dataclass(frozen=True)
 class Problem:
     """One finding: `kind` for scripts (missing, incomplete, truncated, corrupt, size, sha256,
-    members, names, samples, duplicate, expect, count, manifest, unreadable, input, extra,
-    changed),
+    members, names, samples, duplicate, expect, count, failures, manifest, unreadable, input,
+    extra, changed),
     `message` for people (it starts with the kind when that reads naturally)."""
 
     kind: str
     message: str
 
     def __str__(self) -> str:
-        return self.message
+        return redact_text(self.message)  # messages quote URLs, and network errors theirs
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "message": self.message}
+        return {"kind": self.kind, "message": str(self)}
 
 
 @dataclass
@@ -350,6 +352,14 @@ def count_problems(manifest: ManifestView) -> list[Problem]:
                 f" + dropped {counts['dropped']} + failed {counts['failed']} = {total}",
             )
         )
+    if every_sample_failed(counts):
+        problems.append(
+            Problem(
+                "failures",
+                f"failures: every sample failed ({counts['failed']} of {counts['read']}); the "
+                "manifest lists why",
+            )
+        )
     if manifest.sample_count != counts["written"]:
         problems.append(
             Problem(
@@ -382,6 +392,7 @@ class ShardReport:
     members: int = 0
     bytes: int = 0
     sha256: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # the manifest's sample counts
     problems: list[Problem] = field(default_factory=list)
     kept: list[KeptSample] = field(default_factory=list)
 
@@ -396,10 +407,10 @@ class ShardReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "output": self.output,
-            "manifest": manifest_url(self.output),
-            "input": self.input,
-            "manifest_input": self.manifest_input,
+            "output": redact_url(self.output),
+            "manifest": redact_url(manifest_url(self.output)),
+            "input": redact_url(self.input) if self.input else None,
+            "manifest_input": redact_url(self.manifest_input) if self.manifest_input else None,
             "status": self.status,
             "samples": self.samples,
             "members": self.members,
@@ -442,9 +453,7 @@ def verify_shard(
         report.problems.append(Problem("unreadable", f"cannot reach the shard: {_error(exc)}"))
         return report
     if not shard_exists:
-        whose = f"for input {input_url!r}" if input_url else "at this URL"
-        also = " (but its manifest exists)" if document is not None else ""
-        report.problems.append(Problem("missing", f"missing: no output shard {whose}{also}"))
+        report.problems.append(missing_problem(input_url, manifest_exists=document is not None))
         return report
     if manifest_problem is not None:
         report.problems.append(manifest_problem)
@@ -464,8 +473,15 @@ def verify_shard(
         if listing.damage is not None:
             report.problems.append(listing.damage)
     else:
+        report.counts = manifest.counts
         report.problems += check_listing(listing, manifest, expect)
     return report
+
+
+def missing_problem(input_url: str | None, *, manifest_exists: bool) -> Problem:
+    whose = f"for input {input_url!r}" if input_url else "at this URL"
+    also = " (but its manifest exists)" if manifest_exists else ""
+    return Problem("missing", f"missing: no output shard {whose}{also}")
 
 
 def recorded_identity(manifest: dict[str, Any]) -> dict[str, Any] | None:
