@@ -71,6 +71,9 @@ class ShardWriter:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         self._tar.addfile(info, io.BytesIO(data))
+        # tarfile keeps every TarInfo it wrote (for reading back, which a writer never does):
+        # kilobytes a sample, over a 100k-sample shard hundreds of MB.
+        self._tar.members.clear()
 
     def close(self) -> tuple[int, str]:
         self._tar.close()

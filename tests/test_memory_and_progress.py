@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,29 @@ def test_peak_rss_with_decoding_does_not_grow_with_sample_count(tmp_path: Path) 
         "augment", many, tmp_path / "b.tar", "--recipe", recipe, "--threads", "2"
     )
     assert rss_many < rss_few + 24, (rss_few, rss_many)
+
+
+def many_tiny_samples(path: Path, samples: int) -> Path:
+    return write_tar(
+        path,
+        ((f"sample-{i // 2:09d}.{('bin', 'cls')[i % 2]}", b"x" * 16) for i in range(2 * samples)),
+    )
+
+
+def test_peak_rss_does_not_grow_with_the_number_of_samples(tmp_path: Path) -> None:
+    """The manifest's per-sample records and tarfile's per-member bookkeeping used to stay in
+    memory until the shard ended (kilobytes a sample)."""
+    copy = (
+        '{"ops": [{"encode": {"members": {"bin": {"format": "raw"}, "cls": {"format": "raw"}}}}]}'
+    )
+    few = many_tiny_samples(tmp_path / "few.tar", 5_000)
+    many = many_tiny_samples(tmp_path / "many.tar", 30_000)
+    rss_few = peak_rss_mb("augment", few, tmp_path / "a.tar", "--recipe", copy, "--threads", "2")
+    rss_many = peak_rss_mb("augment", many, tmp_path / "b.tar", "--recipe", copy, "--threads", "2")
+    manifest = json.loads((tmp_path / "b.manifest.json").read_text())
+    assert len(manifest["samples"]) == manifest["counts"]["written"] == 30_000
+    assert manifest["samples"][-1]["members"][1] == {"name": "sample-000029999.cls", "size": 16}
+    assert rss_many < rss_few + 16, (rss_few, rss_many)
 
 
 def test_argo_progress_file_reaches_n_over_n(tmp_path: Path) -> None:
