@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow.steps.cpus import available_cpus, cgroup_cpu_quota
+from shardflow.steps.cpus import available_cpus, cgroup_cpu_quota, threads_for_memory
 from shardflow.steps.progress import Progress
 
 from conftest import good_shard, image_bytes, run_cli, write_tar
@@ -187,3 +187,26 @@ def test_the_bar_moves_within_a_shard() -> None:
     progress.shard_finished()
     progress.close()
     assert "100%|" in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("files", "threads", "mpx", "expected"),
+    [
+        ({"memory.max": "max\n"}, 8, 64, 8),  # no limit
+        ({}, 8, 64, 8),  # no cgroup files
+        ({"memory.max": f"{4 << 30}\n"}, 8, 64, 7),  # Argo's default 4Gi at 64 Mpx
+        ({"memory.max": f"{4 << 30}\n"}, 8, 16, 8),
+        ({"memory.max": f"{1 << 30}\n"}, 8, 64, 1),  # never below one thread
+        ({"memory/memory.limit_in_bytes": f"{2 << 30}\n"}, 16, 64, 3),  # cgroup v1
+        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, 16, 64, 16),  # v1 unlimited
+    ],
+)
+def test_default_threads_fit_the_memory_limit(
+    tmp_path: Path, files: dict[str, str], threads: int, mpx: int, expected: int
+) -> None:
+    """A thread may hold an image at --max-mpx: 8 threads of 64 Mpx images took 4.1 GB, over
+    a 4Gi pod limit."""
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    assert threads_for_memory(threads, mpx * 1_000_000, tmp_path) == expected
