@@ -4,18 +4,22 @@ For `out-000001.tar` it is `out-000001.manifest.json`. It records what went in (
 recipe and its hash), what came out (every sample's members and sizes, the archive's size
 and sha256) and what was left out and why (dropped and failed keys with reasons). The
 verification step checks a shard against it; `--skip-existing` trusts a shard whose
-manifest names the same input and recipe hash.
+manifest names the same input, the same version of it and the same recipe hash.
 
 Format (version 1):
     format           "shardflow.manifest/1"
     input, output    URLs as given
     recipe           canonical recipe; recipe_hash "sha256:<hex>" of it
+    options          the other settings that change the result: on_error, max_pixels,
+                     max_member_bytes (--skip-existing redoes a shard made with others)
     expect           output extensions every sample has, or null when they vary
     counts           {read, written, dropped, failed}; read = written + dropped + failed
     samples          [{key, members: [{name, size}]}] in archive order
     dropped, failed  [{key, reason}]
     ignored_members  member names without an extension (skipped, as webdataset does)
     output_size, output_sha256, input_bytes
+    input_identity   the version of the input read: {size, and etag, version_id or
+                     last_modified (remote), mtime_ns (local)}; null for pipe: inputs
     versions, timings, threads
 """
 
@@ -42,7 +46,8 @@ def manifest_url(output_url: str) -> str:
 
 def versions() -> dict[str, str | None]:
     """What produced the bytes. isal is listed because PNG output at level 1 takes a faster
-    path when it is installed: the same pixels, other bytes (null: not installed)."""
+    path when it is installed: the same pixels, other bytes (null: not installed); simplejpeg
+    because with it a JPEG damaged mid-stream fails its sample instead of being written."""
     import numpy
     import PIL
 
@@ -52,6 +57,7 @@ def versions() -> dict[str, str | None]:
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
         "isal": _installed_version("isal"),
+        "simplejpeg": _installed_version("simplejpeg"),
     }
 
 
@@ -72,10 +78,13 @@ class RecordSpool:
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by write_json_array)
         self.count = 0
+        self.first: dict[str, Any] | None = None  # kept in memory, for error messages
 
     def append(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
         self.count += 1
+        if self.first is None:
+            self.first = record
 
     def __len__(self) -> int:
         return self.count
@@ -101,6 +110,7 @@ class ManifestBuilder:
     recipe: dict[str, Any]
     recipe_hash: str
     expect: list[str] | None
+    options: dict[str, Any] = field(default_factory=dict)
     samples: RecordSpool = field(default_factory=RecordSpool)
     dropped: RecordSpool = field(default_factory=RecordSpool)
     failed: RecordSpool = field(default_factory=RecordSpool)
@@ -132,6 +142,7 @@ class ManifestBuilder:
         output_size: int,
         output_sha256: str,
         input_bytes: int,
+        input_identity: dict[str, Any] | None,
         ignored_members: list[str],
         timings: dict[str, Any],
         threads: int,
@@ -142,11 +153,13 @@ class ManifestBuilder:
             "output": self.output,
             "recipe": self.recipe,
             "recipe_hash": self.recipe_hash,
+            "options": self.options,
             "expect": self.expect,
             "counts": self.counts,
             "output_size": output_size,
             "output_sha256": output_sha256,
             "input_bytes": input_bytes,
+            "input_identity": input_identity,
             "dropped": self.dropped,
             "failed": self.failed,
             "ignored_members": ignored_members,

@@ -24,6 +24,7 @@ from functools import cache
 from typing import BinaryIO
 
 from .errors import ShardError
+from .input_identity import changed_error, changed_reason
 
 READ_ATTEMPTS = 5  # tries in a row without progress before a read fails the shard
 FIRST_BACKOFF = 0.1  # seconds before the first retry, doubled each time (1.5 s in all)
@@ -189,6 +190,9 @@ class ResumingReader(io.RawIOBase):
                 return operation()
             except Exception as exc:
                 raise_for_bad_options(exc, self.url)
+                changed = changed_reason(exc)
+                if changed is not None:
+                    raise changed_error(self.url, changed, self.offset) from None
                 if self._open_streaming is not None and refuses_ranges(exc):
                     self._open_stream, self._open_streaming = self._open_streaming, None
                     self._drop_stream()

@@ -50,6 +50,14 @@ _TYPE_NAMES = {
 }
 
 
+_EXTENSION_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+)
+
+
 class TarFormatError(Exception):
     """The byte stream is not a whole, well-formed tar archive."""
 
@@ -68,6 +76,9 @@ class TarMember:
     size: int
     type: bytes
     offset: int  # where its (first) header starts
+    # Types of the extension headers before it (b"x" PAX, b"g" global PAX, b"L"/b"K" GNU long
+    # name/link): readers that ignore them (DALI, wids) see another name or another member.
+    extensions: tuple[bytes, ...] = ()
 
     @property
     def is_regular(self) -> bool:
@@ -87,11 +98,28 @@ class TarMember:
 
 
 class _CountingReader:
-    """Reads exact byte counts from a stream and keeps the offset."""
+    """Reads exact byte counts from a stream and keeps the offset; with the object's `size`
+    known, skips member data by seeking (a ranged read on object stores) instead of reading."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, size: int | None = None) -> None:
         self._stream = stream
+        self._size = size
         self.offset = 0
+
+    def skip(self, n: int) -> int:
+        """Move `n` bytes on; the count moved (fewer at the end of the object)."""
+        if self._size is not None:
+            moved = max(0, min(n, self._size - self.offset))
+            self._stream.seek(self.offset + moved)
+            self.offset += moved
+            return moved
+        moved = 0
+        while moved < n:
+            got = len(self.read(min(n - moved, _COPY_CHUNK)))
+            if got == 0:
+                break
+            moved += got
+        return moved
 
     def read(self, n: int) -> bytes:
         parts = []
@@ -114,8 +142,10 @@ class TarReader:
     ...     data = reader.read_data()     # or leave it: the next iteration skips it
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._in = _CountingReader(stream)
+    def __init__(self, stream: BinaryIO, *, seek_size: int | None = None) -> None:
+        """`seek_size`: the object's size, for a seekable stream whose member data is to be
+        skipped by seeking (header-only reads); by default every byte is read."""
+        self._in = _CountingReader(stream, seek_size)
         self._pending: TarMember | None = None  # member whose data has not been consumed
         self._last_name: str | None = None  # for error messages: "after <name>"
 
@@ -157,17 +187,14 @@ class TarReader:
         if member is None:
             return
         self._pending = None
-        remaining = member.size
-        while remaining > 0:
-            got = len(self._in.read(min(remaining, _COPY_CHUNK)))
-            if got == 0:
-                raise TarFormatError(
-                    f"archive is truncated inside the data of {member.name!r} "
-                    f"({member.size - remaining} of {member.size} bytes present)",
-                    offset=self._in.offset,
-                    member=member.name,
-                )
-            remaining -= got
+        present = self._in.skip(member.size)
+        if present < member.size:
+            raise TarFormatError(
+                f"archive is truncated inside the data of {member.name!r} "
+                f"({present} of {member.size} bytes present)",
+                offset=self._in.offset,
+                member=member.name,
+            )
         self._skip_padding(member)
 
     def _skip_padding(self, member: TarMember) -> None:
@@ -196,6 +223,7 @@ class TarReader:
     def _next_member(self) -> TarMember | None:
         long_name: str | None = None
         pax: dict[str, str] = {}
+        extensions: list[bytes] = []
         extended_at: int | None = None  # the first long-name or PAX header of this member
         start = self._in.offset
         previous = self._last_name
@@ -227,6 +255,7 @@ class TarReader:
                     offset=header_offset,
                 ) from None
             if info.type in _EXTENSION_TYPES:
+                extensions.append(info.type)
                 extended_at = header_offset if extended_at is None else extended_at
                 payload = self._read_extension(info, header_offset)
                 if info.type == tarfile.GNUTYPE_LONGNAME:
@@ -239,7 +268,7 @@ class TarReader:
             name = pax.get("path", long_name if long_name is not None else info.name)
             size = _member_size(pax.get("size"), info.size, header_offset)
             self._last_name = name
-            member = TarMember(name=name, size=size, type=info.type, offset=start)
+            member = TarMember(name, size, info.type, start, tuple(extensions))
             if size and not member.is_regular and info.type in _DATALESS_TYPES:
                 raise TarFormatError(
                     f"{member.kind()} {name!r} at byte {header_offset} declares {size} bytes of "

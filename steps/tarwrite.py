@@ -14,6 +14,12 @@ import io
 import tarfile
 from typing import BinaryIO
 
+from .samples import written_name_reason
+
+
+class UnsafeMemberName(ValueError):
+    """A member name that readers would refuse or misread: the shard must not be published."""
+
 
 class HashingWriter:
     """A write-only file object that forwards to `sink` and keeps a running sha256 and size."""
@@ -64,13 +70,16 @@ class ShardWriter:
         )
 
     def add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        info.mode = 0o444
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        self._tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+        self._forget_members()
+
+    def add_from(self, name: str, size: int, stream: BinaryIO) -> None:
+        """A member of `size` bytes copied from `stream` in pieces, never held whole (tarfile
+        raises OSError if the stream ends early)."""
+        self._tar.addfile(_member_info(name, size), stream)
+        self._forget_members()
+
+    def _forget_members(self) -> None:
         # tarfile keeps every TarInfo it wrote (for reading back, which a writer never does):
         # kilobytes a sample, over a 100k-sample shard hundreds of MB.
         self._tar.members.clear()
@@ -81,3 +90,17 @@ class ShardWriter:
             self._gzip.close()  # writes the gzip trailer; the sink stays open
         self._out.flush()
         return self._out.size, self._out.sha256
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    # The last defence: recipes and operations check names earlier, with better messages.
+    reason = written_name_reason(name)
+    if reason is not None:
+        raise UnsafeMemberName(f"refusing to write member {name!r}: {reason}")
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info

@@ -84,7 +84,9 @@ def test_lint_reports_an_undeclared_workflow_parameter():
 def test_lint_reads_the_variables_of_expression_tags():
     manifest = _workflow()
     augment = _template(manifest, "augment")
-    augment["podSpecPatch"] = augment["podSpecPatch"].replace("parameters.memory", "parameters.mem")
+    augment["podSpecPatch"] = augment["podSpecPatch"].replace(
+        "inputs.parameters.memory", "workflow.parameters.mem"
+    )
     del _template(manifest, "verify")["retryStrategy"]
     _template(manifest, "verify")["podSpecPatch"] = "x: '{{=lastRetry.exitCode}}'"
     problems = lint.check_manifest(manifest)
@@ -192,8 +194,9 @@ def test_pods_are_locked_down():
 
 
 def test_parameters_have_descriptions_and_free_text_never_reaches_the_pod_spec():
-    """Every value in a podSpecPatch has an enum, and the plan pod, which every patched pod
-    waits for, checks it: Argo itself does not enforce enums for `-p` or the API."""
+    """A podSpecPatch reads only values the plan pod checked against their enum and wrote as
+    outputs (every patched pod waits for plan): Argo itself does not enforce enums for `-p`
+    or the API, and evaluates `{{...}}` inside parameter values (test_retry_policy.py)."""
     from shardflow.workflows.argo_vars import RETRY_VARIABLES, expression_variables, references
 
     manifest = _workflow()
@@ -203,20 +206,25 @@ def test_parameters_have_descriptions_and_free_text_never_reaches_the_pod_spec()
     patched = [t for t in manifest["spec"]["templates"] if "podSpecPatch" in t]
     assert {t["name"] for t in patched} == {"augment", "verify"}
     for template in patched:
-        assert _task(manifest, template["name"])["depends"].startswith("plan.Succeeded")
+        task = _task(manifest, template["name"])
+        assert task["depends"].startswith("plan.Succeeded")
+        given = {p["name"]: p["value"] for p in task["arguments"]["parameters"]}
         for reference in references(template["podSpecPatch"]):
             for name in expression_variables(reference) or [reference]:
                 if name in RETRY_VARIABLES:
                     continue
-                parameter = name.removeprefix("workflow.parameters.")
-                assert parameters[parameter].get("enum"), name
-                assert f"--check-parameter={parameter}={{{{{name}}}}}" in plan_args
+                assert name.startswith("inputs.parameters."), name
+                value = name.removeprefix("inputs.parameters.")
+                assert given[value] == f"{{{{tasks.plan.outputs.parameters.{value}}}}}"
+                assert parameters[value].get("enum"), value
+                check = f"--check-parameter={value}={{{{workflow.parameters.{value}}}}}"
+                assert check in plan_args
 
 
 def test_an_oom_killed_attempt_is_retried_with_twice_the_memory():
     patch = yaml.safe_load(_template(_workflow(), "augment")["podSpecPatch"])
     memory = patch["containers"][0]["resources"]["limits"]["memory"]
-    assert "lastRetry.exitCode" in memory and "workflow.parameters.memory" in memory
+    assert "lastRetry.exitCode" in memory and "inputs.parameters.memory" in memory
     assert patch["containers"][0]["resources"]["requests"]["memory"] == memory
 
 
@@ -246,3 +254,11 @@ def test_step_commands_do_not_import_hera():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_workflows_from_the_template_carry_its_title_and_description():
+    template = yaml.safe_load((ARGO / "workflowtemplate.yaml").read_text())
+    annotations = template["metadata"]["annotations"]
+    assert "workflows.argoproj.io/title" in annotations
+    assert template["spec"]["workflowMetadata"]["annotations"] == annotations
+    assert "Argo Workflows\n3.7 or newer" in annotations["workflows.argoproj.io/description"]

@@ -59,6 +59,7 @@ def test_rendered_workflow_runs_end_to_end(shards):
             "augment",
             "--recipe=seed",
             "--on-error=skip",
+            "--max-failed=0.01",
             f"--task-index={index}",
             "--shards-per-task=1",
             "--skip-existing",
@@ -135,6 +136,9 @@ def test_parameters_are_checked_as_argo_checks_them():
         resolve_parameters(manifest, {**given, "cpus": "2"})
     with pytest.raises(UsageError, match="parameter 'output' is required"):
         resolve_parameters(manifest, {"input": "a.tar"})
+    with pytest.raises(UsageError, match=r"parameter recipe contains '\\x01': Argo cannot"):
+        resolve_parameters(manifest, {**given, "recipe": "seed\x01"})
+    assert resolve_parameters(manifest, {**given, "recipe": "{\n\t}"})["recipe"] == "{\n\t}"
 
 
 def _probe_manifest() -> dict:

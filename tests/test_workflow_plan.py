@@ -131,3 +131,16 @@ def test_plan_accepts_every_allowed_value():
     checks += ["--check-parameter=retry-backoff=1s", "--check-parameter=retry-backoff=1440m"]
     result = run_cli("plan", *checks, "in.tar", "out.tar")
     assert result.returncode == 0, result.stderr
+
+
+def test_plan_passes_on_the_checked_values_that_set_pod_resources(tmp_path):
+    params = tmp_path / "params"
+    checks = [
+        "--check-parameter=cpu=4",
+        "--check-parameter=memory=8Gi",
+        "--check-parameter=retries=3",
+    ]
+    result = run_cli("plan", *checks, "--write-params", params, "in.tar", "out.tar")
+    assert result.returncode == 0, result.stderr
+    assert (params / "cpu").read_text() == "4" and (params / "memory").read_text() == "8Gi"
+    assert not (params / "retries").exists()  # not in a pod spec: read from the parameter

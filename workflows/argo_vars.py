@@ -37,6 +37,19 @@ def references(text: str) -> list[str]:
     return _REFERENCE.findall(text)
 
 
+def unsubstitutable(value: str) -> str | None:
+    """The first character Argo cannot substitute into a template, or None.
+
+    Argo inserts a value into the template's JSON through Go's strconv.Quote, whose escapes
+    for most control characters (`\x01`, `\a`, `\v`) are not JSON: the node then fails
+    with "invalid JSON". Tab, newline, carriage return, backspace and form feed are fine.
+    """
+    for char in value:
+        if (ord(char) < 0x20 and char not in "\t\n\r\b\f") or char == "\x7f":
+            return char
+    return None
+
+
 def expression_variables(reference: str) -> list[str]:
     """The variables an expression tag's text (`=...`) reads, string literals skipped."""
     return _EXPRESSION_VARIABLE.findall(_STRING_LITERAL.sub("", reference.removeprefix("=")))

@@ -3,7 +3,8 @@
 One definition gives both manifests in argo/: the WorkflowTemplate a team installs once and
 submits from the Argo UI form, and the standalone Workflow for `argo submit`. It is also the
 DAG that `shardflow run` executes on one machine, so every choice below is exercised by tests
-without a cluster.
+without a cluster. The manifests need Argo Workflows >= 3.7 (template `annotations`,
+`backoff.cap`); the 3.6 CLI refuses them and its API silently drops both fields.
 
 Why the DAG looks like this:
 - The manifest never grows with the dataset. A `plan` pod expands the input pattern, checks
@@ -14,12 +15,22 @@ Why the DAG looks like this:
   line a person can copy and run. Values are bound as `--option=value` and positionals come
   after `--`, so no parameter value can turn into an option (parameters are untrusted).
 - `--skip-existing` makes a retry or a resubmission redo only the shards without a manifest.
-- verify runs after every augment task, also when some failed (`failFast: false` and a
-  depends expression), so its report names the missing shards; the DAG's result is verify's.
+- verify runs after every augment task, also when some failed, because its `depends`
+  expression accepts augment.Failed and augment.Errored (`failFast` plays no part: the DAG
+  has one target task); the DAG's result is verify's.
 - Kubernetes cannot take CPU or memory quantities from a template variable, so resources come
-  from a podSpecPatch whose values are restricted by enums (a free string could inject
-  arbitrary pod spec). Argo cannot take `parallelism` from a parameter at all
-  (argoproj/argo-workflows#1780): it is set when rendering or submitting.
+  from a podSpecPatch. Argo does not enforce enums for `argo submit -p` or the API
+  (argoproj/argo-workflows#6959), and a free string there could inject arbitrary pod spec, so
+  the plan pod, which has no patch and which every other pod waits for, refuses any value
+  outside its enum (parameters.py), and the patches read the values plan wrote. Argo cannot
+  take `parallelism` from a parameter at all (argoproj/argo-workflows#1780): it is set when
+  rendering or submitting.
+- Retries follow the exit code (steps/errors.py): 1 (storage, network), 137 (OOM kill, retried
+  with twice the memory) and Argo's -1 (no exit code: eviction, node loss) are retried; 2
+  (usage) and 3 (damaged data) are not.
+- Requests equal limits for the `main` container only; Argo's `init` and `wait` containers get
+  the controller's executor resources, so pods are Guaranteed only when the controller config
+  sets executor requests equal to limits (README: Running on Argo Workflows).
 """
 
 from __future__ import annotations
@@ -49,12 +60,13 @@ from hera.workflows.models import (
     Sequence,
     TTLStrategy,
     ValueFrom,
+    WorkflowMetadata,
 )
 
 from shardflow.steps import __version__
 
 from . import yamltext
-from .parameters import DEFAULT_IMAGE, PARAMETERS, PLAN_CHECKED
+from .parameters import DEFAULT_IMAGE, PARAMETERS, PATCHED, PLAN_CHECKED
 from .plan import MAX_TASKS
 
 NAME = "shardflow-augment"
@@ -66,7 +78,7 @@ PLAN_DIR = f"{TMP}/plan"
 SUMMARY_FILE = f"{TMP}/verify-summary.txt"
 CREDENTIALS_SECRET = "shardflow-credentials"
 
-PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet")
+PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet", *PATCHED)
 
 TITLE = "shardflow: augment WebDataset shards"
 DESCRIPTION = """\
@@ -79,7 +91,8 @@ verifies the outputs.
 3. **verify** checks every output shard and writes `verify-report.json` and
    `verify-samples.png` beside the outputs; its summary is the output `verify-summary`.
 
-Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`."""
+Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`. Needs Argo Workflows
+3.7 or newer."""
 
 
 def _parameters(image: str) -> list[Parameter]:
@@ -114,8 +127,15 @@ def _pod_security() -> PodSecurityContext:
 
 
 def _resources_patch(memory: str) -> str:
-    """Requests = limits for `main`, from values the plan pod has checked against their enums."""
-    quantities = {"cpu": "{{workflow.parameters.cpu}}", "memory": memory}
+    """Requests = limits for `main`, from the values the plan pod wrote after checking them.
+
+    Not from the workflow parameters themselves: Argo substitutes a template in two passes
+    (common.SubstituteParams), so a parameter value holding `{{=...}}` is evaluated in the
+    second, with each pod's own variables (pod.name, inputs, lastRetry); it could read "2" in
+    the plan pod and something else in an augment pod. plan writes its checked values as
+    plain output parameters, which hold no tags.
+    """
+    quantities = {"cpu": "{{inputs.parameters.cpu}}", "memory": memory}
     patch = {
         "containers": [
             {"name": "main", "resources": {"requests": quantities, "limits": quantities}}
@@ -130,7 +150,7 @@ def _resources_patch(memory: str) -> str:
 # whole number of Gi.
 MEMORY_AFTER_OOM = (
     "{{=(asInt(lastRetry.exitCode) == 137 ? 2 : 1)"
-    ' * asInt(sprig.trimSuffix("Gi", workflow.parameters.memory))}}Gi'
+    ' * asInt(sprig.trimSuffix("Gi", inputs.parameters.memory))}}Gi'
 )
 # Exit codes (steps/errors.py): 2 usage and 3 damaged data fail the same way every time; 1
 # (storage, network), 137 (OOM kill) and Argo's "-1" (no exit code: eviction, node loss) may
@@ -180,6 +200,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "plan",
             "--shards-per-task={{workflow.parameters.shards-per-task}}",
             "--recipe={{workflow.parameters.recipe}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             f"--max-tasks={MAX_TASKS}",
             f"--write-params={PLAN_DIR}",
             *(
@@ -204,6 +225,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "augment",
             "--recipe={{workflow.parameters.recipe}}",
             "--on-error={{workflow.parameters.on-error}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--task-index={{inputs.parameters.task-index}}",
             "--shards-per-task={{inputs.parameters.shards-per-task}}",
             "--skip-existing",
@@ -211,7 +233,11 @@ def _templates() -> tuple[Container, Container, Container]:
             "{{workflow.parameters.input}}",
             "{{workflow.parameters.output}}",
         ],
-        inputs=[Parameter(name="task-index"), Parameter(name="shards-per-task")],
+        inputs=[
+            Parameter(name="task-index"),
+            Parameter(name="shards-per-task"),
+            *(Parameter(name=name) for name in PATCHED),
+        ],
         pod_spec_patch=_resources_patch(MEMORY_AFTER_OOM),
         # A stuck read must not hold a parallelism slot forever; batches are sized to take
         # minutes to a few hours (README: scaling), and a retry resumes where it stopped.
@@ -223,17 +249,14 @@ def _templates() -> tuple[Container, Container, Container]:
         [
             "verify",
             "--inputs={{workflow.parameters.input}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--report={{inputs.parameters.report}}",
             "--sample-sheet={{inputs.parameters.sample-sheet}}",
             f"--summary-file={SUMMARY_FILE}",
             "--",
             "{{inputs.parameters.outputs}}",
         ],
-        inputs=[
-            Parameter(name="outputs"),
-            Parameter(name="report"),
-            Parameter(name="sample-sheet"),
-        ],
+        inputs=[Parameter(name=name) for name in ("outputs", "report", "sample-sheet", *PATCHED)],
         outputs=[
             Parameter(
                 name="summary",
@@ -241,7 +264,7 @@ def _templates() -> tuple[Container, Container, Container]:
                 value_from=ValueFrom(path=SUMMARY_FILE, default="verification did not finish"),
             )
         ],
-        pod_spec_patch=_resources_patch("{{workflow.parameters.memory}}"),
+        pod_spec_patch=_resources_patch("{{inputs.parameters.memory}}"),
         retry_strategy=_retry(RETRY_VERIFY),
     )
     return plan, augment, verify
@@ -256,13 +279,19 @@ def _dag(plan: Container, augment: Container, verify: Container) -> None:
             template=augment,
             depends="plan.Succeeded",
             with_sequence=Sequence(count=planned % "tasks"),
-            arguments={"task-index": "{{item}}", "shards-per-task": planned % "shards-per-task"},
+            arguments={
+                "task-index": "{{item}}",
+                "shards-per-task": planned % "shards-per-task",
+                **{name: planned % name for name in PATCHED},
+            },
         )
         Task(
             name="verify",
             template=verify,
             depends="plan.Succeeded && (augment.Succeeded || augment.Failed || augment.Errored)",
-            arguments={name: planned % name for name in ("outputs", "report", "sample-sheet")},
+            arguments={
+                name: planned % name for name in ("outputs", "report", "sample-sheet", *PATCHED)
+            },
         )
 
 
@@ -277,13 +306,17 @@ class RenderSettings:
 def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
     """The Hera WorkflowTemplate (kind=WorkflowTemplate) or standalone Workflow (kind=Workflow)."""
     parameters = _parameters(settings.image)
-    naming = {"name": NAME} if kind is WorkflowTemplate else {"generate_name": f"{NAME}-"}
+    annotations = {
+        "workflows.argoproj.io/title": TITLE,
+        "workflows.argoproj.io/description": DESCRIPTION,
+    }
+    naming: dict[str, Any] = {"generate_name": f"{NAME}-"}
+    if kind is WorkflowTemplate:
+        # Workflows submitted from the template carry the title and description too.
+        naming = {"name": NAME, "workflow_metadata": WorkflowMetadata(annotations=annotations)}
     with kind(
         **naming,
-        annotations={
-            "workflows.argoproj.io/title": TITLE,
-            "workflows.argoproj.io/description": DESCRIPTION,
-        },
+        annotations=annotations,
         labels={"app.kubernetes.io/name": "shardflow", "app.kubernetes.io/version": __version__},
         entrypoint=ENTRYPOINT,
         arguments=parameters,

@@ -10,7 +10,9 @@ node's emptyDir volumes become directories of its own, and arguments and output 
 their mount points are mapped there; each node gets its own ARGO_PROGRESS_FILE, polled as
 Argo's executor polls it; each worker is pinned to its share of the CPUs, as a pod's CPU limit
 would confine it, so the step's thread count (which follows affinity and cgroup quota) does
-not multiply by the number of workers. Not emulated: retries, deadlines, resources,
+not multiply by the number of workers. Not emulated: retries (a failure fails its node at
+once, whatever its exit code), deadlines, resources (so no OOM kill), enum checks the cluster
+skips (run checks every parameter up front; plan checks again), template display names,
 security contexts, secrets (a local run uses the caller's environment and credentials).
 """
 
@@ -36,9 +38,21 @@ from .parameters import refusal
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30  # as Kubernetes' default terminationGracePeriodSeconds
-PROGRESS_INTERVAL = "1"  # seconds between a step's progress-file writes (Argo reads every 3 s)
-# The image's entrypoint is this very program: run it with this interpreter.
-SHARDFLOW = [sys.executable, "-m", "shardflow.workflows.cli"]
+# Seconds between a step's progress-file writes. On a cluster Argo's wait container reads the
+# file every 3 s but reports it only every ARGO_PROGRESS_PATCH_TICK_DURATION (1 minute by
+# default), so the UI's bar moves about once a minute; locally the bar is redrawn as it moves.
+PROGRESS_INTERVAL = "1"
+# The image's entrypoint is this very program: run it with this interpreter. Not with `-m`,
+# which puts the working directory first on the import path: a `yaml.py` or a `shardflow/`
+# there (the user's data directory, a checkout) would run in every task. The path entry is
+# removed before anything is imported, as `python -P` (3.11+) would.
+_ENTRY = (
+    "import sys\n"
+    "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+    "from shardflow.workflows.cli import main\n"
+    "sys.exit(main())"
+)
+SHARDFLOW = [sys.executable, "-c", _ENTRY]
 
 
 def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
@@ -53,6 +67,12 @@ def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[
         name = parameter["name"]
         if name not in values:
             raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
+        bad = argo_vars.unsubstitutable(values[name])
+        if bad:
+            raise UsageError(
+                f"parameter {name} contains {bad!r}: Argo cannot substitute it (the template "
+                "would no longer be valid JSON)"
+            )
         enum = parameter.get("enum")
         if enum and values[name] not in enum:
             raise UsageError(refusal(name, values[name], enum))

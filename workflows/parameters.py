@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from shardflow.steps import __version__
 from shardflow.steps.errors import UsageError
+from shardflow.steps.failures import DEFAULT_MAX_FAILED
 from shardflow.steps.recipe import BUILTIN_RECIPES
 
 from .plan import AUTO, MAX_TASKS
@@ -78,6 +79,12 @@ PARAMETERS: tuple[DagParameter, ...] = (
         checked_by_plan=True,
     ),
     DagParameter(
+        "max-failed",
+        "Fail the run when more than this fraction of the samples read failed (e.g. 0.05 or "
+        "5%); a shard whose every sample failed always fails.",
+        default=f"{DEFAULT_MAX_FAILED:g}",
+    ),
+    DagParameter(
         "cpu",
         "CPU cores per augment and verify pod (request = limit); the step runs this many threads.",
         default="2",
@@ -127,6 +134,9 @@ PARAMETERS: tuple[DagParameter, ...] = (
 
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 PLAN_CHECKED = tuple(p.name for p in PARAMETERS if p.checked_by_plan)
+# Values that reach a podSpecPatch: the plan pod writes them, once checked, as output
+# parameters, and the patched pods read those (dag.py says why not the parameters themselves).
+PATCHED = ("cpu", "memory")
 
 
 def refusal(name: str, value: str, allowed: Iterable[str]) -> str:
@@ -148,10 +158,12 @@ def check_value(name: str, value: str) -> None:
         )
 
 
-def check_values(values: Mapping[str, str]) -> None:
-    """check_value() for each item, in the table's order (the first bad one is reported)."""
+def check_values(values: Mapping[str, str]) -> dict[str, str]:
+    """check_value() for each item, in the table's order (the first bad one is reported);
+    returns the values that reach a pod spec (PATCHED), for the plan pod to pass on."""
     for name in sorted(values, key=lambda n: PARAMETERS.index(BY_NAME[n]) if n in BY_NAME else -1):
         check_value(name, values[name])
+    return {name: values[name] for name in PATCHED if name in values}
 
 
 def _valid_backoff(value: str) -> bool:
