@@ -208,7 +208,8 @@ def _write_shard(
                     if progress is not None:
                         progress.advance(tar.offset, 1)
                 if every_sample_failed(builder.counts):  # raised here: nothing is published
-                    first = builder.failed[0]
+                    first = builder.failed.first
+                    assert first is not None
                     raise DataError(
                         input_url,
                         f"{first['reason']} (and so did all {len(builder.failed)} samples of "

@@ -19,7 +19,7 @@ from .cli_common import (
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
+from .cpus import available_cpus, threads_for_memory
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
@@ -95,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=positive_int,
         metavar="N",
-        help="worker threads per shard (default: the CPUs this process may use)",
+        help="worker threads per shard (default: the CPUs this process may use, fewer when "
+        "the cgroup memory limit cannot hold that many images at --max-mpx)",
     )
     behaviour.add_argument(
         "--max-mpx",
@@ -148,9 +149,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--verify-existing only applies with --skip-existing")
     recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
     rely_on_own_pixel_limit()
+    max_pixels = int(args.max_mpx * 1_000_000)
     pipeline = Pipeline(
         recipe,
-        max_pixels=int(args.max_mpx * 1_000_000),
+        max_pixels=max_pixels,
         allowed_plugins=allowed_modules(args.plugins),
     )
     augment_options = AugmentOptions(
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         skip_existing=args.skip_existing,
         verify_existing=args.verify_existing,
-        threads=args.threads or available_cpus(),
+        threads=args.threads or threads_for_memory(available_cpus(), max_pixels),
         max_member_bytes=int(args.max_member_mb * 1_000_000),
         allow_pipe=args.allow_pipe,
     )

@@ -71,11 +71,18 @@ class ShardWriter:
 
     def add(self, name: str, data: bytes) -> None:
         self._tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+        self._forget_members()
 
     def add_from(self, name: str, size: int, stream: BinaryIO) -> None:
         """A member of `size` bytes copied from `stream` in pieces, never held whole (tarfile
         raises OSError if the stream ends early)."""
         self._tar.addfile(_member_info(name, size), stream)
+        self._forget_members()
+
+    def _forget_members(self) -> None:
+        # tarfile keeps every TarInfo it wrote (for reading back, which a writer never does):
+        # kilobytes a sample, over a 100k-sample shard hundreds of MB.
+        self._tar.members.clear()
 
     def close(self) -> tuple[int, str]:
         self._tar.close()

@@ -154,9 +154,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.quiet:
         for report in reports:
             for problem in report.problems:
-                print(
-                    f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr
-                )
+                print(f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr)
     else:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)
