@@ -54,7 +54,7 @@ class Convert(Operation):
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         image = image_field(sample, self.field_name, ctx, "convert")
         if image.mode != self.mode:
-            sample[self.field_name] = image.convert(self.mode)
+            sample[self.field_name] = images.convert_mode(image, self.mode)
         return sample
 
 

@@ -132,7 +132,7 @@ def test_sample_level_damage_costs_only_that_sample(tmp_path: Path) -> None:
             *sample_members("good2"),
         ],
     )
-    result = augment(tmp_path, source)
+    result = augment(tmp_path, source, "--max-failed", "1")
     assert result.returncode == 0, result.stderr
     reasons = failed_reasons(tmp_path)
     assert set(reasons) == {"bomb", "cut", "badjson", "noimage", "nolabel", "notjpeg"}
@@ -158,8 +158,9 @@ def test_on_error_fail_fails_the_shard_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_max_mpx_is_configurable(tmp_path: Path) -> None:
-    source = write_tar(tmp_path / "in.tar", sample_members("a", width=400, height=300))
-    assert augment(tmp_path, source, "--max-mpx", "0.1").returncode == 0
+    members = [*sample_members("a", width=400, height=300), *sample_members("b")]
+    source = write_tar(tmp_path / "in.tar", members)
+    assert augment(tmp_path, source, "--max-mpx", "0.1", "--max-failed", "1").returncode == 0
     assert "0.1 Mpx" in failed_reasons(tmp_path)["a"]
 
 

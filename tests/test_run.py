@@ -59,6 +59,7 @@ def test_rendered_workflow_runs_end_to_end(shards):
             "augment",
             "--recipe=seed",
             "--on-error=skip",
+            "--max-failed=0.01",
             f"--task-index={index}",
             "--shards-per-task=1",
             "--skip-existing",

@@ -10,8 +10,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shardflow.steps import __version__, augment_cli, recipe_cli, synth_cli, verify_cli
+from shardflow.steps import (
+    __version__,
+    augment_cli,
+    check_cli,
+    index_cli,
+    recipe_cli,
+    synth_cli,
+    verify_cli,
+)
 from shardflow.steps.errors import EXIT_FAILED, ShardflowError
+from shardflow.steps.redact import redact_text
 from shardflow.steps.signals import Terminated, stop_signals_raise
 from shardflow.workflows import plan_cli, render_cli, run_cli, submit_cli
 
@@ -29,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         submit_cli,
         augment_cli,
         verify_cli,
+        index_cli,
+        check_cli,
         plan_cli,
         render_cli,
         recipe_cli,
@@ -45,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stop_signals_raise():
             return args.func(args)
     except ShardflowError as exc:
-        print(f"shardflow {args.command}: error: {exc}", file=sys.stderr)
+        print(f"shardflow {args.command}: error: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         # SIGTERM is how Kubernetes stops a pod (eviction, deletion): exit 1, the status of a

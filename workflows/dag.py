@@ -224,6 +224,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "augment",
             "--recipe={{workflow.parameters.recipe}}",
             "--on-error={{workflow.parameters.on-error}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--task-index={{inputs.parameters.task-index}}",
             "--shards-per-task={{inputs.parameters.shards-per-task}}",
             "--skip-existing",
@@ -247,6 +248,7 @@ def _templates() -> tuple[Container, Container, Container]:
         [
             "verify",
             "--inputs={{workflow.parameters.input}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--report={{inputs.parameters.report}}",
             "--sample-sheet={{inputs.parameters.sample-sheet}}",
             f"--summary-file={SUMMARY_FILE}",

@@ -42,8 +42,17 @@ STOP_GRACE_SECONDS = 30  # as Kubernetes' default terminationGracePeriodSeconds
 # file every 3 s but reports it only every ARGO_PROGRESS_PATCH_TICK_DURATION (1 minute by
 # default), so the UI's bar moves about once a minute; locally the bar is redrawn as it moves.
 PROGRESS_INTERVAL = "1"
-# The image's entrypoint is this very program: run it with this interpreter.
-SHARDFLOW = [sys.executable, "-m", "shardflow.workflows.cli"]
+# The image's entrypoint is this very program: run it with this interpreter. Not with `-m`,
+# which puts the working directory first on the import path: a `yaml.py` or a `shardflow/`
+# there (the user's data directory, a checkout) would run in every task. The path entry is
+# removed before anything is imported, as `python -P` (3.11+) would.
+_ENTRY = (
+    "import sys\n"
+    "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+    "from shardflow.workflows.cli import main\n"
+    "sys.exit(main())"
+)
+SHARDFLOW = [sys.executable, "-c", _ENTRY]
 
 
 def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:

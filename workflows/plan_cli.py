@@ -10,9 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
-from shardflow.steps.cli_common import positive_int
+from shardflow.steps.cli_common import add_storage_arguments, positive_int, storage_options
 from shardflow.steps.errors import UsageError
 from shardflow.steps.recipe import load_recipe
+from shardflow.steps.redact import redact_url
 
 from .parameters import check_values
 from .plan import AUTO, MAX_TASKS, plan_tasks
@@ -66,20 +67,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="refuse (exit 2) a workflow parameter value outside its allowed set (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_storage_arguments(parser)  # for a recipe URL, with the pods' options and secrets
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     checked = check_values(_name_values(args.check_parameter))
     plan = plan_tasks(args.input, args.output, args.shards_per_task, max_tasks=args.max_tasks)
-    load_recipe(args.recipe)
+    load_recipe(args.recipe, storage_options=storage_options(args))
     parameters = {**plan.parameters(), **checked}
     if args.write_params is not None:
         args.write_params.mkdir(parents=True, exist_ok=True)
         for name, value in parameters.items():
             (args.write_params / name).write_text(value)
     if args.json:
-        print(json.dumps({"shards": plan.shards, **parameters}, indent=1))
+        shown = {name: redact_url(value) for name, value in parameters.items()}
+        print(json.dumps({"shards": plan.shards, **shown}, indent=1))
     else:
         print(plan.describe())
     return 0

@@ -11,14 +11,11 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from shardflow.steps.cli_common import positive_int
 from shardflow.steps.errors import EXIT_OK, ShardflowError, UsageError
-from shardflow.steps.recipe import BUILTIN_RECIPES, load_recipe
+from shardflow.steps.recipe import BUILTIN_RECIPES, load_recipe, read_document
 
 from .dag_arguments import add_dag_arguments, given_parameters
 from .plan import plan_tasks
@@ -117,15 +114,10 @@ def _portable_recipe(spec: str) -> str:
         return text
     if "://" in text:
         return text  # read by the plan pod, with the pods' credentials
-    path = Path(text)
-    try:
-        document: Any = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"recipe file {text!r}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"recipe file {text!r} is not valid YAML or JSON: {exc}") from None
+    # Read within the same bounds as everywhere else (size, depth, aliases, duplicate keys).
+    stem, document = read_document(text, {})
     if isinstance(document, dict):
-        document.setdefault("name", path.stem)  # the same recipe hash as a local run
+        document.setdefault("name", stem)  # the same recipe hash as a local run
     inline = json.dumps(document, separators=(",", ":"))
     load_recipe(inline)
     return inline
