@@ -3,9 +3,9 @@
 Indexing a large dataset on one machine takes days (Energon #165: 40 TB in 5,000 shards);
 each shard's headers can be read independently, so the work fans out like augment does:
 
-    plan ──> index batch 0 ┐
-         ├─> index batch 1 ├──> merge   (the wids index and sizes.json)
-         └─> ...           ┘
+    plan ──> index-0 ┐
+         ├─> index-1 ├──> merge   (the wids index and sizes.json)
+         └─> ...     ┘
 
 - **plan** expands the pattern and outputs the number of batches and where their parts go,
   so the manifest does not grow with the dataset (each task expands the pattern itself).
@@ -180,7 +180,7 @@ def manifest(settings: dag.RenderSettings | None = None) -> dict:
     for template in built.spec.templates or []:
         if template.name == "index":
             template.annotations = {
-                "workflows.argoproj.io/display-name": "index batch {{inputs.parameters.task-index}}"
+                "workflows.argoproj.io/display-name": "index-{{inputs.parameters.task-index}}"
             }
     return render.to_dict(built)
 
