@@ -180,7 +180,7 @@ def manifest(settings: dag.RenderSettings | None = None) -> dict:
     for template in built.spec.templates or []:
         if template.name == "index":
             template.annotations = {
-                "workflows.argoproj.io/display-name": "index batch {{inputs.parameters.task-index}}"
+                "workflows.argoproj.io/display-name": "index-{{inputs.parameters.task-index}}"
             }
     return render.to_dict(built)
 
