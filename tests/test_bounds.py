@@ -33,7 +33,9 @@ def test_a_resize_whose_output_exceeds_max_mpx_fails_the_sample_not_the_machine(
         ],
     )
     out = tmp_path / "out.tar"
-    result = run_cli("augment", shard, out, "--recipe", "flip-crop", "--max-mpx", "0.5")
+    result = run_cli(
+        "augment", shard, out, "--recipe", "flip-crop", "--max-mpx", "0.5", "--max-failed", "1"
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out.manifest.json").read_text())
     assert [s["key"] for s in manifest["samples"]] == ["photo"]
