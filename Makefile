@@ -8,7 +8,7 @@ DEMO_SHARDS := 4
 DEMO_SAMPLES := 24
 LAST := $(shell printf '%06d' $$(($(DEMO_SHARDS) - 1)))
 
-.PHONY: demo test lint fuzz bench render image constraints clean
+.PHONY: demo test lint fuzz bench render image constraints clean argo-lint
 
 # pip -qq: errors only (-q still prints setuptools' notice about editable installs).
 PIP := $(BIN)/python -m pip install -qq
@@ -37,7 +37,7 @@ demo: $(VENV)/.installed
 	$(BIN)/shardflow run '$(DEMO)/in/in-{000000..$(LAST)}.tar' \
 		'$(DEMO)/out/out-{000000..$(LAST)}.tar' --recipe seed
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test argo-lint
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check .
 
@@ -65,6 +65,15 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+# Argo's own offline linter (what `argo lint --offline` runs), v3.7 and v4.0, built from Argo's
+# Go packages into tests/.bin/ for tests/test_argo_validator.py. Needs Go; the first build
+# takes minutes, later ones come from Go's build cache.
+ARGO_LINT := tests/.bin/argo-lint-v3 tests/.bin/argo-lint-v4
+argo-lint: $(ARGO_LINT)
+tests/.bin/argo-lint-%: tests/argo/%/main.go tests/argo/%/go.mod tests/argo/%/go.sum
+	@echo "building $@ from Argo's Go packages (minutes the first time)"
+	cd tests/argo/$* && go build -ldflags='-s -w' -o ../../.bin/argo-lint-$* .
+
 # Argo manifests (argo/*.yaml) from workflows/dag.py; a test fails when they are stale.
 render: $(VENV)/.installed
 	$(BIN)/shardflow render --write
@@ -80,4 +89,4 @@ constraints: $(VENV)/.installed-test
 	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info tests/.bin

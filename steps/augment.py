@@ -202,13 +202,14 @@ def _write_shard(
         )
         try:
             with storage.publish_atomically(output_url, options.storage_options) as sink:
-                writer = ShardWriter(sink)
+                writer = ShardWriter(sink, gzipped=storage.compression_of(output_url) == "gzip")
                 for outcome in ordered_map(pipeline.process, samples, threads=options.threads):
                     _record(outcome, writer, builder, input_url, options.on_error)
                     if progress is not None:
                         progress.advance(tar.offset, 1)
                 if every_sample_failed(builder.counts):  # raised here: nothing is published
-                    first = builder.failed[0]
+                    first = builder.failed.first
+                    assert first is not None
                     raise DataError(
                         input_url,
                         f"{first['reason']} (and so did all {len(builder.failed)} samples of "

@@ -8,27 +8,31 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from . import storage
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
+    non_negative_int,
     positive_int,
     show_bar,
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
+from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
-from .pairing import index_writes, refuse_aliases
+from .pairing import Batch, index_writes, refuse_aliases, task_count
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
     ShardIndex,
     default_index_url,
     index_from_manifest,
     index_from_stream,
-    write_dataset_index,
+    write_counts,
+    write_dali_indexes,
 )
 from .storage_faults import describe
 from .verify import manifest_view
@@ -42,8 +46,12 @@ A shard with a shardflow manifest of the same size is indexed from the manifest 
 read; any other shard from its headers only, seeking over member data (ranged reads on
 object stores), several shards at once. A damaged shard is reported and nothing is written.
 
-exit status: 0 index written, 1 a shard could not be indexed (nothing written), 2 usage
-error."""
+On Argo, the WorkflowTemplate shardflow-index fans this out: --task-index I --parts URL per
+batch, then --merge --parts URL.
+
+exit status: 0 index written; nothing is written otherwise: 1 a shard could not be read
+(storage, network: a retry may pass), 2 usage error, 3 every failed shard is damaged or
+cannot be described (DALI's format: no samples, white space in a name)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,11 +68,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where to write the wids index (default: PREFIX.shardindex.json beside the first "
         "shard, PREFIX being the shard names' common start)",
     )
-    parser.add_argument("--dali", action="store_true", help="also write DALI .idx files")
+    parser.add_argument(
+        "--dali",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=("yes", "no"),
+        help="also write DALI .idx files (--dali, or --dali=yes|no as a workflow passes it)",
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
         help="shards indexed at once (default: twice the CPUs this process may use, at most 16)",
+    )
+    batch = parser.add_argument_group(
+        "batches (the shardflow-index fan-out: each task writes a part, the last step merges)"
+    )
+    batch.add_argument(
+        "--parts",
+        metavar="URL",
+        help="directory of the batches' parts; with --task-index: index only batch I and write "
+        "its part (and its .idx files); with --merge: write the index from every part",
+    )
+    batch.add_argument("--task-index", type=non_negative_int, metavar="I", help="batch I (0-based)")
+    batch.add_argument(
+        "--shards-per-task",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="shards per batch (default: 1)",
+    )
+    batch.add_argument("--merge", action="store_true", help="merge the parts into the index")
+    batch.add_argument(
+        "--write-plan",
+        metavar="DIR",
+        help="only write DIR/tasks (the number of batches) and DIR/parts (the parts URL: "
+        "--parts, or .INDEX.parts/ beside the index), the fan-out's first step",
     )
     parser.add_argument(
         "--headers-only",
@@ -84,40 +123,87 @@ def run(args: argparse.Namespace) -> int:
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
     refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))
-    threads = args.threads or min(16, 2 * available_cpus())
-    indexes, errors = index_all(shards, options, threads, args)
-    if errors:
-        for error in errors:
-            print(f"shardflow index: error: {error}", file=sys.stderr)
-        print(
-            f"shardflow index: {len(errors)} of {len(shards)} shards could not be indexed; "
-            "no index written",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+    if args.write_plan:
+        return _write_plan(args, shards, index_url)
+    if (args.task_index is not None or args.merge) != bool(args.parts):
+        raise UsageError("--parts goes with --task-index (one batch) or --merge (all parts)")
+    if args.task_index is not None and args.merge:
+        raise UsageError("--task-index and --merge are two steps: give one of them")
     try:
-        written = write_dataset_index(indexes, index_url, options, dali=args.dali)
+        if args.merge:
+            indexes = read_parts(args.parts, shards, args.shards_per_task, options)
+            written = write_counts(indexes, index_url, options)
+            remove_parts(args.parts, len(shards), args.shards_per_task, options)
+        else:
+            batch = (
+                Batch(args.task_index, args.shards_per_task).of(shards)
+                if args.task_index is not None
+                else shards
+            )
+            threads = args.threads or min(16, 2 * available_cpus())
+            indexes, status = _index_or_report(batch, options, threads, args)
+            if status != EXIT_OK:
+                return status
+            written = write_dali_indexes(indexes, index_url, options) if args.dali == "yes" else []
+            if args.task_index is None:
+                written += write_counts(indexes, index_url, options)
+            else:
+                written.append(write_part(args.parts, args.task_index, indexes, options))
     except ShardError as exc:
         print(f"shardflow index: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
     except OSError as exc:
         raise ShardflowError(f"cannot write the index: {exc}") from None
     _report(indexes, written, args)
     return EXIT_OK
 
 
+def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> int:
+    """The fan-out's plan: how many batches, and where their parts go (local files: Argo
+    reads output parameters from the pod's file system)."""
+    tasks = task_count(len(shards), args.shards_per_task)
+    directory, _, name = index_url.rpartition("/")
+    parts = args.parts or (f"{directory}/" if directory else "") + f".{name}.parts/"
+    storage.check_url(parts, writing=True)
+    directory = Path(args.write_plan)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tasks").write_text(str(tasks))
+    (directory / "parts").write_text(parts)
+    if not (args.quiet or args.json):
+        print(f"index plan: {len(shards)} shards in {tasks} batches; parts in {parts}")
+    return EXIT_OK
+
+
+def _index_or_report(
+    shards: list[str], options: storage.StorageOptions, threads: int, args: argparse.Namespace
+) -> tuple[list[ShardIndex], int]:
+    """The shards' indexes and EXIT_OK, or a line per shard that could not be indexed and
+    the exit status: 3 when every failure is the data's (a retry fails the same way), else 1."""
+    indexes, errors = index_all(shards, options, threads, args)
+    for message, _ in errors:
+        print(f"shardflow index: error: {message}", file=sys.stderr)
+    if not errors:
+        return indexes, EXIT_OK
+    print(
+        f"shardflow index: {len(errors)} of {len(shards)} shards could not be indexed; "
+        "nothing written",
+        file=sys.stderr,
+    )
+    return indexes, EXIT_DATA if {code for _, code in errors} == {EXIT_DATA} else EXIT_FAILED
+
+
 def index_all(
     shards: list[str], options: storage.StorageOptions, threads: int, args: argparse.Namespace
-) -> tuple[list[ShardIndex], list[str]]:
+) -> tuple[list[ShardIndex], list[tuple[str, int]]]:
     """Every shard indexed by a pool of threads (the work is waiting for storage); the
-    indexes in SHARDS order and the errors."""
+    indexes in SHARDS order and the errors with their exit status."""
     progress = Progress(
         len(shards),
         bar=show_bar(args),
         argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
         desc="index",
     )
-    results: list[ShardIndex | str] = []
+    results: list[ShardIndex | tuple[str, int]] = []
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="index") as pool:
             for result in pool.map(lambda url: _index_or_error(url, options, args), shards):
@@ -128,19 +214,20 @@ def index_all(
         progress.close()
     return (
         [r for r in results if isinstance(r, ShardIndex)],
-        [r for r in results if isinstance(r, str)],
+        [r for r in results if not isinstance(r, ShardIndex)],
     )
 
 
 def _index_or_error(
     url: str, options: storage.StorageOptions, args: argparse.Namespace
-) -> ShardIndex | str:
+) -> ShardIndex | tuple[str, int]:
     try:
-        return index_shard(url, options, use_manifest=not args.headers_only)
+        index = index_shard(url, options, use_manifest=not args.headers_only)
+        return index if args.dali == "yes" else index.counts_only()
     except ShardError as exc:
-        return str(exc)
+        return str(exc), exc.exit_code
     except Exception as exc:  # any back-end's error: a line for this shard, not a crash
-        return f"{url}: {describe(exc)}"
+        return f"{url}: {describe(exc)}", EXIT_FAILED
 
 
 def index_shard(

@@ -81,7 +81,10 @@ def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
             f"member {shown(extension)}: expected a field name or a mapping, got {shown(spec)}"
         )
     options = dict(spec)
-    source = options.pop("from", extension)
+    source = options.pop("from", None)
+    source = extension if source is None else source  # null means the default, as elsewhere
+    if not isinstance(source, str) or not source:
+        raise p.error(f"member {shown(extension)}: from must be a field name, got {shown(source)}")
     fmt = options.pop("format", None) or infer_format(extension)
     if fmt is None:
         raise p.error(

@@ -42,7 +42,7 @@ def pair_shards(input_pattern: str, output_pattern: str) -> list[Pair]:
     written safely (see `refuse_aliases`)."""
     inputs = storage.expand(input_pattern)
     if output_pattern.endswith("/"):
-        outputs = [output_pattern + path_name(url) for url in inputs]
+        outputs = [output_pattern + path_name(url) for url in inputs]  # never a query
     else:
         outputs = storage.expand(output_pattern)
     if len(inputs) != len(outputs):
@@ -219,5 +219,5 @@ def _same_as(where: str, *urls: str) -> str:
 
 
 def _shown(url: str) -> str:
-    """The URL quoted for a message, without credentials."""
+    """The URL quoted for a message, without credentials (`s3://key:secret@bucket/x`)."""
     return repr(redact_url(url))

@@ -1,9 +1,9 @@
 """Recipe text, read and parsed within bounds before any of it is built or shown.
 
-A recipe can come from a workflow parameter or a URL, so its text is untrusted: a 455-byte
-YAML file whose aliases nest nine deep expands to a billion nodes when printed or hashed, an
-endless HTTP response never ends, and a deep `[[[[...` exhausts the parser's stack. So the
-text is read up to a size limit; YAML is composed into nodes (aliases still shared), then
+A recipe can come from a workflow parameter or a URL, so its text is untrusted: a YAML file of
+a few hundred bytes whose aliases nest nine deep expands to a billion nodes when printed or
+hashed, an endless HTTP response never ends, and a deep `[[[[...` exhausts the parser's stack.
+So the text is read up to a size limit; YAML is composed into nodes (aliases still shared), then
 measured as if expanded, depth and size, before a Python object is built; JSON is bounded by
 its size and checked for depth. Duplicate keys are refused in both: the later one silently
 winning would run a recipe other than the one read.
@@ -47,18 +47,19 @@ def parse_json(text: str, where: str) -> Any:
 def parse_yaml(text: str, where: str) -> Any:
     """YAML (or JSON): bounded in size, depth and expanded size before it is built."""
     check_size(text, where)
-    loader = _BoundedLoader(text, where)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _Measure(where).expanded(node, 1)
-        return loader.construct_document(node)
+        loader = _BoundedLoader(text, where)  # refuses non-printable characters at once
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _Measure(where).expanded(node, 1)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         message = " ".join(str(exc).split())[:300]
         raise RecipeError(f"{where} is not valid YAML or JSON: {message}") from None
-    finally:
-        loader.dispose()
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from . import storage
-from .errors import ShardError, UsageError
+from .errors import DataError, ShardError, UsageError
 from .manifest import ManifestError, manifest_url, read_manifest
 from .samples import split_member_name
 from .tarlayout import data_offsets
@@ -60,10 +60,15 @@ class ShardIndex:
     filesize: int
     samples: list[list[IndexedMember]] = field(default_factory=list)
     source: str = "headers"  # or "manifest": indexed without reading the shard
+    count: int | None = None  # the sample count alone, for a shard indexed by another task
 
     @property
     def nsamples(self) -> int:
-        return len(self.samples)
+        return self.count if self.count is not None else len(self.samples)
+
+    def counts_only(self) -> ShardIndex:
+        """The same shard without its member offsets (memory stays flat over many shards)."""
+        return ShardIndex(self.url, self.filesize, source=self.source, count=self.nsamples)
 
 
 def group_members(members: Iterable[IndexedMember]) -> list[list[IndexedMember]]:
@@ -95,7 +100,7 @@ def index_from_manifest(url: str, manifest: dict[str, Any]) -> ShardIndex:
 
 def index_from_stream(url: str, stream: BinaryIO, *, seek_size: int | None) -> ShardIndex:
     """Any shard, from its headers; with `seek_size` member data is skipped by seeking.
-    Raises ShardError for a damaged archive (an index of it would be wrong)."""
+    Raises DataError for a damaged archive (an index of it would be wrong)."""
     reader = TarReader(stream, seek_size=seek_size)
     members = []
     try:
@@ -104,7 +109,7 @@ def index_from_stream(url: str, stream: BinaryIO, *, seek_size: int | None) -> S
                 members.append(IndexedMember(member.name, reader.offset, member.size))
     except TarFormatError as exc:
         parts = split_member_name(exc.member) if exc.member else None
-        raise ShardError(url, exc.cause, key=parts[0] if parts else None) from None
+        raise DataError(url, exc.cause, key=parts[0] if parts else None) from None
     return ShardIndex(url, reader.offset, group_members(members))
 
 
@@ -148,13 +153,13 @@ def wids_document(shards: list[ShardIndex], index_url: str, name: str) -> dict[s
 def dali_index(shard: ShardIndex) -> str:
     """The shard's DALI index (wds2idx v1.2); ShardError when DALI could not read it."""
     if not shard.samples:
-        raise ShardError(shard.url, "no samples: a DALI index must count at least one")
+        raise DataError(shard.url, "no samples: a DALI index must count at least one")
     lines = [f"{DALI_VERSION} {shard.nsamples}"]
     for sample in shard.samples:
         fields = []
         for member in sample:
             if any(ch.isspace() for ch in member.name):
-                raise ShardError(
+                raise DataError(
                     shard.url,
                     f"member {member.name!r} has white space in its name, which DALI's "
                     "index format cannot hold",
@@ -185,15 +190,31 @@ def write_dataset_index(
     *,
     dali: bool = False,
 ) -> list[str]:
-    """Write the wids index, each directory's sizes.json and, with `dali`, each shard's
-    `.idx`, every file atomically; the URLs written, in that order. Beside shards that
-    cannot be written to (http), sizes.json and the .idx files go beside the index."""
+    """Write, with `dali`, each shard's `.idx`, then each directory's sizes.json and the wids
+    index, every file atomically; the URLs written, in that order."""
+    written = write_dali_indexes(shards, index_url, options) if dali else []
+    return written + write_counts(shards, index_url, options)
+
+
+def write_dali_indexes(
+    shards: list[ShardIndex], index_url: str, options: storage.StorageOptions
+) -> list[str]:
+    """Each shard's DALI index beside it (beside the index for shards that cannot be written
+    to, such as http); ShardError for a shard DALI's format cannot describe."""
     written = []
-    if dali:
-        for shard in shards:
-            url = _beside(dali_index_url(shard.url), index_url)
-            storage.write_atomically(url, dali_index(shard).encode("utf-8"), options)
-            written.append(url)
+    for shard in shards:
+        url = _beside(dali_index_url(shard.url), index_url)
+        storage.write_atomically(url, dali_index(shard).encode("utf-8"), options)
+        written.append(url)
+    return written
+
+
+def write_counts(
+    shards: list[ShardIndex], index_url: str, options: storage.StorageOptions
+) -> list[str]:
+    """Each directory's sizes.json (beside the index for read-only shards), then the wids
+    index."""
+    written = []
     by_directory: dict[str, dict[str, int]] = {}
     for shard in shards:
         directory = _split(_beside(shard.url, index_url))[0]
@@ -201,10 +222,10 @@ def write_dataset_index(
     for directory, counts in by_directory.items():
         url = f"{directory}/{SIZES_NAME}" if directory else SIZES_NAME
         sizes = {**_existing_sizes(url, options), **counts}
-        storage.write_atomically(url, _json_bytes(sizes), options)
+        storage.write_atomically(url, json_bytes(sizes), options)
         written.append(url)
     document = wids_document(shards, index_url, dataset_name(index_url))
-    storage.write_atomically(index_url, _json_bytes(document), options)
+    storage.write_atomically(index_url, json_bytes(document), options)
     written.append(index_url)
     return written
 
@@ -232,7 +253,7 @@ def _existing_sizes(url: str, options: storage.StorageOptions) -> dict[str, int]
     return {k: v for k, v in sizes.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
-def _json_bytes(document: Any) -> bytes:
+def json_bytes(document: Any) -> bytes:
     return json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
 
 

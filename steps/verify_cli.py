@@ -154,9 +154,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.quiet:
         for report in reports:
             for problem in report.problems:
-                print(
-                    f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr
-                )
+                print(f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr)
     else:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)
@@ -271,7 +269,12 @@ def parse_expect(text: str | None) -> list[str] | None:
     return extensions
 
 
-def summary_line(reports: list[ShardReport], seconds: float, failures: str | None = None) -> str:
+def summary_line(
+    reports: list[ShardReport],
+    seconds: float,
+    failures: str | None = None,
+    command: str = "verify",
+) -> str:
     """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED.
     `failures` says why the run failed more samples than --max-failed allows."""
     total = len(reports)
@@ -280,16 +283,16 @@ def summary_line(reports: list[ShardReport], seconds: float, failures: str | Non
     size = sum(r.bytes for r in reports)
     checked = f"{samples} samples, {_human(size)} checked in {seconds:.1f} s"
     if passed == total and failures is None:
-        return f"verify: OK: {total} of {total} shards passed; {checked}"
+        return f"{command}: OK: {total} of {total} shards passed; {checked}"
     if passed == total:
-        return f"verify: FAILED: {failures}; {total} of {total} shards passed; {checked}"
+        return f"{command}: FAILED: {failures}; {total} of {total} shards passed; {checked}"
     by_status = [
         f"{count} {status}"
         for status in ("missing", "incomplete", "failed")
         if (count := sum(r.status == status for r in reports))
     ]
     return (
-        f"verify: FAILED: {total - passed} of {total} shards did not pass "
+        f"{command}: FAILED: {total - passed} of {total} shards did not pass "
         f"({', '.join(by_status)}){f'; {failures}' if failures else ''}; {passed} passed; "
         f"{checked}"
     )

@@ -204,7 +204,7 @@ def test_a_damaged_shard_is_named_and_no_index_is_written(tmp_path: Path) -> Non
     cut = tmp_path / "s-1.tar"
     cut.write_bytes(good.read_bytes()[:3000])
     result = run_cli("index", tmp_path / "s-{0..1}.tar")
-    assert result.returncode == 1
+    assert result.returncode == 3  # damaged data: a retry would fail the same way
     assert "s-1.tar" in result.stderr and "truncated" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.json"))
@@ -243,3 +243,21 @@ def test_a_batch_of_a_run_writes_no_index(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["o-0.manifest.json", "o-0.tar"]
+
+
+def test_a_merge_names_a_missing_or_stale_part_and_writes_nothing(tmp_path: Path) -> None:
+    for number in range(3):
+        good_shard(tmp_path / f"p-{number}.tar", count=1)
+    pattern = tmp_path / "p-{0..2}.tar"
+    parts = f"{tmp_path}/parts/"
+    first = run_cli(
+        "index", pattern, "--task-index", "0", "--parts", parts, "--shards-per-task", "2"
+    )
+    assert first.returncode == 0, first.stderr
+    missing = run_cli("index", pattern, "--merge", "--parts", parts, "--shards-per-task", "2")
+    assert missing.returncode == 1 and "part-000001.json: missing" in missing.stderr
+    stale = run_cli("index", pattern, "--merge", "--parts", parts, "--shards-per-task", "1")
+    assert stale.returncode == 1 and "part-000000.json: does not describe batch 0" in stale.stderr
+    assert not list(tmp_path.glob("*.json"))
+    alone = run_cli("index", pattern, "--parts", parts)
+    assert alone.returncode == 2 and "--parts goes with" in alone.stderr

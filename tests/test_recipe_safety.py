@@ -172,6 +172,9 @@ def test_a_yaml_alias_bomb_is_refused_by_every_command(
         ("ops:\n- encode:\n    members: {png: image, png: json}", "duplicate key 'png' on line 3"),
         ("description: " + "x" * 300_000, "larger than"),
         ("description: [1, 2]\nops: [{encode: {members: {png: image}}}]", "description must be"),
+        # found by the recipe fuzzer: a NUL in the text; an encoder's source not a name
+        ("description: 'a\x00b'\nops: [{encode: {members: {png: image}}}]", "not valid YAML"),
+        ("ops: [{encode: {members: {txt: {from: [1], format: raw}}}}]", "from must be a field"),
         ('name: "a\\nb"\nops: [{encode: {members: {png: image}}}]', "name must be"),
         ("seed: 100000000000000000000\nops: [{encode: {members: {png: image}}}]", "seed must be"),
         ("ops: [{resize: {shorter: 99999999999}}, {encode: {members: {png: image}}}]", "at most"),
