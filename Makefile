@@ -47,19 +47,26 @@ test: $(VENV)/.installed-test controlplane
 # seconds. Needs Go >= 1.25.7 and the Go module proxy.
 GO ?= go
 CONTROLPLANE_BIN := tests/.bin
-GO_BUILD = cd $(1) && $(GO) build -buildvcs=false -ldflags='-s -w' -o $(CURDIR)/$(2) $(3)
 KUBE_MODULE := tests/controlplane/kube
 ARGO_MODULE := tests/controlplane/argo
+KUBE_VERSION := v1.33.13
+ARGO_VERSION := v3.7.18
+# $(call GO_BUILD,module dir,output,package,extra -ldflags): the versions are stamped as the
+# projects' own release builds stamp them.
+GO_BUILD = cd $(1) && $(GO) build -buildvcs=false -ldflags='-s -w $(4)' -o $(CURDIR)/$(2) $(3)
 controlplane: $(CONTROLPLANE_BIN)/etcd $(CONTROLPLANE_BIN)/kube-apiserver $(CONTROLPLANE_BIN)/workflow-controller
 
 $(CONTROLPLANE_BIN)/etcd: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum $(KUBE_MODULE)/etcd/main.go
 	$(call GO_BUILD,$(KUBE_MODULE),$@,./etcd)
 
 $(CONTROLPLANE_BIN)/kube-apiserver: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum
-	$(call GO_BUILD,$(KUBE_MODULE),$@,k8s.io/kubernetes/cmd/kube-apiserver)
+	$(call GO_BUILD,$(KUBE_MODULE),$@,k8s.io/kubernetes/cmd/kube-apiserver,\
+		-X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+		-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=33)
 
 $(CONTROLPLANE_BIN)/workflow-controller: $(ARGO_MODULE)/go.mod $(ARGO_MODULE)/go.sum
-	$(call GO_BUILD,$(ARGO_MODULE),$@,github.com/argoproj/argo-workflows/v3/cmd/workflow-controller)
+	$(call GO_BUILD,$(ARGO_MODULE),$@,github.com/argoproj/argo-workflows/v3/cmd/workflow-controller,\
+		-X github.com/argoproj/argo-workflows/v3.version=$(ARGO_VERSION))
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
