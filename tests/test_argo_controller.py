@@ -179,16 +179,26 @@ def expected_display_name(manifest: dict, task_index: int) -> str:
 
 def test_the_controller_creates_the_plan_pod_of_a_submitted_workflow(cluster: Cluster) -> None:
     """The wiring: a Workflow created through the API is picked up by the real controller,
-    which creates the plan pod the kubelet binds to its Node."""
+    which creates the plan pod the kubelet binds to its Node and runs; its outputs reach the
+    controller through the task result. (The bucket does not exist: the rest fails, unretried.)"""
     name = cluster.submit(
-        rendered(), input="s3://nothing/in-{000000..000001}.tar", output="s3://nothing/out/"
+        rendered(),
+        input="s3://nothing/in-{000000..000001}.tar",
+        output="s3://nothing/out/",
+        retries="0",
     )
-    pod = wait_for(f"a pod of {name}", lambda: cluster.pods_of(name) or None, 60)
-    spec = cluster.api.get(f"/api/v1/namespaces/{cluster.plane.namespace}/pods/{pod[0]}")
+    pod = wait_for(f"a pod of {name}", lambda: cluster.pods_of(name) or None, 60)[0]
+    spec = cluster.api.get(f"/api/v1/namespaces/{cluster.plane.namespace}/pods/{pod}")
+    assert spec["spec"]["nodeName"] == "shardflow-test-node"
     main = next(c for c in spec["spec"]["containers"] if c["name"] == "main")
+    assert main["command"][:2] == ["/var/run/argo/argoexec", "emissary"]
     assert main["args"][0] == "plan"
     assert [c["name"] for c in spec["spec"]["initContainers"]] == ["init"]
-    cluster.wait_finished(name)
+    workflow = cluster.wait_finished(name)
+    (plan,) = nodes(workflow, "Pod", "plan")
+    assert plan["phase"] == "Succeeded", cluster.describe(name)
+    assert output(plan, "tasks") == "2"
+    assert output(plan, "outputs") == "s3://nothing/out/in-{000000..000001}.tar"
 
 
 # --- scenarios ------------------------------------------------------------------------------
