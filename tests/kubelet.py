@@ -40,6 +40,7 @@ LABEL_WORKFLOW = "workflows.argoproj.io/workflow"
 LABEL_COMPLETED = "workflows.argoproj.io/report-outputs-completed"
 POLL_SECONDS = 0.3
 # The image's environment (containers/Dockerfile): the venv stands in for the image's Python.
+STAGING = "/mnt"  # where a pod's folder is seen while its mounts are made (private namespace)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_ENV = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -251,12 +252,21 @@ class PodExecution:
         run = self.run
         run.argv = main_argv(self.main)
         run.env = self._environment()
-        mounts = sorted(
-            (shlex.quote(m["mountPath"]), shlex.quote(str(self.host_path(m["mountPath"]))))
-            for m in self.main.get("volumeMounts", [])
-            if m["name"] in self.volumes
-        )
-        setup = [f"mkdir -p {dst} && mount --bind {src} {dst}" for dst, src in mounts]
+        # The volume folders live under this machine's /tmp, which a mount at /tmp would hide:
+        # the pod's folder is first bound at STAGING, the mounts are made from there (outer
+        # paths first), and STAGING is let go.
+        staging = shlex.quote(STAGING)
+        setup = [f"mount --bind {shlex.quote(str(run.workdir))} {staging}"]
+        for target in sorted(m["mountPath"] for m in self.main.get("volumeMounts", [])):
+            source = self.host_path(target)
+            if source is None:
+                continue
+            inside = f"{STAGING}/{source.relative_to(run.workdir)}"
+            setup.append(
+                f"mkdir -p {shlex.quote(target)} && "
+                f"mount --bind {shlex.quote(inside)} {shlex.quote(target)}"
+            )
+        setup.append(f"umount {staging}")
         workdir = self.main.get("workingDir") or "/tmp"  # the image's WORKDIR
         script = " && ".join([*setup, f"cd {shlex.quote(workdir)}", 'exec "$@"'])
         command = [

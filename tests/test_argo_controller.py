@@ -58,6 +58,13 @@ class Cluster:
         created = self.api.create(f"{self.namespaced}/workflows", manifest)
         return created["metadata"]["name"]
 
+    def terminate(self, name: str) -> None:
+        """What `argo terminate` does; waits for the controller to finish the workflow."""
+        self.api.merge_patch(
+            f"{self.namespaced}/workflows/{name}", {"spec": {"shutdown": "Terminate"}}
+        )
+        self.wait_finished(name, timeout=60)
+
     def workflow(self, name: str) -> dict:
         return self.api.get(f"{self.namespaced}/workflows/{name}")
 
@@ -144,6 +151,14 @@ def nodes(workflow: dict, kind: str | None = None, template: str | None = None) 
     ]
 
 
+def plan_finished(cluster: Cluster, name: str) -> dict | None:
+    """The plan pod node once the controller has its phase and outputs."""
+    found = nodes(cluster.workflow(name), "Pod", "plan")
+    if found and found[0].get("phase") in FINISHED and found[0].get("outputs"):
+        return found[0]
+    return None
+
+
 def task_pods(workflow: dict, index: int) -> list[dict]:
     """The augment pod nodes of task `index` (one per attempt), oldest first."""
     pods = [
@@ -194,11 +209,11 @@ def test_the_controller_creates_the_plan_pod_of_a_submitted_workflow(cluster: Cl
     assert main["command"][:2] == ["/var/run/argo/argoexec", "emissary"]
     assert main["args"][0] == "plan"
     assert [c["name"] for c in spec["spec"]["initContainers"]] == ["init"]
-    workflow = cluster.wait_finished(name)
-    (plan,) = nodes(workflow, "Pod", "plan")
+    plan = wait_for("plan's outputs", lambda: plan_finished(cluster, name), RUN_TIMEOUT)
     assert plan["phase"] == "Succeeded", cluster.describe(name)
     assert output(plan, "tasks") == "2"
     assert output(plan, "outputs") == "s3://nothing/out/in-{000000..000001}.tar"
+    cluster.terminate(name)
 
 
 # --- scenarios ------------------------------------------------------------------------------
