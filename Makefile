@@ -8,7 +8,7 @@ DEMO_SHARDS := 4
 DEMO_SAMPLES := 24
 LAST := $(shell printf '%06d' $$(($(DEMO_SHARDS) - 1)))
 
-.PHONY: demo test lint fuzz bench render image constraints clean controlplane
+.PHONY: demo test lint fuzz bench render image constraints clean argo-lint controlplane
 
 # pip -qq: errors only (-q still prints setuptools' notice about editable installs).
 PIP := $(BIN)/python -m pip install -qq
@@ -24,7 +24,7 @@ $(BIN)/python:
 CONSTRAINTS := containers/constraints.txt
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	@echo "installing shardflow into $(VENV) (a minute the first time)"
-	$(PIP) -c $(CONSTRAINTS) -e '.[fast-png]'
+	$(PIP) -c $(CONSTRAINTS) -e '.[fast-png,strict-jpeg]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
@@ -37,7 +37,7 @@ demo: $(VENV)/.installed
 	$(BIN)/shardflow run '$(DEMO)/in/in-{000000..$(LAST)}.tar' \
 		'$(DEMO)/out/out-{000000..$(LAST)}.tar' --recipe seed
 
-test: $(VENV)/.installed-test controlplane
+test: $(VENV)/.installed-test argo-lint controlplane
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check .
 
@@ -72,12 +72,14 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
 # The long fuzz run, outside `make test`: FUZZ_CASES mutated shards (and as many damaged
-# outputs) with a fresh seed each time; a failure names its seed and case to replay.
+# outputs) and as many recipes, with a fresh seed each time; a failure names its seed and
+# case to replay.
 FUZZ_CASES ?= 1000
 FUZZ_SEED ?= $(shell date +%s)
 fuzz: $(VENV)/.installed-test
 	@echo "fuzzing $(FUZZ_CASES) cases with --fuzz-seed $(FUZZ_SEED)"
-	$(BIN)/python -m pytest tests/test_fuzz.py -q --fuzz-cases $(FUZZ_CASES) --fuzz-seed $(FUZZ_SEED)
+	$(BIN)/python -m pytest tests/test_fuzz.py tests/test_fuzz_recipes.py -q \
+		--fuzz-cases $(FUZZ_CASES) --fuzz-seed $(FUZZ_SEED)
 
 # Benchmarks, never part of `make test` (benchmarks/README.md). Add the 2 GB shard's memory
 # row with: make bench BENCH_ARGS="--big-gb 2"
@@ -90,6 +92,15 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+# Argo's own offline linter (what `argo lint --offline` runs), v3.7 and v4.0, built from Argo's
+# Go packages into tests/.bin/ for tests/test_argo_validator.py. Needs Go; the first build
+# takes minutes, later ones come from Go's build cache.
+ARGO_LINT := tests/.bin/argo-lint-v3 tests/.bin/argo-lint-v4
+argo-lint: $(ARGO_LINT)
+tests/.bin/argo-lint-%: tests/argo/%/main.go tests/argo/%/go.mod tests/argo/%/go.sum
+	@echo "building $@ from Argo's Go packages (minutes the first time)"
+	cd tests/argo/$* && go build -ldflags='-s -w' -o ../../.bin/argo-lint-$* .
+
 # Argo manifests (argo/*.yaml) from workflows/dag.py; a test fails when they are stale.
 render: $(VENV)/.installed
 	$(BIN)/shardflow render --write
@@ -101,8 +112,8 @@ image:
 
 # Re-pin the image's dependencies to the versions installed in .venv (after pyproject changes).
 constraints: $(VENV)/.installed-test
-	$(PIP) -e '.[s3,gcs,fast-png]'
+	$(PIP) -e '.[s3,gcs,fast-png,strict-jpeg]'
 	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info $(CONTROLPLANE_BIN)
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info tests/.bin

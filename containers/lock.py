@@ -15,7 +15,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = "shardflow[s3,gcs,fast-png]"
+ROOT = "shardflow[s3,gcs,fast-png,strict-jpeg]"
 
 
 def closure(root: str = ROOT) -> dict[str, str]:

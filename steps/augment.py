@@ -16,14 +16,18 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from . import storage
-from .errors import ShardError, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError
+from .failures import every_sample_failed
+from .input_identity import difference
 from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
 from .progress import Progress
+from .redact import redact_text, redact_url
 from .samples import SampleReader
 from .tarstream import TarReader
-from .tarwrite import ShardWriter
+from .tarwrite import ShardWriter, UnsafeMemberName
+from .verify import ManifestView, manifest_view, verify_shard
 
 OnError = Literal["skip", "fail"]
 
@@ -36,6 +40,18 @@ class AugmentOptions:
     threads: int = 1
     max_member_bytes: int = 64 << 20
     allow_pipe: bool = False
+    verify_existing: bool = False  # with skip_existing: read a finished shard before trusting it
+
+
+def result_options(pipeline: Pipeline, options: AugmentOptions) -> dict[str, Any]:
+    """The settings besides the recipe that change what a shard holds: which samples fail,
+    and whether a failure fails the shard. A manifest records them; --skip-existing trusts
+    only a manifest recording the same."""
+    return {
+        "on_error": options.on_error,
+        "max_pixels": pipeline.max_pixels,
+        "max_member_bytes": options.max_member_bytes,
+    }
 
 
 @dataclass
@@ -47,11 +63,12 @@ class ShardResult:
     error: str | None = None
     seconds: float = 0.0
     output_size: int = 0
+    exit_code: int = 0  # for a failed shard: 1 a retry may help, 3 damaged data (errors.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "input": self.input,
-            "output": self.output,
+            "input": redact_url(self.input),
+            "output": redact_url(self.output),
             "status": self.status,
             "counts": self.counts,
             "error": self.error,
@@ -60,35 +77,52 @@ class ShardResult:
         }
 
 
-def plan_shards(inputs: list[str], outputs: list[str] | str) -> list[tuple[str, str]]:
-    """Pair inputs with outputs; an output ending in "/" is a directory for same-named shards."""
-    if isinstance(outputs, str):
-        directory = outputs
-        return [(url, directory + url.rstrip("/").rsplit("/", 1)[-1]) for url in inputs]
-    if len(inputs) != len(outputs):
-        raise UsageError(
-            f"{len(inputs)} input shards but {len(outputs)} output shards: the patterns must "
-            "expand to the same number of URLs"
-        )
-    return list(zip(inputs, outputs, strict=True))
-
-
 def already_done(
-    input_url: str, output_url: str, recipe_hash: str, options: AugmentOptions
-) -> dict | None:
-    """The manifest of a finished shard made from the same input and recipe, if there is one."""
+    input_url: str, output_url: str, pipeline: Pipeline, options: AugmentOptions
+) -> ManifestView | None:
+    """The manifest of a finished shard made from the same input, recipe and options, beside a
+    shard of the size it records (and, with verify_existing, passing verify's checks).
+
+    Anything less is redone: a manifest that is not valid JSON or lacks a field (redoing
+    replaces it), an older one without options, a shard truncated or emptied since. Raises
+    ShardError when the manifest cannot be read at all: that shard fails, not the batch.
+    """
+    at = manifest_url(output_url)
     try:
-        manifest = read_manifest(manifest_url(output_url), options.storage_options)
+        manifest = read_manifest(at, options.storage_options)
+        view = manifest_view(manifest) if manifest is not None else None
     except ManifestError:
         return None
-    if manifest is None:
+    except Exception as exc:  # any back-end's error: a verdict for this shard only
+        cause = f"cannot read the manifest {at} of an earlier run: {type(exc).__name__}: {exc}"
+        raise ShardError(input_url, cause) from None
+    if view is None or manifest is None:
         return None
     same_input = manifest.get("input") == storage.comparable_url(input_url)
-    if not same_input or manifest.get("recipe_hash") != recipe_hash:
+    if not same_input or manifest.get("recipe_hash") != pipeline.recipe_hash:
         return None
-    if not storage.exists(output_url, options.storage_options):
+    if manifest.get("options") != result_options(pipeline, options):
         return None
-    return manifest
+    if storage.size(output_url, options.storage_options, stored=True) != view.output_size:
+        return None  # missing, truncated, emptied or replaced (or its size is unknown)
+    if not input_unchanged(manifest, input_url, options.storage_options):
+        return None
+    if options.verify_existing and verify_shard(output_url, options.storage_options).problems:
+        return None
+    return view
+
+
+def input_unchanged(manifest: dict, input_url: str, options: storage.StorageOptions) -> bool:
+    """Whether the input is still the version the manifest records: a shard made from an
+    older version is redone. Unknown counts as changed (a manifest that records no identity,
+    an input that cannot be asked now): skipping is only for what is known to be done."""
+    if "input_identity" not in manifest:
+        return False
+    try:
+        current = storage.current_identity(input_url, options)
+    except Exception:  # any back-end's error: the shard is redone, which reports it
+        return False
+    return difference(manifest["input_identity"], current) is None
 
 
 def augment_shard(
@@ -100,22 +134,25 @@ def augment_shard(
 ) -> ShardResult:
     """Process one shard; never raises for shard-level problems (they are in the result)."""
     started = time.monotonic()
-    if options.skip_existing:
-        done = already_done(input_url, output_url, pipeline.recipe_hash, options)
-        if done is not None:
-            return ShardResult(
-                input_url,
-                output_url,
-                "skipped",
-                counts=done.get("counts", {}),
-                output_size=done.get("output_size", 0),
-            )
+    try:
+        done = (
+            already_done(input_url, output_url, pipeline, options)
+            if options.skip_existing
+            else None
+        )
+    except ShardError as exc:
+        return ShardResult(input_url, output_url, "failed", error=str(exc), exit_code=EXIT_FAILED)
+    if done is not None:
+        return ShardResult(
+            input_url, output_url, "skipped", counts=done.counts, output_size=done.output_size
+        )
     try:
         manifest = _write_shard(input_url, output_url, pipeline, options, progress, started)
     except ShardError as exc:
-        error = str(exc)
+        error, exit_code = redact_text(str(exc)), exc.exit_code
     except Exception as exc:  # a back-end or library failure must not end the batch
-        error = f"{input_url}: unexpected {type(exc).__name__}: {exc}"
+        error = redact_text(f"{input_url}: unexpected {type(exc).__name__}: {exc}")
+        exit_code = EXIT_FAILED
     else:
         return ShardResult(
             input_url,
@@ -126,7 +163,12 @@ def augment_shard(
             output_size=manifest["output_size"],
         )
     return ShardResult(
-        input_url, output_url, "failed", error=error, seconds=time.monotonic() - started
+        input_url,
+        output_url,
+        "failed",
+        error=error,
+        seconds=time.monotonic() - started,
+        exit_code=exit_code,
     )
 
 
@@ -145,11 +187,13 @@ def _write_shard(
         recipe=pipeline.canonical_recipe,
         recipe_hash=pipeline.recipe_hash,
         expect=pipeline.expected_extensions,
+        options=result_options(pipeline, options),
     )
     manifest_at = manifest_url(output_url)
-    with storage.open_input(
+    with storage.open_pinned_input(
         input_url, options.storage_options, allow_pipe=options.allow_pipe
-    ) as stream:
+    ) as opened:
+        stream = opened.stream
         if progress is not None:
             progress.shard_started(storage.size(input_url, options.storage_options))
         tar = TarReader(stream)
@@ -158,12 +202,22 @@ def _write_shard(
         )
         try:
             with storage.publish_atomically(output_url, options.storage_options) as sink:
-                writer = ShardWriter(sink)
+                writer = ShardWriter(sink, gzipped=storage.compression_of(output_url) == "gzip")
                 for outcome in ordered_map(pipeline.process, samples, threads=options.threads):
                     _record(outcome, writer, builder, input_url, options.on_error)
                     if progress is not None:
                         progress.advance(tar.offset, 1)
+                if every_sample_failed(builder.counts):  # raised here: nothing is published
+                    first = builder.failed.first
+                    assert first is not None
+                    raise DataError(
+                        input_url,
+                        f"{first['reason']} (and so did all {len(builder.failed)} samples of "
+                        "the shard: nothing is published)",
+                        key=first["key"],
+                    )
                 size, sha256 = writer.close()
+                opened.confirm_unchanged(input_url)  # read whole from one version: publish
                 # A manifest from an earlier run must not sit beside the new shard, even for
                 # the instant between publishing the shard and writing its own manifest.
                 storage.remove(manifest_at, options.storage_options)
@@ -174,6 +228,7 @@ def _write_shard(
         output_size=size,
         output_sha256=sha256,
         input_bytes=tar.offset,
+        input_identity=opened.identity,
         ignored_members=samples.ignored_members,
         timings={
             "started": started_at,
@@ -194,15 +249,28 @@ def _record(
 ) -> None:
     if outcome.members is not None:
         for name, data in outcome.members:
-            writer.add(name, data)
+            try:
+                writer.add(name, data)
+            except UnsafeMemberName as exc:
+                raise DataError(shard, str(exc), key=outcome.key) from None
         builder.add_written(outcome.key, outcome.members)
     elif outcome.dropped is not None:
         builder.add_dropped(outcome.key, outcome.dropped)
     else:
         assert outcome.failed is not None
         if on_error == "fail":
-            raise ShardError(shard, f"{outcome.failed} (--on-error fail)", key=outcome.key)
+            raise DataError(shard, f"{outcome.failed} (--on-error fail)", key=outcome.key)
         builder.add_failed(outcome.key, outcome.failed)
+
+
+def batch_exit_code(results: list[ShardResult]) -> int:
+    """0 when no shard failed; 3 when every failure is the data's (a retry would fail the
+    same way); otherwise 1, so a retry redoes the shards that may pass (and only those
+    without output: --skip-existing)."""
+    codes = {r.exit_code for r in results if r.status == "failed"}
+    if not codes:
+        return EXIT_OK
+    return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILED
 
 
 def augment_all(

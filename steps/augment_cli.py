@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 
 from . import storage
-from .augment import AugmentOptions, ShardResult, augment_all, plan_shards
+from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
@@ -18,13 +19,17 @@ from .cli_common import (
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, UsageError
+from .cpus import available_cpus, threads_for_memory
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, UsageError
+from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
+from .pairing import Batch, check_urls, pair_shards
 from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .recipe import BUILTIN_RECIPES, load_recipe
+from .redact import redact_url
+from .shard_index import index_outputs
 
 DESCRIPTION = """\
 Augment WebDataset shards: read each INPUT shard, apply the recipe to every sample, and
@@ -33,8 +38,10 @@ out-000001.manifest.json). INPUT and OUTPUT are URLs or brace patterns
 ('gs://bucket/train-{000000..000554}.tar') that expand to the same number of shards; an
 OUTPUT ending in / is a directory that receives shards of the same names.
 
-exit status: 0 all shards written or skipped, 1 a shard failed (the others still ran),
-2 usage error (nothing was done)."""
+exit status: 0 all shards written or skipped; 1 a shard failed for a reason a retry may fix
+(storage, network); 2 usage error (nothing was done); 3 every failed shard is damaged or
+the recipe cannot apply to it (a retry fails the same way), or more samples failed than
+--max-failed allows. The other shards still ran."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,16 +78,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a sample that cannot be decoded or processed: skip it (counted and listed in the "
         "manifest) or fail its shard (default: skip)",
     )
+    add_max_failed_argument(behaviour)
     behaviour.add_argument(
         "--skip-existing",
         action="store_true",
-        help="skip a shard whose manifest records the same input and recipe hash",
+        help="skip a shard whose manifest records the same input, recipe and options, beside a "
+        "shard of the size it records",
+    )
+    behaviour.add_argument(
+        "--verify-existing",
+        action="store_true",
+        help="with --skip-existing, also read such a shard and check it as verify does (sha256, "
+        "members, counts) before skipping it",
     )
     behaviour.add_argument(
         "--threads",
         type=positive_int,
         metavar="N",
-        help="worker threads per shard (default: the CPUs this process may use)",
+        help="worker threads per shard (default: the CPUs this process may use, fewer when "
+        "the cgroup memory limit cannot hold that many images at --max-mpx)",
     )
     behaviour.add_argument(
         "--max-mpx",
@@ -122,21 +138,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    pairs = _select_batch(_pairs(args.input, args.output, args.allow_pipe), args)
-    if args.max_mpx <= 0 or args.max_member_mb <= 0:
-        raise UsageError("--max-mpx and --max-member-mb must be positive")
-    recipe = load_recipe(args.recipe, label_field=args.label_field)
+    pairs = pair_shards(args.input, args.output)
+    check_urls(pairs, allow_pipe=args.allow_pipe)
+    if args.task_index is not None:
+        pairs = Batch(args.task_index, args.shards_per_task).of(pairs)
+    for option, value in (("--max-mpx", args.max_mpx), ("--max-member-mb", args.max_member_mb)):
+        if not (math.isfinite(value) and value > 0):  # nan and inf are floats too
+            raise UsageError(f"{option} must be a positive number, got {value}")
+    if args.verify_existing and not args.skip_existing:
+        raise UsageError("--verify-existing only applies with --skip-existing")
+    recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
     rely_on_own_pixel_limit()
+    max_pixels = int(args.max_mpx * 1_000_000)
     pipeline = Pipeline(
         recipe,
-        max_pixels=int(args.max_mpx * 1_000_000),
+        max_pixels=max_pixels,
         allowed_plugins=allowed_modules(args.plugins),
     )
     augment_options = AugmentOptions(
         storage_options=options,
         on_error=args.on_error,
         skip_existing=args.skip_existing,
-        threads=args.threads or available_cpus(),
+        verify_existing=args.verify_existing,
+        threads=args.threads or threads_for_memory(available_cpus(), max_pixels),
         max_member_bytes=int(args.max_member_mb * 1_000_000),
         allow_pipe=args.allow_pipe,
     )
@@ -151,36 +175,29 @@ def run(args: argparse.Namespace) -> int:
             _report_shard(result, args, progress)
     finally:
         progress.close()
-    _report_summary(results, recipe.name, pipeline.recipe_hash, time.monotonic() - started, args)
-    return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+    failed = any(r.status == "failed" for r in results)
+    index = _write_index(pairs, options) if args.task_index is None and not failed else []
+    seconds = time.monotonic() - started
+    _report_summary(results, recipe.name, pipeline.recipe_hash, seconds, args, index)
+    code = batch_exit_code(results)
+    finished = [r.counts for r in results if r.status != "failed"]  # skipped ones count too
+    read, failed_samples = (sum(c.get(n, 0) for c in finished) for n in ("read", "failed"))
+    problem = too_many_failed(read, failed_samples, args.max_failed)
+    if problem is not None:
+        print(f"shardflow: error: {problem}", file=sys.stderr, flush=True)
+        code = EXIT_DATA if code == EXIT_OK else code
+    return EXIT_FAILED if code == EXIT_OK and index is None else code
 
 
-def _pairs(input_pattern: str, output_pattern: str, allow_pipe: bool) -> list[tuple[str, str]]:
-    inputs = storage.expand(input_pattern)
-    outputs: list[str] | str = (
-        output_pattern if output_pattern.endswith("/") else storage.expand(output_pattern)
-    )
-    pairs = plan_shards(inputs, outputs)
-    for input_url, output_url in pairs:
-        storage.check_url(input_url, writing=False, allow_pipe=allow_pipe)
-        storage.check_url(output_url, writing=True)
-        if input_url == output_url:
-            raise UsageError(f"{input_url!r} is both an input and an output")
-    return pairs
-
-
-def _select_batch(pairs: list[tuple[str, str]], args: argparse.Namespace) -> list[tuple[str, str]]:
-    if args.task_index is None:
-        return pairs
-    per_task = args.shards_per_task
-    batches = -(-len(pairs) // per_task)
-    if args.task_index >= batches:
-        raise UsageError(
-            f"--task-index {args.task_index} is out of range: {len(pairs)} shards in batches of "
-            f"{per_task} make {batches} tasks (0..{batches - 1})"
-        )
-    start = args.task_index * per_task
-    return pairs[start : start + per_task]
+def _write_index(pairs: list[tuple[str, str]], options: storage.StorageOptions) -> list[str] | None:
+    """A whole run ends with the dataset index beside the outputs, from their manifests (a
+    batch of an Argo run does not: the verify step writes it once every batch is done).
+    None when it cannot be written; the shards themselves are complete all the same."""
+    try:
+        return index_outputs([output for _, output in pairs], options)
+    except (ShardError, OSError) as exc:
+        print(f"shardflow: error: cannot write the dataset index: {exc}", file=sys.stderr)
+        return None
 
 
 def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progress) -> None:
@@ -190,13 +207,14 @@ def _report_shard(result: ShardResult, args: argparse.Namespace, progress: Progr
     if args.quiet or args.json:
         return
     counts = result.counts
+    output = redact_url(result.output)
     if result.status == "skipped":
         written = counts.get("written", 0)
-        line = f"{result.output}: skipped, complete from an earlier run ({written} samples)"
+        line = f"{output}: skipped, complete from an earlier run ({written} samples)"
     else:
         rate = counts["read"] / result.seconds if result.seconds else 0.0
         line = (
-            f"{result.output}: {counts['written']} written, {counts['dropped']} dropped, "
+            f"{output}: {counts['written']} written, {counts['dropped']} dropped, "
             f"{counts['failed']} failed of {counts['read']} read "
             f"({_megabytes(result.output_size)}, {result.seconds:.1f} s, {rate:.1f} samples/s)"
         )
@@ -209,6 +227,7 @@ def _report_summary(
     recipe_hash: str,
     seconds: float,
     args: argparse.Namespace,
+    index: list[str] | None,
 ) -> None:
     totals = {"read": 0, "written": 0, "dropped": 0, "failed": 0}
     for result in results:
@@ -221,12 +240,15 @@ def _report_summary(
             "recipe_hash": recipe_hash,
             "shards": [r.to_dict() for r in results],
             "summary": {"shards": status, "samples": totals, "seconds": round(seconds, 3)},
+            "index": index or [],
         }
         json.dump(document, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
     if args.quiet:
         return
+    for url in index or []:
+        print(f"index: {url}")
     print(
         f"{len(results)} shard(s) with recipe {recipe}: {status['written']} written, "
         f"{status['skipped']} skipped, {status['failed']} failed; samples: "

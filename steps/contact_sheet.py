@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import PIL_FORMATS, ImageDecodeError, decode_image
+from .images import PIL_FORMATS, ImageDecodeError, convert_mode, decode_image
 from .verify import KeptSample
 
 TILE = 160  # thumbnail box, pixels
@@ -60,7 +60,7 @@ def make_tile(sample: KeptSample, *, max_pixels: int) -> Tile:
             max_pixels=max_pixels,
             draft=lambda size: (TILE, TILE),
         )
-        image = image.convert("RGB")
+        image = convert_mode(image, "RGB")
         image.thumbnail((TILE, TILE))
     except (ImageDecodeError, OSError, ValueError) as exc:
         return Tile(sample.key, f"{label}, bad image: {exc}", None)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .images import convert_mode
+
 try:  # the `fast-png` extra
     from isal import isal_zlib as fast_deflate
 except ImportError:  # pragma: no cover - depends on the installed extras
@@ -89,7 +91,7 @@ class MemberEncoder:
             raise EncodeError(f"field {self.source!r} is a {type(value).__name__}, not an image")
         image = value
         if self.format == "jpg" and image.mode not in ("L", "RGB", "CMYK"):
-            image = image.convert("RGB")
+            image = convert_mode(image, "RGB")
         if self.format == "png" and self.options.get("compress_level") == 1:
             return encode_png_fast(image)
         buffer = io.BytesIO()

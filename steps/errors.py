@@ -1,8 +1,10 @@
-"""The three kinds of failure, and the exit status each one maps to.
+"""The kinds of failure, and the exit status each one maps to.
 
 Keeping them apart is what lets a batch go on after one bad shard, lets a bad sample be
 counted instead of killing its shard, and lets a typo in a parameter fail in a second,
-before any byte is read.
+before any byte is read. The exit status also tells Argo's retry expression whether another
+attempt can help: 1 (storage, network) may pass next time; 2 (usage) and 3 (damaged data, a
+recipe that cannot apply to it) fail the same way every time, so they are never retried.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DATA = 3
 
 
 class ShardflowError(Exception):
@@ -25,7 +28,7 @@ class UsageError(ShardflowError):
 
 
 class ShardError(ShardflowError):
-    """The shard as a whole cannot be processed; nothing is published for it.
+    """The shard as a whole cannot be processed (storage, network); nothing is published for it.
 
     The message is one line naming the shard, the sample key when there is one, and the cause.
     """
@@ -36,6 +39,13 @@ class ShardError(ShardflowError):
         self.cause = cause
         where = f"{shard}: key {key!r}" if key is not None else shard
         super().__init__(f"{where}: {cause}")
+
+
+class DataError(ShardError):
+    """The shard's data is at fault (damaged tar, unsafe name, a sample that fails with
+    --on-error fail): every attempt fails the same way, so a retry cannot help."""
+
+    exit_code = EXIT_DATA
 
 
 class SampleError(Exception):

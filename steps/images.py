@@ -3,7 +3,9 @@
 Decoding goes through Pillow restricted to the one format the member's extension names, so a
 `.jpg` member cannot route bytes into an exotic decoder; the pixel count is checked from the
 header before any pixel is decoded (a 17 kB PNG can declare 400 Mpx); EXIF orientation is
-applied; JPEGs that will be shrunk are decoded at reduced size by libjpeg's DCT scaling.
+applied; JPEGs that will be shrunk are decoded at reduced size by libjpeg's DCT scaling;
+damage Pillow would decode into garbage (PNG chunk CRCs, libjpeg's warnings) fails the
+sample (see image_integrity).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import image_integrity
 
 Size = tuple[int, int]
 DraftPlanner = Callable[[Size], Size | None]  # oriented source size -> smallest useful size
@@ -72,12 +76,47 @@ def decode_image(
             request = (wanted[1], wanted[0]) if swapped else wanted
             image.draft(image.mode, request)
     try:
+        if pil_format == "PNG":
+            image_integrity.check_png(data)
+        elif pil_format == "JPEG":
+            image_integrity.check_jpeg(data)
         image.load()
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError... on bad data
         raise ImageDecodeError(f".{extension} image data is corrupt: {exc}") from None
     if isinstance(orientation, int) and 2 <= orientation <= 8:
         ImageOps.exif_transpose(image, in_place=True)
     return image
+
+
+def convert_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image.convert(mode)`, high bit depths scaled to 8 bits first.
+
+    Pillow opens a 16-bit grayscale PNG as "I;16" (older versions: "I") and its convert()
+    clips every level above 255, so a 16-bit image would become all white (and, normalised,
+    all black). 16-bit RGB and RGBA PNGs are already reduced to their high bytes by Pillow;
+    16-bit grayscale gets the same treatment here.
+    """
+    image = to_8_bits(image)
+    return image if image.mode == mode else image.convert(mode)
+
+
+_HIGH_DEPTH_GRAY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def to_8_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit "L" (the high byte of each level, as Pillow does
+    for 16-bit RGB); any other image as it is."""
+    if image.mode not in _HIGH_DEPTH_GRAY:
+        return image
+    levels = np.asarray(image)
+    if image.mode == "I":  # 32-bit container of 16-bit levels
+        levels = np.clip(levels, 0, 0xFFFF)
+    reduced = Image.fromarray((levels >> 8).astype(np.uint8))
+    reduced.info = {k: v for k, v in image.info.items() if k != "transparency"}
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):
+        reduced.info["transparency"] = transparent >> 8
+    return reduced
 
 
 def _orientation(image: Image.Image) -> int | None:

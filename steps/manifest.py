@@ -4,18 +4,22 @@ For `out-000001.tar` it is `out-000001.manifest.json`. It records what went in (
 recipe and its hash), what came out (every sample's members and sizes, the archive's size
 and sha256) and what was left out and why (dropped and failed keys with reasons). The
 verification step checks a shard against it; `--skip-existing` trusts a shard whose
-manifest names the same input and recipe hash.
+manifest names the same input, the same version of it and the same recipe hash.
 
 Format (version 1):
     format           "shardflow.manifest/1"
     input, output    URLs as given
     recipe           canonical recipe; recipe_hash "sha256:<hex>" of it
+    options          the other settings that change the result: on_error, max_pixels,
+                     max_member_bytes (--skip-existing redoes a shard made with others)
     expect           output extensions every sample has, or null when they vary
     counts           {read, written, dropped, failed}; read = written + dropped + failed
     samples          [{key, members: [{name, size}]}] in archive order
     dropped, failed  [{key, reason}]
     ignored_members  member names without an extension (skipped, as webdataset does)
     output_size, output_sha256, input_bytes
+    input_identity   the version of the input read: {size, and etag, version_id or
+                     last_modified (remote), mtime_ns (local)}; null for pipe: inputs
     versions, timings, threads
 """
 
@@ -23,9 +27,10 @@ from __future__ import annotations
 
 import json
 import platform
+import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import __version__, storage
 
@@ -41,7 +46,8 @@ def manifest_url(output_url: str) -> str:
 
 def versions() -> dict[str, str | None]:
     """What produced the bytes. isal is listed because PNG output at level 1 takes a faster
-    path when it is installed: the same pixels, other bytes (null: not installed)."""
+    path when it is installed: the same pixels, other bytes (null: not installed); simplejpeg
+    because with it a JPEG damaged mid-stream fails its sample instead of being written."""
     import numpy
     import PIL
 
@@ -51,6 +57,7 @@ def versions() -> dict[str, str | None]:
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
         "isal": _installed_version("isal"),
+        "simplejpeg": _installed_version("simplejpeg"),
     }
 
 
@@ -61,18 +68,52 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
+class RecordSpool:
+    """A list of JSON records kept in a temporary file rather than in memory.
+
+    A manifest lists every sample; held as Python dicts until the shard ends, that list made
+    memory grow with the sample count (kilobytes a sample). On disk it costs nothing, and the
+    manifest is streamed from it."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by write_json_array)
+        self.count = 0
+        self.first: dict[str, Any] | None = None  # kept in memory, for error messages
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self.count += 1
+        if self.first is None:
+            self.first = record
+
+    def __len__(self) -> int:
+        return self.count
+
+    def write_json_array(self, stream: BinaryIO, indent: bytes) -> None:
+        """Write `[record, ...]`, one record a line, and close the spool."""
+        self._file.seek(0)
+        stream.write(b"[")
+        separator = b"\n"
+        for line in self._file:
+            stream.write(separator + indent + b" " + line.rstrip(b"\n"))
+            separator = b",\n"
+        stream.write((b"\n" + indent + b"]") if self.count else b"]")
+        self._file.close()
+
+
 @dataclass
 class ManifestBuilder:
-    """Collects per-sample records while a shard is written."""
+    """Collects per-sample records while a shard is written (on disk, see RecordSpool)."""
 
     input: str
     output: str
     recipe: dict[str, Any]
     recipe_hash: str
     expect: list[str] | None
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    dropped: list[dict[str, str]] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    samples: RecordSpool = field(default_factory=RecordSpool)
+    dropped: RecordSpool = field(default_factory=RecordSpool)
+    failed: RecordSpool = field(default_factory=RecordSpool)
 
     def add_written(self, key: str, members: list[tuple[str, bytes]]) -> None:
         self.samples.append(
@@ -101,6 +142,7 @@ class ManifestBuilder:
         output_size: int,
         output_sha256: str,
         input_bytes: int,
+        input_identity: dict[str, Any] | None,
         ignored_members: list[str],
         timings: dict[str, Any],
         threads: int,
@@ -111,11 +153,13 @@ class ManifestBuilder:
             "output": self.output,
             "recipe": self.recipe,
             "recipe_hash": self.recipe_hash,
+            "options": self.options,
             "expect": self.expect,
             "counts": self.counts,
             "output_size": output_size,
             "output_sha256": output_sha256,
             "input_bytes": input_bytes,
+            "input_identity": input_identity,
             "dropped": self.dropped,
             "failed": self.failed,
             "ignored_members": ignored_members,
@@ -145,5 +189,14 @@ def read_manifest(url: str, options: storage.StorageOptions) -> dict[str, Any] |
 
 
 def write_manifest(url: str, manifest: dict[str, Any], options: storage.StorageOptions) -> None:
-    data = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
-    storage.write_atomically(url, data, options)
+    """Write the manifest as indented JSON; RecordSpool values are streamed from their files
+    (and closed), so a manifest of any size is written with constant memory."""
+    spools = {k: v for k, v in manifest.items() if isinstance(v, RecordSpool)}
+    fields = {k: v for k, v in manifest.items() if k not in spools}
+    head = json.dumps(fields, indent=1, ensure_ascii=False).encode("utf-8")
+    with storage.publish_atomically(url, options) as stream:
+        stream.write(head[: -len(b"\n}")] if spools else head)
+        for key, spool in spools.items():
+            stream.write(b",\n " + json.dumps(key).encode("utf-8") + b": ")
+            spool.write_json_array(stream, b" ")
+        stream.write(b"\n}\n" if spools else b"\n")

@@ -20,6 +20,10 @@ from .params import Params
 
 Sample = dict[str, Any]
 MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "P", "1")  # Pillow modes an image step may ask for
+# The largest image side a recipe may ask for: JPEG's limit, far above any training size.
+# A recipe is untrusted input: `resize: {width: 10000000, height: 10000000}` must not reach
+# Pillow's allocator.
+MAX_SIDE = 65535
 
 
 class Dropped(Exception):
@@ -79,6 +83,20 @@ def field_value(sample: Sample, name: str, ctx: SampleContext, what: str) -> Any
     return sample[name]
 
 
+def check_output_size(size: tuple[int, int], ctx: SampleContext, what: str) -> None:
+    """Fail the sample before allocating an image above --max-mpx.
+
+    The decoder's limit bounds the input only: a 65535x1 PNG of a few hundred bytes passes it,
+    and `resize: {shorter: 256}` would then allocate a 16776960x256 image (about 13 GB)."""
+    width, height = size
+    if width * height > ctx.max_pixels:
+        raise SampleError(
+            ctx.key,
+            f"{what}: the output would be {width}x{height} = {width * height / 1e6:.1f} Mpx, "
+            f"above the limit of {ctx.max_pixels / 1e6:g} Mpx (--max-mpx)",
+        )
+
+
 def image_field(sample: Sample, name: str, ctx: SampleContext, what: str) -> Image.Image:
     """The decoded image in field `name`; undecoded bytes are a recipe mistake, said so."""
     value = field_value(sample, name, ctx, what)
@@ -87,13 +105,18 @@ def image_field(sample: Sample, name: str, ctx: SampleContext, what: str) -> Ima
     return value
 
 
+def side_param(p: Params, name: str) -> int:
+    """A required image side in pixels, 1..MAX_SIDE."""
+    return p.int(name, minimum=1, maximum=MAX_SIDE)
+
+
 def size_params(p: Params) -> tuple[int, int]:
     """`size: N` or `width: W, height: H`, as crops take them."""
     if p.has("size"):
         if p.has("width") or p.has("height"):
             raise p.error("give size, or width and height, not both")
-        size = p.int("size", minimum=1)
+        size = p.int("size", minimum=1, maximum=MAX_SIDE)
         return size, size
     if p.has("width") and p.has("height"):
-        return p.int("width", minimum=1), p.int("height", minimum=1)
+        return side_param(p, "width"), side_param(p, "height")
     raise p.error("needs size, or width and height")

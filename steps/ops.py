@@ -13,7 +13,7 @@ from .ops_decode import DecodeImage, DecodeJson
 from .ops_encode import Encode
 from .ops_fields import Drop, Filter, Keep, Label, Map, Rename
 from .ops_image import CenterCrop, Convert, HorizontalFlip, Normalize, RandomCrop, Resize
-from .params import Params, RecipeError
+from .params import Params, RecipeError, shown
 
 __all__ = [  # what recipe.py and pipeline.py import from here
     "OPERATIONS",
@@ -58,7 +58,7 @@ def parse_operation(index: int, raw: Any) -> Operation:
     if isinstance(raw, str):
         raw = {"op": raw}
     if not isinstance(raw, dict) or not raw:
-        raise RecipeError(f"{where}: expected a mapping, got {raw!r}")
+        raise RecipeError(f"{where}: expected a mapping, got {shown(raw)}")
     if "op" in raw:
         params = {k: v for k, v in raw.items() if k != "op"}
         name = raw["op"]
@@ -70,11 +70,13 @@ def parse_operation(index: int, raw: Any) -> Operation:
     op_class = OPERATIONS.get(name) if isinstance(name, str) else None
     if op_class is None:
         raise RecipeError(
-            f"{where}: unknown operation {name!r} (known: {', '.join(sorted(OPERATIONS))})"
+            f"{where}: unknown operation {shown(name)} (known: {', '.join(sorted(OPERATIONS))})"
         )
     if not isinstance(params, dict):
         if name in ("keep", "drop") and isinstance(params, list | str):
             params = {"fields": params}
         else:
-            raise RecipeError(f"{where} ({name}): parameters must be a mapping, got {params!r}")
+            raise RecipeError(
+                f"{where} ({name}): parameters must be a mapping, got {shown(params)}"
+            )
     return op_class.parse(Params(f"{where} ({name})", params, op_class.accepted))

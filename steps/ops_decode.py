@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from . import images
 from .errors import SampleError
 from .operation import MODES, Operation, Sample, SampleContext, field_value
-from .params import Params
+from .params import Params, shown
 
 
 @dataclass
@@ -31,9 +31,11 @@ class DecodeImage(Operation):
         sources = [s.lower() for s in p.str_list("from", ["jpg", "png"])]
         for source in sources:
             if source.rsplit(".", 1)[-1] not in images.PIL_FORMATS:
-                raise p.error(f"cannot decode {source!r}: images are read from jpg, png or webp")
+                raise p.error(
+                    f"cannot decode {shown(source)}: images are read from jpg, png or webp"
+                )
         mode = p.str("mode", choices=MODES) if p.has("mode") else None
-        return cls(sources, p.str("to", "image"), mode)
+        return cls(sources, p.field("to", "image"), mode)
 
     def params(self) -> dict[str, Any]:
         return {"from": ";".join(self.sources), "to": self.target, "mode": self.mode}
@@ -55,7 +57,7 @@ class DecodeImage(Operation):
             except images.ImageDecodeError as exc:
                 raise SampleError(ctx.key, str(exc)) from None
             if self.mode and image.mode != self.mode:
-                image = image.convert(self.mode)
+                image = images.convert_mode(image, self.mode)
             del sample[source]
             sample[self.target] = image
             return sample
@@ -75,7 +77,7 @@ class DecodeJson(Operation):
     @classmethod
     def parse(cls, p: Params) -> DecodeJson:
         source = p.str("from", "json")
-        return cls(source, p.str("to", source))
+        return cls(source, p.field("to", source))
 
     def params(self) -> dict[str, Any]:
         return {"from": self.source, "to": self.target}

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 from .encoders import DEFAULT_OPTIONS, FORMATS, EncodeError, MemberEncoder, infer_format
 from .errors import SampleError
 from .operation import Operation, Sample, SampleContext, field_value
-from .params import Params
+from .params import Params, shown
+from .samples import extension_reason
 
 
 @dataclass
@@ -57,35 +58,47 @@ class Encode(Operation):
             taken = {m.extension for m in self.members}
             for name, value in sample.items():
                 if name != "__key__" and name not in taken and isinstance(value, bytes):
+                    # A plugin may have named the field: it is checked as a recipe's would be.
+                    reason = extension_reason(name)
+                    if reason is not None:
+                        raise SampleError(
+                            ctx.key, f"field {shown(name)} cannot be written as a member: {reason}"
+                        )
                     written.append((f"{ctx.key}.{name}", value))
         return written
 
 
 def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
-    if not isinstance(extension, str) or not extension or "/" in extension:
-        raise p.error(f"bad output extension {extension!r}")
+    reason = extension_reason(extension)
+    if reason is not None:
+        raise p.error(f"bad output extension {shown(extension)}: {reason}")
     if isinstance(spec, str):
         spec = {"from": spec}
     if spec is None:
         spec = {}
     if not isinstance(spec, dict):
-        raise p.error(f"member {extension!r}: expected a field name or a mapping, got {spec!r}")
+        raise p.error(
+            f"member {shown(extension)}: expected a field name or a mapping, got {shown(spec)}"
+        )
     options = dict(spec)
-    source = options.pop("from", extension)
+    source = options.pop("from", None)
+    source = extension if source is None else source  # null means the default, as elsewhere
+    if not isinstance(source, str) or not source:
+        raise p.error(f"member {shown(extension)}: from must be a field name, got {shown(source)}")
     fmt = options.pop("format", None) or infer_format(extension)
     if fmt is None:
         raise p.error(
-            f"member {extension!r}: cannot infer a format; add format: raw or one of "
+            f"member {shown(extension)}: cannot infer a format; add format: raw or one of "
             f"{', '.join(FORMATS)}"
         )
     fmt = "jpg" if fmt == "jpeg" else fmt
     if fmt not in FORMATS:
-        raise p.error(f"member {extension!r}: unknown format {fmt!r}")
+        raise p.error(f"member {shown(extension)}: unknown format {shown(fmt)}")
     allowed = DEFAULT_OPTIONS.get(fmt, {})
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise p.error(
-            f"member {extension!r}: unknown option {unknown[0]!r} for {fmt} "
+            f"member {shown(extension)}: unknown option {shown(unknown[0])} for {fmt} "
             f"(expected: {', '.join(allowed) or 'none'})"
         )
     merged = {**allowed, **options}
@@ -99,6 +112,6 @@ def _check_encoder_options(fmt: str, options: dict[str, Any], ext: str, p: Param
         if name in ranges:
             low, high = ranges[name]
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise p.error(f"member {ext!r}: {name} must be an integer in {low}..{high}")
+                raise p.error(f"member {shown(ext)}: {name} must be an integer in {low}..{high}")
         elif not isinstance(value, bool):
-            raise p.error(f"member {ext!r}: {name} must be true or false")
+            raise p.error(f"member {shown(ext)}: {name} must be true or false")

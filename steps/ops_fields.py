@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 from .errors import SampleError
 from .operation import Dropped, Operation, Sample, SampleContext, field_value, image_field
 from .ops_decode import parse_json
-from .params import Params
+from .params import Params, shown
 from .plugins import Plugin
+from .samples import extension_reason
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Label(Operation):
     @classmethod
     def parse(cls, p: Params) -> Label:
         classes = p.str_list("classes") if p.has("classes") else None
-        return cls(p.str("from", "json"), p.str("path", "cls"), p.str("to", "cls"), classes)
+        return cls(p.str("from", "json"), p.str("path", "cls"), p.field("to", "cls"), classes)
 
     def params(self) -> dict[str, Any]:
         return {"from": self.source, "path": self.path, "to": self.target, "classes": self.classes}
@@ -44,13 +45,13 @@ class Label(Operation):
             elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
                 value = value[int(part)]
             else:
-                raise SampleError(ctx.key, f".{self.source} has no field {self.path!r}")
+                raise SampleError(ctx.key, f".{self.source} has no field {shown(self.path)}")
         if self.classes is not None:
             if value not in self.classes:
                 raise SampleError(ctx.key, f"label {value!r} is not one of the recipe's classes")
             value = self.classes.index(value)
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise SampleError(ctx.key, f"label {self.path!r} is {value!r}, not an integer")
+            raise SampleError(ctx.key, f"label {shown(self.path)} is {value!r}, not an integer")
         sample[self.target] = value
         return sample
 
@@ -150,6 +151,11 @@ class Rename(Operation):
         mapping = p.mapping("fields")
         if not all(isinstance(v, str) and v for v in mapping.values()):
             raise p.error("fields must map names to names")
+        for new in mapping.values():
+            # A renamed field is written under its new name by passthrough: it is a member name.
+            reason = extension_reason(new)
+            if reason is not None:
+                raise p.error(f"cannot rename to {shown(new)}: {reason}")
         return cls(mapping)
 
     def params(self) -> dict[str, Any]:

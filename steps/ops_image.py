@@ -13,7 +13,17 @@ from PIL import Image
 
 from . import images
 from .errors import SampleError
-from .operation import MODES, Operation, Sample, SampleContext, image_field, size_params
+from .operation import (
+    MAX_SIDE,
+    MODES,
+    Operation,
+    Sample,
+    SampleContext,
+    check_output_size,
+    image_field,
+    side_param,
+    size_params,
+)
 from .params import Params
 
 _RESAMPLE = {
@@ -44,7 +54,7 @@ class Convert(Operation):
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         image = image_field(sample, self.field_name, ctx, "convert")
         if image.mode != self.mode:
-            sample[self.field_name] = image.convert(self.mode)
+            sample[self.field_name] = images.convert_mode(image, self.mode)
         return sample
 
 
@@ -73,11 +83,11 @@ class Resize(Operation):
 
     @classmethod
     def parse(cls, p: Params) -> Resize:
-        shorter = p.optional_int("shorter", minimum=1)
-        longer = p.optional_int("longer", minimum=1)
+        shorter = p.optional_int("shorter", minimum=1, maximum=MAX_SIDE)
+        longer = p.optional_int("longer", minimum=1, maximum=MAX_SIDE)
         exact = None
         if p.has("width") or p.has("height"):
-            exact = (p.int("width", minimum=1), p.int("height", minimum=1))
+            exact = (side_param(p, "width"), side_param(p, "height"))
         if sum(x is not None for x in (shorter, longer, exact)) != 1:
             raise p.error("needs exactly one of: shorter, longer, or width and height")
         return cls(
@@ -117,8 +127,10 @@ class Resize(Operation):
         image = image_field(sample, self.field_name, ctx, "resize")
         target = self.target(image.size)
         if self.crop is not None and target[0] >= self.crop[0] and target[1] >= self.crop[1]:
+            # Only the crop is allocated, whatever the size of the virtual resized image.
             sample[self.field_name] = self._resize_crop_region(image, target, self.crop)
         elif target != image.size:
+            check_output_size(target, ctx, "resize")
             sample[self.field_name] = image.resize(target, _RESAMPLE[self.resample])
         return sample
 

@@ -77,7 +77,7 @@ class Pipeline:
     def process(self, raw: RawSample) -> Outcome:
         if raw.problem:
             return Outcome(raw.key, failed=raw.problem)
-        sample = {"__key__": raw.key, **raw.data}
+        sample = {**raw.data, "__key__": raw.key}  # the key last: no member can replace it
         ctx = SampleContext(raw.key, self.recipe.seed, self.max_pixels)
         try:
             for step in self._steps:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SampleError, UsageError
+from .params import shown
 
 _REFERENCE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 ENVIRONMENT_VARIABLE = "SHARDFLOW_PLUGINS"
@@ -40,7 +41,7 @@ class Plugin:
     def parse(cls, reference: str, where: str) -> Plugin:
         if not _REFERENCE.match(reference):
             raise UsageError(
-                f"{where}: plugin {reference!r} is not of the form package.module:function"
+                f"{where}: plugin {shown(reference)} is not of the form package.module:function"
             )
         return cls(reference)
 

@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from . import storage
+from . import recipe_text, storage, storage_faults
+from .errors import ShardflowError
 from .ops import Encode, Label, Operation, parse_operation
-from .params import RecipeError
+from .params import RecipeError, shown
+from .redact import redact_text, redact_url
+
+MAX_SEED = 2**63 - 1
+MAX_DESCRIPTION = 1000
+_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,100}")  # printed in reports, one line
 
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
     "seed": {
@@ -94,48 +102,79 @@ class Recipe:
         return wanted
 
 
-def load_recipe(spec: str, *, label_field: str | None = None) -> Recipe:
-    """A recipe from a built-in name, a .yaml/.yml/.json path or URL, or inline JSON."""
-    name, document = _read_document(spec)
+def load_recipe(
+    spec: str,
+    *,
+    label_field: str | None = None,
+    storage_options: storage.StorageOptions | None = None,
+) -> Recipe:
+    """A recipe from a built-in name, a .yaml/.yml/.json path or URL, or inline JSON.
+
+    `storage_options` apply to a recipe URL as to shards: its headers, endpoint, tokens."""
+    name, document = read_document(spec, storage_options or {})
     recipe = parse_recipe(document, default_name=name)
     if label_field is not None:
         labels = [op for op in recipe.ops if isinstance(op, Label)]
         if not labels:
-            raise RecipeError(f"--label-field: recipe {recipe.name!r} has no label operation")
+            raise RecipeError(f"--label-field: recipe {shown(recipe.name)} has no label operation")
         for op in labels:
             op.path = label_field
     return recipe
 
 
-def _read_document(spec: str) -> tuple[str, Any]:
+class RecipeUnavailable(ShardflowError):
+    """The recipe URL could not be read for a reason another try may mend (exit 1)."""
+
+
+def read_document(spec: str, options: storage.StorageOptions) -> tuple[str, Any]:
+    """(default name, parsed document) for a recipe spec, bounded as recipe_text explains."""
     text = spec.strip()
     if text in BUILTIN_RECIPES:
         return text, BUILTIN_RECIPES[text]
     if text.startswith(("{", "[")):
+        return "inline", recipe_text.parse_json(text, "inline recipe")
+    if "://" in text:
+        storage.check_url(text, writing=False)  # an unknown scheme or a missing extra: exit 2
+    path = urlsplit(text).path if "://" in text else text  # a signed URL ends with its query
+    if path.endswith((".yaml", ".yml", ".json")):
+        where = f"recipe file {shown(redact_url(text))}"
+        data = _read_file(text, options, where)
+        recipe_text.check_size(data, where)
         try:
-            return "inline", json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RecipeError(f"inline recipe is not valid JSON: {exc}") from None
-    if text.endswith((".yaml", ".yml", ".json")):
-        data = storage.read_bytes(text, {}) if "://" in text else _read_local(text)
-        if data is None:
-            raise RecipeError(f"recipe file {text!r} does not exist")
-        try:
-            return Path(text).stem, yaml.safe_load(data.decode("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"recipe file {text!r} is not valid YAML or JSON: {exc}") from None
+            decoded = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{where} is not UTF-8: {exc}") from None
+        return Path(path).stem, recipe_text.parse_yaml(decoded, where)
     known = ", ".join(sorted(BUILTIN_RECIPES))
     raise RecipeError(
-        f"unknown recipe {spec!r}: give a built-in name ({known}), a .yaml or .json file, "
-        "or inline JSON"
+        f"unknown recipe {shown(redact_url(spec))}: give a built-in name ({known}), a .yaml or "
+        ".json file, or inline JSON"
     )
 
 
-def _read_local(path: str) -> bytes | None:
+def _read_file(url: str, options: storage.StorageOptions, where: str) -> bytes:
+    """The file's first MAX_RECIPE_BYTES + 1 bytes; a usage error when it is missing or
+    refused, RecipeUnavailable when the network or the server failed."""
     try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        return None
+        return storage.read_head(url, options, recipe_text.MAX_RECIPE_BYTES + 1)
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, FileNotFoundError) and exc.__cause__ else exc
+        if not storage_faults.is_storage_error(cause):
+            raise
+        status = getattr(cause, "status", None)
+        detail = redact_text(storage_faults.describe(cause))
+        if status in (401, 403) or isinstance(cause, PermissionError):
+            raise RecipeError(
+                f"{where}: access refused ({detail}); give credentials or headers with "
+                "--storage-option"
+            ) from None
+        if isinstance(cause, IsADirectoryError):
+            raise RecipeError(f"{where} is a folder, not a file") from None
+        if status == 404 or type(cause) is FileNotFoundError:
+            raise RecipeError(f"{where} does not exist") from None
+        if storage_faults.is_transient(cause):
+            raise RecipeUnavailable(f"{where} cannot be read: {detail}") from None
+        raise RecipeError(f"{where} cannot be read: {detail}") from None
 
 
 def parse_recipe(document: Any, *, default_name: str = "recipe") -> Recipe:
@@ -143,23 +182,30 @@ def parse_recipe(document: Any, *, default_name: str = "recipe") -> Recipe:
         document = {"ops": document}
     if not isinstance(document, dict):
         raise RecipeError(f"a recipe is a mapping with ops, got {type(document).__name__}")
-    unknown = sorted(set(document) - {"name", "seed", "ops", "description"})
+    unknown = sorted(map(str, set(document) - {"name", "seed", "ops", "description"}))
     if unknown:
-        raise RecipeError(f"recipe: unknown key {unknown[0]!r} (expected: name, seed, ops)")
+        raise RecipeError(f"recipe: unknown key {shown(unknown[0])} (expected: name, seed, ops)")
     raw_ops = document.get("ops")
     if not isinstance(raw_ops, list) or not raw_ops:
         raise RecipeError("recipe: ops must be a non-empty list of operations")
     seed = document.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise RecipeError(f"recipe: seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise RecipeError(f"recipe: seed must be an integer in 0..{MAX_SEED}, got {shown(seed)}")
     name = document.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise RecipeError(f"recipe: name must be a string, got {name!r}")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RecipeError(
+            f"recipe: name must be 1 to 100 printable characters on one line, got {shown(name)}"
+        )
+    description = document.get("description", "")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise RecipeError(
+            f"recipe: description must be a string of at most {MAX_DESCRIPTION} characters"
+        )
     ops = [parse_operation(i, raw) for i, raw in enumerate(raw_ops)]
     encoders = [i for i, op in enumerate(ops) if isinstance(op, Encode)]
     if encoders != [len(ops) - 1]:
         raise RecipeError("recipe: exactly one encode operation is needed, and it comes last")
-    return Recipe(name, seed, ops, str(document.get("description", "")))
+    return Recipe(name, seed, ops, description)
 
 
 def recipe_yaml(recipe: Recipe) -> str:

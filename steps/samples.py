@@ -13,11 +13,14 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import ShardError
+from .errors import DataError
 from .tarstream import TarFormatError, TarMember, TarReader
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Fields webdataset adds to every sample: a member named `x.__key__` would replace the key a
+# plugin sees (webdataset itself refuses such a shard as a duplicate).
+RESERVED_FIELDS = ("__key__", "__url__", "__local_path__")
 
 
 @dataclass
@@ -55,6 +58,40 @@ def unsafe_name_reason(name: str) -> str | None:
     return None
 
 
+def reserved_field_reason(name: str) -> str | None:
+    """Why a field name cannot be set by a shard or a recipe, or None."""
+    if name in RESERVED_FIELDS:
+        return f"{name} is a reserved field"
+    return None
+
+
+def extension_reason(extension: object) -> str | None:
+    """Why `extension` cannot end a member name we write, or None when it can.
+
+    The member `KEY.EXTENSION` must pass the checks its readers apply, and must read back as
+    the same key and extension: no path separator (it would move the member to another
+    directory and another key), lower case (readers match extensions in lower case).
+    """
+    if not isinstance(extension, str) or not extension:
+        return "an extension must be a non-empty string"
+    if "/" in extension or "\\" in extension:
+        return "an extension must not contain / or \\"
+    if extension != extension.lower():
+        return "an extension must be lower case (readers match extensions in lower case)"
+    return reserved_field_reason(extension) or unsafe_name_reason(f"k.{extension}")
+
+
+def written_name_reason(name: str) -> str | None:
+    """Why a member name must not be written, or None: the reader's checks, plus a key and an
+    extension that read back as written."""
+    reason = unsafe_name_reason(name)
+    if reason is not None:
+        return reason
+    if split_member_name(name) is None:
+        return "member name has no extension"
+    return extension_reason(name.rpartition("/")[2].partition(".")[2])
+
+
 class SampleReader:
     """Iterates `RawSample`s from a tar stream, reading only the members `wants` asks for."""
 
@@ -81,13 +118,16 @@ class SampleReader:
                 self.ignored_members.append(member.name)
                 continue
             key, extension = parts
+            reserved = reserved_field_reason(extension)
+            if reserved is not None:
+                raise DataError(self._shard, f"member {member.name!r}: {reserved}", key=key)
             if current is not None and key != current.key:
                 finished.add(current.key)
                 yield current
                 current = None
             if current is None:
                 if key in finished:
-                    raise ShardError(
+                    raise DataError(
                         self._shard,
                         f"duplicate key: member {member.name!r} repeats a key seen earlier "
                         "with other samples in between",
@@ -95,7 +135,7 @@ class SampleReader:
                     )
                 current = RawSample(key)
             if extension in current.sizes:
-                raise ShardError(
+                raise DataError(
                     self._shard, f"duplicate member {member.name!r} in one sample", key=key
                 )
             current.sizes[extension] = member.size
@@ -120,16 +160,16 @@ class SampleReader:
                 return
             except TarFormatError as exc:
                 key = _key_of(exc.member)
-                raise ShardError(self._shard, exc.cause, key=key) from None
+                raise DataError(self._shard, exc.cause, key=key) from None
             if member.is_directory:
                 continue
             parts = split_member_name(member.name)
             key = parts[0] if parts else None
             reason = unsafe_name_reason(member.name)
             if reason:
-                raise ShardError(self._shard, f"{reason}: {member.name!r}", key=key)
+                raise DataError(self._shard, f"{reason}: {member.name!r}", key=key)
             if not member.is_regular:
-                raise ShardError(
+                raise DataError(
                     self._shard,
                     f"member {member.name!r} is {member.kind()}, not a regular file",
                     key=key,
@@ -140,7 +180,7 @@ class SampleReader:
         try:
             return self._reader.read_data()
         except TarFormatError as exc:
-            raise ShardError(self._shard, exc.cause, key=key) from None
+            raise DataError(self._shard, exc.cause, key=key) from None
 
 
 def _key_of(name: str | None) -> str | None:

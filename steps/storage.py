@@ -11,29 +11,54 @@ object moved into place.
 from __future__ import annotations
 
 import contextlib
+import lzma
 import os
 import shlex
 import subprocess
 import uuid
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import braceexpand
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import ShardError, UsageError
-from .storage_faults import ResumingReader, UploadStream, upload_errors
+from .errors import DataError, ShardError, UsageError
+from .input_identity import Identity, InputChanged, PinnedObject, changed_error, identity_of
+from .redact import redact_url
+from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
+from .storage_faults import (
+    ResumingReader,
+    UploadStream,
+    describe,
+    is_storage_error,
+    upload_errors,
+)
 
 StorageOptions = dict[str, Any]
 
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}  # file objects with commit()/discard()
 _READ_ONLY = {"http", "https"}
+_PROCESS_LOCAL = {"memory"}
+WRITABLE_COMPRESSIONS = (None, "gzip")
+# Back-ends whose folder listing names every object (an http "listing" is whatever page the
+# server returns for the folder's URL).
+_AUTHORITATIVE_LISTINGS = {"file", "local", "s3", "s3a", "gs", "gcs"}
 
 
 def expand(pattern: str) -> list[str]:
     """Brace-expand a shard pattern (`train-{000000..000554}.tar`) into URLs, in order."""
+    try:
+        count = count_expansions(pattern)
+    except PatternError as exc:
+        raise UsageError(f"cannot expand pattern {pattern!r}: {exc}") from None
+    if count > MAX_SHARDS:
+        raise UsageError(
+            f"pattern {pattern!r} names {count} shards, more than the limit of {MAX_SHARDS}"
+        )
     try:
         urls = list(braceexpand.braceexpand(pattern))
     except Exception as exc:  # braceexpand raises plain exceptions on malformed patterns
@@ -51,12 +76,13 @@ def scheme(url: str) -> str:
 
 def comparable_url(url: str) -> str:
     """Local paths as absolute paths (`in/x.tar`, `./in/x.tar` and `file:///.../in/x.tar` are
-    one shard, whatever the working directory); other URLs as they are. Manifests record this
-    form, so verify and --skip-existing recognise an input given another way."""
+    one shard, whatever the working directory); other URLs without their credentials (a
+    signed URL signed again is the same object). Manifests record this form, so verify and
+    --skip-existing recognise an input given another way, and no manifest holds a secret."""
     if scheme(url) != "file":
-        return url
+        return redact_url(url)
     path = url[len("file://") :] if url.startswith("file://") else url
-    return os.path.abspath(path)
+    return os.path.abspath(os.path.expanduser(path))  # fsspec writes `~/x` in $HOME too
 
 
 def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
@@ -71,6 +97,16 @@ def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
             )
         return
     name = scheme(url)
+    if writing and compression_of(url) not in WRITABLE_COMPRESSIONS:
+        raise UsageError(
+            f"{url!r}: {compression_of(url)} outputs are not supported; name the output .tar "
+            "or .tar.gz"
+        )
+    if writing and name in _PROCESS_LOCAL:
+        raise UsageError(
+            f"{url!r}: {name}:// lives inside one process and vanishes when it exits; write "
+            "outputs to a path, s3:// or gs://"
+        )
     if writing and name in _READ_ONLY:
         raise UsageError(
             f"{url!r}: {name}:// is read-only; write outputs to a path, s3:// or gs://"
@@ -106,7 +142,33 @@ def options_for(url: str, options: StorageOptions) -> StorageOptions:
 
 
 def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
+    check_url(url, writing=False)  # an unknown scheme is a usage error, never a traceback
     return fsspec.core.url_to_fs(url, **options_for(url, options))
+
+
+@dataclass
+class OpenInput:
+    """An input being read: its stream, and the version of the object it is pinned to."""
+
+    stream: BinaryIO
+    pinned: PinnedObject | None  # None for pipe: inputs, which have no stored version
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.pinned.identity if self.pinned is not None else None
+
+    def confirm_unchanged(self, url: str) -> None:
+        """Raise ShardError if the input is no longer the version read (call after reading,
+        before publishing)."""
+        if self.pinned is None:
+            return
+        try:
+            self.pinned.confirm_unchanged()
+        except InputChanged as exc:
+            raise changed_error(url, str(exc)) from None
+        except Exception as exc:
+            cause = describe(exc) if is_storage_error(exc) else repr(exc)
+            raise ShardError(url, f"cannot check that the input is unchanged: {cause}") from None
 
 
 @contextlib.contextmanager
@@ -120,26 +182,76 @@ def open_input(
     """A binary stream of the shard; raises ShardError if it cannot be opened.
 
     `compression=None` gives the stored bytes as they are (verify hashes those)."""
+    with open_pinned_input(url, options, allow_pipe=allow_pipe, compression=compression) as opened:
+        yield opened.stream
+
+
+@contextlib.contextmanager
+def open_pinned_input(
+    url: str,
+    options: StorageOptions,
+    *,
+    allow_pipe: bool = False,
+    compression: str | None = "infer",
+) -> Iterator[OpenInput]:
+    """`open_input`, with every read tied to the version of the object first seen (see
+    input_identity): a shard is never stitched from two versions of its input."""
     check_url(url, writing=False, allow_pipe=allow_pipe)
     if url.startswith("pipe:"):
         with _open_pipe(url) as stream:
-            yield stream
+            yield OpenInput(stream, None)
         return
     fs, path = _filesystem(url, options)
+    pinned = PinnedObject(fs, path)
     # Resumes after dropped connections; any failure is a ShardError naming the shard.
-    raw = ResumingReader(
-        lambda: fs.open(path, "rb"),
-        url,
-        open_streaming=lambda: fs.open(path, "rb", block_size=0),
-    )
+    raw = ResumingReader(pinned.open, url, open_streaming=lambda: pinned.open(block_size=0))
     if compression == "infer":
-        compression = fsspec.utils.infer_compression(url)
-    stream = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
+        compression = compression_of(url)
+    stream = (
+        _DecompressionErrors(fsspec.compression.compr[compression](raw, mode="rb"), url)
+        if compression
+        else raw
+    )
     try:
-        yield stream
+        yield OpenInput(stream, pinned)
     finally:
         stream.close()
         raw.close()
+
+
+def current_identity(url: str, options: StorageOptions) -> Identity | None:
+    """The identity the input has now (None for pipe: inputs); raises what the back-end
+    raises when it cannot be asked."""
+    if url.startswith("pipe:"):
+        return None
+    fs, path = _filesystem(url, options)
+    return identity_of(fs, path)
+
+
+def compression_of(url: str) -> str | None:
+    """The compression a shard's name implies: fsspec's inference, plus `.tgz` for gzip."""
+    return "gzip" if url.endswith(".tgz") else fsspec.utils.infer_compression(url)
+
+
+class _DecompressionErrors:
+    """A decompressing stream whose format errors are the input's fault, said so: gzip, bz2
+    and xz raise OSError, EOFError or their own errors, which would otherwise pass for a
+    failure to write the output."""
+
+    def __init__(self, stream: BinaryIO, url: str) -> None:
+        self._stream = stream
+        self._url = url
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except ShardError:
+            raise
+        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+            raise DataError(self._url, f"cannot decompress the input: {exc}") from None
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class _PipeReader:
@@ -181,6 +293,34 @@ def exists(url: str, options: StorageOptions) -> bool:
     return fs.exists(path)
 
 
+def absent(urls: list[str], options: StorageOptions) -> set[str]:
+    """The URLs that a listing of their folder shows do not exist.
+
+    One listing per folder instead of two requests per shard: verifying a million shards of
+    which most were never written is then a few listings, not hours of HEAD requests. URLs
+    whose folder cannot be listed (http, no list permission) are left out: the caller checks
+    those one by one."""
+    by_folder: dict[str, list[str]] = {}
+    for url in urls:
+        if url.startswith("pipe:") or scheme(url) not in _AUTHORITATIVE_LISTINGS:
+            continue
+        folder, slash, _ = url.rpartition("/")
+        if slash and (folder.endswith((":", "/")) or not folder):
+            continue  # the root of a bucket or of the disk: checked one by one
+        by_folder.setdefault(folder if slash else ".", []).append(url)
+    missing: set[str] = set()
+    for folder, members in by_folder.items():
+        try:
+            fs, path = _filesystem(folder, options)
+            names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            names = set()
+        except Exception:  # a back-end that cannot list: these URLs are checked one by one
+            continue
+        missing.update(url for url in members if url.rsplit("/", 1)[-1] not in names)
+    return missing
+
+
 def remove(url: str, options: StorageOptions) -> None:
     """Delete the object if it exists."""
     fs, path = _filesystem(url, options)
@@ -188,10 +328,10 @@ def remove(url: str, options: StorageOptions) -> None:
         fs.rm(path)
 
 
-def size(url: str, options: StorageOptions) -> int | None:
-    """The stored size in bytes, or None when unknown or not the size of what is read
-    (compressed and pipe: inputs)."""
-    if url.startswith("pipe:") or fsspec.utils.infer_compression(url):
+def size(url: str, options: StorageOptions, *, stored: bool = False) -> int | None:
+    """The stored size in bytes, or None when unknown or (unless `stored`) not the size of
+    what is read (compressed and pipe: inputs)."""
+    if url.startswith("pipe:") or (not stored and compression_of(url)):
         return None
     try:
         fs, path = _filesystem(url, options)
@@ -209,6 +349,21 @@ def read_bytes(url: str, options: StorageOptions) -> bytes | None:
             return stream.read()
     except FileNotFoundError:
         return None
+
+
+def read_head(url: str, options: StorageOptions, limit: int) -> bytes:
+    """At most `limit` bytes from the start of a small object (a recipe), whatever size it
+    claims or turns out to have. Raises what the back-end raises (FileNotFoundError for a
+    missing object, with fsspec's HTTP back-end's real cause chained to it)."""
+    if scheme(url) == "file":
+        path = url[len("file://") :] if url.startswith("file://") else url
+        with open(path, "rb") as stream:
+            return stream.read(limit)
+    fs, path = _filesystem(url, options)
+    # Over HTTP, a plain stream: no HEAD first and no read-ahead past the limit.
+    streaming = {"block_size": 0} if scheme(url) in _READ_ONLY else {}
+    with fs.open(path, "rb", **streaming) as stream:
+        return stream.read(limit)
 
 
 @contextlib.contextmanager
@@ -306,3 +461,10 @@ def _publish_by_move(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Iter
         with contextlib.suppress(Exception):
             fs.rm(temporary)
         raise
+
+
+def open_ranged(url: str, options: StorageOptions, block_size: int = 1 << 20) -> BinaryIO:
+    """A seekable file object reading `block_size` bytes per request: seeking over data the
+    caller does not need costs no transfer (ranged reads on object stores and HTTP)."""
+    fs, path = _filesystem(url, options)
+    return fs.open(path, "rb", block_size=block_size)

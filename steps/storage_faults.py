@@ -9,6 +9,8 @@ Reading: `ResumingReader` reopens the object and continues from the byte it had 
 bounded number of times in a row, then fails the shard with one line. A read that ends early
 without an error (a server that closes the connection in place of a length) is caught above
 us: the strict tar reader rejects an archive without its end-of-archive blocks.
+An input that changed under a pinned read (see input_identity) fails the shard at once:
+reopening it would read on from another version.
 Writing: `upload_errors()` turns whatever a back-end raises while uploading into OSError,
 which the step reports as "cannot write OUTPUT" after the upload has been aborted.
 """
@@ -24,6 +26,7 @@ from functools import cache
 from typing import BinaryIO
 
 from .errors import ShardError
+from .input_identity import changed_error, changed_reason
 
 READ_ATTEMPTS = 5  # tries in a row without progress before a read fails the shard
 FIRST_BACKOFF = 0.1  # seconds before the first retry, doubled each time (1.5 s in all)
@@ -189,6 +192,9 @@ class ResumingReader(io.RawIOBase):
                 return operation()
             except Exception as exc:
                 raise_for_bad_options(exc, self.url)
+                changed = changed_reason(exc)
+                if changed is not None:
+                    raise changed_error(self.url, changed, self.offset) from None
                 if self._open_streaming is not None and refuses_ranges(exc):
                     self._open_stream, self._open_streaming = self._open_streaming, None
                     self._drop_stream()

@@ -17,8 +17,29 @@ from typing import BinaryIO
 
 BLOCK = 512
 _COPY_CHUNK = 1 << 20
+# Zeros accepted after the end-of-archive blocks: writers pad the archive to a whole record
+# (GNU tar: 20 blocks of 512 bytes by default, `-b` up to a few MiB for tape drives). Beyond
+# this bound the stream is not a padded archive (a `/dev/zero` input would never end).
+MAX_TRAILING_ZEROS = 8 << 20
 
 REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_EXTENSION_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+)
+# Types whose size field tarfile does not skip (it reads the next header right after theirs).
+_DATALESS_TYPES = (
+    tarfile.DIRTYPE,
+    tarfile.SYMTYPE,
+    tarfile.LNKTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.FIFOTYPE,
+)
+# Global PAX records that tarfile applies to every following member.
+_GLOBAL_PAX_REFUSED = ("path", "size", "linkpath")
 _TYPE_NAMES = {
     tarfile.SYMTYPE: "a symbolic link",
     tarfile.LNKTYPE: "a hard link",
@@ -27,6 +48,14 @@ _TYPE_NAMES = {
     tarfile.FIFOTYPE: "a FIFO",
     tarfile.GNUTYPE_SPARSE: "a sparse file",
 }
+
+
+_EXTENSION_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+)
 
 
 class TarFormatError(Exception):
@@ -47,6 +76,9 @@ class TarMember:
     size: int
     type: bytes
     offset: int  # where its (first) header starts
+    # Types of the extension headers before it (b"x" PAX, b"g" global PAX, b"L"/b"K" GNU long
+    # name/link): readers that ignore them (DALI, wids) see another name or another member.
+    extensions: tuple[bytes, ...] = ()
 
     @property
     def is_regular(self) -> bool:
@@ -66,11 +98,28 @@ class TarMember:
 
 
 class _CountingReader:
-    """Reads exact byte counts from a stream and keeps the offset."""
+    """Reads exact byte counts from a stream and keeps the offset; with the object's `size`
+    known, skips member data by seeking (a ranged read on object stores) instead of reading."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, size: int | None = None) -> None:
         self._stream = stream
+        self._size = size
         self.offset = 0
+
+    def skip(self, n: int) -> int:
+        """Move `n` bytes on; the count moved (fewer at the end of the object)."""
+        if self._size is not None:
+            moved = max(0, min(n, self._size - self.offset))
+            self._stream.seek(self.offset + moved)
+            self.offset += moved
+            return moved
+        moved = 0
+        while moved < n:
+            got = len(self.read(min(n - moved, _COPY_CHUNK)))
+            if got == 0:
+                break
+            moved += got
+        return moved
 
     def read(self, n: int) -> bytes:
         parts = []
@@ -93,8 +142,10 @@ class TarReader:
     ...     data = reader.read_data()     # or leave it: the next iteration skips it
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._in = _CountingReader(stream)
+    def __init__(self, stream: BinaryIO, *, seek_size: int | None = None) -> None:
+        """`seek_size`: the object's size, for a seekable stream whose member data is to be
+        skipped by seeking (header-only reads); by default every byte is read."""
+        self._in = _CountingReader(stream, seek_size)
         self._pending: TarMember | None = None  # member whose data has not been consumed
         self._last_name: str | None = None  # for error messages: "after <name>"
 
@@ -136,17 +187,14 @@ class TarReader:
         if member is None:
             return
         self._pending = None
-        remaining = member.size
-        while remaining > 0:
-            got = len(self._in.read(min(remaining, _COPY_CHUNK)))
-            if got == 0:
-                raise TarFormatError(
-                    f"archive is truncated inside the data of {member.name!r} "
-                    f"({member.size - remaining} of {member.size} bytes present)",
-                    offset=self._in.offset,
-                    member=member.name,
-                )
-            remaining -= got
+        present = self._in.skip(member.size)
+        if present < member.size:
+            raise TarFormatError(
+                f"archive is truncated inside the data of {member.name!r} "
+                f"({present} of {member.size} bytes present)",
+                offset=self._in.offset,
+                member=member.name,
+            )
         self._skip_padding(member)
 
     def _skip_padding(self, member: TarMember) -> None:
@@ -175,6 +223,8 @@ class TarReader:
     def _next_member(self) -> TarMember | None:
         long_name: str | None = None
         pax: dict[str, str] = {}
+        extensions: list[bytes] = []
+        extended_at: int | None = None  # the first long-name or PAX header of this member
         start = self._in.offset
         previous = self._last_name
         while True:
@@ -188,6 +238,12 @@ class TarReader:
                     offset=header_offset,
                 )
             if block == bytes(BLOCK):
+                if extended_at is not None:  # tarfile fails here too ("subsequent header")
+                    raise TarFormatError(
+                        f"the extended header at byte {extended_at} is followed by the end of "
+                        "the archive, not by a member",
+                        offset=extended_at,
+                    )
                 self._read_end_of_archive(header_offset)
                 return None
             try:
@@ -198,20 +254,29 @@ class TarReader:
                     f"corrupt tar header at byte {header_offset}{where}: {exc}",
                     offset=header_offset,
                 ) from None
-            if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE):
+            if info.type in _EXTENSION_TYPES:
+                extensions.append(info.type)
+                extended_at = header_offset if extended_at is None else extended_at
                 payload = self._read_extension(info, header_offset)
                 if info.type == tarfile.GNUTYPE_LONGNAME:
                     long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
                 elif info.type == tarfile.XHDTYPE:
                     pax.update(_parse_pax(payload, header_offset))
-                continue
-            if info.type == tarfile.GNUTYPE_LONGLINK:
-                self._read_extension(info, header_offset)
+                elif info.type == tarfile.XGLTYPE:
+                    _check_global_pax(_parse_pax(payload, header_offset), header_offset)
                 continue
             name = pax.get("path", long_name if long_name is not None else info.name)
             size = _member_size(pax.get("size"), info.size, header_offset)
             self._last_name = name
-            return TarMember(name=name, size=size, type=info.type, offset=start)
+            member = TarMember(name, size, info.type, start, tuple(extensions))
+            if size and not member.is_regular and info.type in _DATALESS_TYPES:
+                raise TarFormatError(
+                    f"{member.kind()} {name!r} at byte {header_offset} declares {size} bytes of "
+                    "data, which Python's tarfile and webdataset read as the next headers",
+                    offset=header_offset,
+                    member=name,
+                )
+            return member
 
     def _read_extension(self, info: tarfile.TarInfo, header_offset: int) -> bytes:
         if info.size > 1 << 20:
@@ -239,6 +304,7 @@ class TarReader:
                 f"corrupt tar: a zero block at byte {first_zero_offset} is followed by data",
                 offset=first_zero_offset,
             )
+        end = self._in.offset
         while chunk := self._in.read(_COPY_CHUNK):
             if any(chunk):
                 raise TarFormatError(
@@ -246,6 +312,24 @@ class TarReader:
                     "(concatenated archives?)",
                     offset=first_zero_offset,
                 )
+            if self._in.offset - end > MAX_TRAILING_ZEROS:
+                raise TarFormatError(
+                    f"trailing data: more than {MAX_TRAILING_ZEROS} zero bytes after the "
+                    f"end-of-archive blocks at byte {first_zero_offset}, more than any record "
+                    "padding",
+                    offset=first_zero_offset,
+                )
+
+
+def _check_global_pax(records: dict[str, str], offset: int) -> None:
+    """A global PAX header's path or size renames or resizes every member after it in
+    tarfile (and so webdataset); rather than read the shard differently, refuse it."""
+    for key in _GLOBAL_PAX_REFUSED:
+        if key in records:
+            raise TarFormatError(
+                f"global PAX header at byte {offset} sets {key!r} for every following member",
+                offset=offset,
+            )
 
 
 def _member_size(pax_size: str | None, header_size: int, offset: int) -> int:

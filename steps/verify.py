@@ -15,7 +15,9 @@ a manifest and reports; `verify_shard` is the I/O around them for one output URL
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +25,9 @@ from typing import Any, BinaryIO, Literal
 
 from . import storage
 from .errors import ShardError
+from .failures import every_sample_failed
 from .manifest import ManifestError, manifest_url, read_manifest
+from .redact import redact_text, redact_url
 from .samples import split_member_name, unsafe_name_reason
 from .tarstream import TarFormatError, TarMember, TarReader
 
@@ -36,17 +40,18 @@ _NO_END_BLOCKS = "archive ends without its end-of-archive blocks"  # TarReader's
 @dataclass(frozen=True)
 class Problem:
     """One finding: `kind` for scripts (missing, incomplete, truncated, corrupt, size, sha256,
-    members, names, samples, duplicate, expect, count, manifest, unreadable, input, extra),
+    members, names, samples, duplicate, expect, count, failures, manifest, unreadable, input,
+    extra, changed),
     `message` for people (it starts with the kind when that reads naturally)."""
 
     kind: str
     message: str
 
     def __str__(self) -> str:
-        return self.message
+        return redact_text(self.message)  # messages quote URLs, and network errors theirs
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "message": self.message}
+        return {"kind": self.kind, "message": str(self)}
 
 
 @dataclass
@@ -98,6 +103,7 @@ def list_archive(
     keep_samples: int = 0,
     keep: Callable[[str], bool] = lambda extension: False,
     max_keep_bytes: int = 32 << 20,
+    gzipped: bool = False,
 ) -> Listing:
     """Stream the archive once: its members, size and sha256, and the first damage found.
 
@@ -106,7 +112,8 @@ def list_archive(
     for the sample sheet, so that it costs no second read.
     """
     hashing = _HashingReader(stream)
-    reader = TarReader(hashing)  # type: ignore[arg-type]  # only read() is used
+    archive = gzip.GzipFile(fileobj=hashing, mode="rb") if gzipped else hashing  # type: ignore
+    reader = TarReader(archive)  # type: ignore[arg-type]  # only read() is used
     members: list[TarMember] = []
     kept: list[KeptSample] = []
     damage: Problem | None = None
@@ -128,6 +135,10 @@ def list_archive(
     except TarFormatError as exc:
         damage = tar_damage(exc)
         at_boundary = exc.cause.startswith(_NO_END_BLOCKS)
+    except (OSError, EOFError, zlib.error) as exc:
+        if not gzipped:
+            raise
+        damage = Problem("corrupt", f"corrupt: not valid gzip data: {exc}")  # a damaged .tar.gz
     hashing.drain()  # size and sha256 cover the whole object, also after damage
     return Listing(members, hashing.size, hashing.sha256, damage, kept, at_boundary)
 
@@ -349,6 +360,14 @@ def count_problems(manifest: ManifestView) -> list[Problem]:
                 f" + dropped {counts['dropped']} + failed {counts['failed']} = {total}",
             )
         )
+    if every_sample_failed(counts):
+        problems.append(
+            Problem(
+                "failures",
+                f"failures: every sample failed ({counts['failed']} of {counts['read']}); the "
+                "manifest lists why",
+            )
+        )
     if manifest.sample_count != counts["written"]:
         problems.append(
             Problem(
@@ -376,10 +395,12 @@ class ShardReport:
     output: str
     input: str | None = None  # the paired input, with --inputs
     manifest_input: str | None = None  # the input the manifest names
+    input_identity: dict[str, Any] | None = None  # the version of it the manifest records
     samples: int = 0
     members: int = 0
     bytes: int = 0
     sha256: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # the manifest's sample counts
     problems: list[Problem] = field(default_factory=list)
     kept: list[KeptSample] = field(default_factory=list)
 
@@ -394,10 +415,10 @@ class ShardReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "output": self.output,
-            "manifest": manifest_url(self.output),
-            "input": self.input,
-            "manifest_input": self.manifest_input,
+            "output": redact_url(self.output),
+            "manifest": redact_url(manifest_url(self.output)),
+            "input": redact_url(self.input) if self.input else None,
+            "manifest_input": redact_url(self.manifest_input) if self.manifest_input else None,
             "status": self.status,
             "samples": self.samples,
             "members": self.members,
@@ -429,6 +450,7 @@ def verify_shard(
         else:
             manifest = manifest_view(document)
             report.manifest_input = manifest.input
+            report.input_identity = recorded_identity(document)
     except ManifestError as exc:
         manifest_problem = Problem("manifest", str(exc))
     except Exception as exc:  # any back-end's error: a verdict for this shard, not a crash
@@ -439,15 +461,18 @@ def verify_shard(
         report.problems.append(Problem("unreadable", f"cannot reach the shard: {_error(exc)}"))
         return report
     if not shard_exists:
-        whose = f"for input {input_url!r}" if input_url else "at this URL"
-        also = " (but its manifest exists)" if document is not None else ""
-        report.problems.append(Problem("missing", f"missing: no output shard {whose}{also}"))
+        report.problems.append(missing_problem(input_url, manifest_exists=document is not None))
         return report
     if manifest_problem is not None:
         report.problems.append(manifest_problem)
     try:
         with storage.open_input(output_url, options, compression=None) as stream:
-            listing = list_archive(stream, keep_samples=keep_samples, keep=keep)
+            listing = list_archive(
+                stream,
+                keep_samples=keep_samples,
+                keep=keep,
+                gzipped=storage.compression_of(output_url) == "gzip",
+            )
     except Exception as exc:  # any back-end's error: a verdict for this shard, not a crash
         cause = exc.cause if isinstance(exc, ShardError) else _error(exc)
         report.problems.append(Problem("unreadable", f"cannot read the shard: {cause}"))
@@ -461,8 +486,22 @@ def verify_shard(
         if listing.damage is not None:
             report.problems.append(listing.damage)
     else:
+        report.counts = manifest.counts
         report.problems += check_listing(listing, manifest, expect)
     return report
+
+
+def missing_problem(input_url: str | None, *, manifest_exists: bool) -> Problem:
+    whose = f"for input {input_url!r}" if input_url else "at this URL"
+    also = " (but its manifest exists)" if manifest_exists else ""
+    return Problem("missing", f"missing: no output shard {whose}{also}")
+
+
+def recorded_identity(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The input's identity as the manifest records it; None if it records none (older
+    manifests, pipe: inputs) or something that is not one (the manifest is untrusted)."""
+    identity = manifest.get("input_identity")
+    return identity if isinstance(identity, dict) else None
 
 
 def _error(exc: Exception) -> str:

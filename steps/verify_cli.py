@@ -23,8 +23,14 @@ from .cli_common import (
 from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
 from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
+from .failures import add_max_failed_argument, too_many_failed
+from .manifest import manifest_url
+from .pairing import Write, index_writes, refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
-from .verify import ShardReport, check_pairing, verify_shard
+from .redact import redact_url
+from .shard_index import index_outputs
+from .verify import ShardReport, check_pairing, missing_problem, verify_shard
+from .verify_identity import check_input_identity
 
 REPORT_FORMAT = "shardflow.verify/1"
 MAX_SHEET_PIXELS = 64_000_000
@@ -34,8 +40,10 @@ Verify output shards: stream each one once (hashing it, never holding member dat
 it against the manifest the augment step wrote beside it: the archive is whole (header
 checksums, member data, end-of-archive blocks), its size and sha256 are the manifest's, the
 member list and sizes are the manifest's, every sample has exactly the expected members, no
-key repeats, and the sample count is the manifest's written count. With --inputs, outputs and
-inputs are paired by position: each output must come from its paired input, and each input
+key repeats, the sample count is the manifest's written count, and not every sample failed;
+over all shards, at most --max-failed of the samples read failed. With --inputs, outputs and
+inputs are paired by position: each output must come from its paired input, still the
+version the manifest records (ETag, version, size and modification time), and each input
 must have exactly one output.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
@@ -94,12 +102,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=4,
         help="samples shown per shard, its first ones (default: 4)",
     )
+    files.add_argument(
+        "--write-index",
+        action="store_true",
+        help="when every shard passes, write the dataset index beside them from the manifests "
+        "(PREFIX.shardindex.json for wids, sizes.json; see shardflow index)",
+    )
     parser.add_argument(
         "--all-rows",
         action="store_true",
         help=f"list every shard in the table (default: above {TABLE_ROWS} shards, only those "
         "with problems; the report always has every shard)",
     )
+    add_max_failed_argument(parser)
     add_storage_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(func=run)
@@ -109,32 +124,48 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
     outputs, inputs = _shards(args.outputs, args.inputs)
     expect = parse_expect(args.expect)
-    for url in (args.report, args.summary_file, args.sample_sheet):
-        if url:
-            storage.check_url(url, writing=True)
+    written = [
+        Write(url, what)
+        for url, what in (
+            (args.report, "--report"),
+            (args.summary_file, "--summary-file"),
+            (args.sample_sheet, "--sample-sheet"),
+        )
+        if url
+    ]
+    for write in written:
+        storage.check_url(write.url, writing=True)
+    written += index_writes(outputs)  # written when every shard passes
+    refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
     if inputs:
         check_pairing(reports, inputs)
     seconds = time.monotonic() - started
-    summary = summary_line(reports, seconds)
+    read, failed = (sum(r.counts.get(name, 0) for r in reports) for name in ("read", "failed"))
+    failures = too_many_failed(read, failed, args.max_failed)
+    summary = summary_line(reports, seconds, failures)
     document = report_document(args, expect, reports, summary, seconds)
+    document["summary"].update(samples_read=read, samples_failed=failed, max_failed=args.max_failed)
+    document["passed"] = document["passed"] and failures is None
     if args.json:
         json.dump(document, sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif args.quiet:
         for report in reports:
             for problem in report.problems:
-                print(f"shardflow verify: {report.output}: {problem}", file=sys.stderr)
+                print(f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr)
     else:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)
     written = _write_files(args, options, document, summary, rows)
+    if args.write_index:
+        written += _write_index(outputs, reports, options)
     if not (args.json or args.quiet):
         for line in written:
             print(line)
         print(summary, flush=True)  # the last line: what the DAG shows
-    return EXIT_OK if all(r.status == "ok" for r in reports) else EXIT_FAILED
+    return EXIT_OK if document["passed"] else EXIT_FAILED
 
 
 def _check_all(
@@ -165,6 +196,7 @@ def _check_all(
             tiles = [make_tile(s, max_pixels=MAX_SHEET_PIXELS) for s in report.kept]
             row = SheetRow(outputs[position], tiles)
         report.kept = []
+        check_input_identity(report, options)
         return report, row
 
     progress = Progress(
@@ -173,12 +205,14 @@ def _check_all(
         argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
         desc="verify",
     )
-    reports: dict[int, ShardReport] = {}
-    rows: dict[int, SheetRow] = {}
+    reports = _known_missing(outputs, inputs, options)
+    rows = {i: SheetRow(outputs[i], []) for i in reports if i in sheet_positions}
+    for _ in reports:
+        progress.shard_finished()
     threads = args.threads or min(16, 2 * available_cpus())
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
-            futures = {pool.submit(check, i): i for i in range(len(outputs))}
+            futures = {pool.submit(check, i): i for i in range(len(outputs)) if i not in reports}
             for future in as_completed(futures):
                 position = futures[future]
                 reports[position], row = future.result()
@@ -189,6 +223,23 @@ def _check_all(
     finally:
         progress.close()
     return [reports[i] for i in range(len(outputs))], [rows[i] for i in sorted(rows)]
+
+
+def _known_missing(
+    outputs: list[str], inputs: list[str] | None, options: storage.StorageOptions
+) -> dict[int, ShardReport]:
+    """Reports for the shards that their folders' listings show missing, with no manifest
+    either: nothing to read, so no request per shard."""
+    manifests = [manifest_url(url) for url in outputs]
+    absent = storage.absent(outputs + manifests, options)
+    reports = {}
+    for position, url in enumerate(outputs):
+        if url in absent and manifests[position] in absent:
+            input_url = inputs[position] if inputs else None
+            report = ShardReport(url, input=input_url)
+            report.problems.append(missing_problem(input_url, manifest_exists=False))
+            reports[position] = report
+    return reports
 
 
 def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
@@ -218,23 +269,32 @@ def parse_expect(text: str | None) -> list[str] | None:
     return extensions
 
 
-def summary_line(reports: list[ShardReport], seconds: float) -> str:
-    """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED."""
+def summary_line(
+    reports: list[ShardReport],
+    seconds: float,
+    failures: str | None = None,
+    command: str = "verify",
+) -> str:
+    """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED.
+    `failures` says why the run failed more samples than --max-failed allows."""
     total = len(reports)
     passed = sum(r.status == "ok" for r in reports)
     samples = sum(r.samples for r in reports)
     size = sum(r.bytes for r in reports)
     checked = f"{samples} samples, {_human(size)} checked in {seconds:.1f} s"
+    if passed == total and failures is None:
+        return f"{command}: OK: {total} of {total} shards passed; {checked}"
     if passed == total:
-        return f"verify: OK: {total} of {total} shards passed; {checked}"
+        return f"{command}: FAILED: {failures}; {total} of {total} shards passed; {checked}"
     by_status = [
         f"{count} {status}"
         for status in ("missing", "incomplete", "failed")
         if (count := sum(r.status == status for r in reports))
     ]
     return (
-        f"verify: FAILED: {total - passed} of {total} shards did not pass "
-        f"({', '.join(by_status)}); {passed} passed; {checked}"
+        f"{command}: FAILED: {total - passed} of {total} shards did not pass "
+        f"({', '.join(by_status)}){f'; {failures}' if failures else ''}; {passed} passed; "
+        f"{checked}"
     )
 
 
@@ -253,7 +313,7 @@ def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None =
             first += f" (+{len(report.problems) - 1} more, below)"
         rows.append(
             (
-                report.output,
+                redact_url(report.output),
                 str(report.samples),
                 str(report.members),
                 _human(report.bytes),
@@ -278,7 +338,7 @@ def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None =
         )
     for report in reports:
         if len(report.problems) > 1:
-            lines.append(f"{report.output}:")
+            lines.append(f"{redact_url(report.output)}:")
             lines += [f"  - {problem}" for problem in report.problems]
     return "\n".join(lines)
 
@@ -296,8 +356,8 @@ def report_document(
     by_status = {s: sum(r.status == s for r in reports) for s in statuses}
     return {
         "format": REPORT_FORMAT,
-        "outputs": args.outputs,
-        "inputs": args.inputs,
+        "outputs": redact_url(args.outputs),
+        "inputs": redact_url(args.inputs) if args.inputs else args.inputs,
         "expect": expect,
         "passed": all(r.status == "ok" for r in reports),
         "summary": {
@@ -326,16 +386,28 @@ def _write_files(
         if args.report:
             data = json.dumps(document, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
             storage.write_atomically(args.report, data, options)
-            said.append(f"report: {args.report}")
+            said.append(f"report: {redact_url(args.report)}")
         if args.sample_sheet:
             storage.write_atomically(args.sample_sheet, render_sheet(rows), options)
             tiles = sum(len(row.tiles) for row in rows)
-            said.append(f"sample sheet: {args.sample_sheet} ({tiles} samples)")
+            said.append(f"sample sheet: {redact_url(args.sample_sheet)} ({tiles} samples)")
         if args.summary_file:
             storage.write_atomically(args.summary_file, summary.encode("utf-8") + b"\n", options)
     except OSError as exc:
         raise ShardflowError(f"cannot write the verification files: {exc}") from None
     return said
+
+
+def _write_index(
+    outputs: list[str], reports: list[ShardReport], options: storage.StorageOptions
+) -> list[str]:
+    """The index of a verified dataset: a run on Argo ends with it, as a local run does."""
+    if not all(r.status == "ok" for r in reports):
+        return ["index: not written, not every shard passed"]
+    try:
+        return [f"index: {url}" for url in index_outputs(outputs, options)]
+    except (ShardflowError, OSError) as exc:
+        raise ShardflowError(f"cannot write the dataset index: {exc}") from None
 
 
 def _human(size: int) -> str:

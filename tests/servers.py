@@ -14,6 +14,8 @@ worker at a known point of its upload). Every request is logged for assertions.
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import hashlib
 import http.client
 import itertools
 import logging
@@ -260,9 +262,16 @@ class _FileHandler(_FaultyHandler):
             self._send_error_body(404, "NotFound")
             return
         data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
+        if self.server.conditional and self.headers.get("If-Match", etag) != etag:
+            self._send_error_body(412, "PreconditionFailed")
+            return
         start, end = self._range(len(data))
         if self.server.sized:
             self.send_response(206 if (start, end) != (0, len(data)) else 200)
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", modified)
             if self.server.ranges:
                 self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(end - start))
@@ -295,6 +304,9 @@ class FileServer(_FaultyServer):
     closes), as some dynamic servers answer.
     `ranges=False`: a Content-Length but Range headers ignored (the whole file, 200), as
     Python's http.server and some CDNs answer.
+    Each file has an ETag (a hash of its content) and a Last-Modified date, and a request
+    whose `If-Match` names another ETag gets 412, as nginx and object stores answer;
+    `conditional=False` ignores If-Match, as Python's http.server does.
     """
 
     def __init__(
@@ -304,8 +316,10 @@ class FileServer(_FaultyServer):
         required_headers: dict[str, str] | None = None,
         sized: bool = True,
         ranges: bool = True,
+        conditional: bool = True,
     ) -> None:
         super().__init__(_FileHandler)
+        self.conditional = conditional
         self.root = root.resolve()
         self.required_headers = required_headers or {}
         self.sized = sized

@@ -1,7 +1,8 @@
 """Every kind of bad input, with its expected outcome.
 
 Shard-level damage (truncation, corrupt headers, unsafe names, links, duplicate keys) fails
-the shard with one line naming shard, key and cause, and publishes nothing. Sample-level
+the shard with one line naming shard, key and cause, publishes nothing, and exits 3 (a data
+error: Argo does not retry it); a shard that cannot be read exits 1 (a retry may help). Sample-level
 damage (bombs, corrupt images, bad JSON, missing image) costs that sample only and is listed
 in the manifest by key.
 """
@@ -20,8 +21,8 @@ import pytest
 from conftest import good_shard, image_bytes, run_cli, sample_members, write_tar
 
 
-def assert_shard_failed(result, tmp_path: Path, *fragments: str) -> str:
-    assert result.returncode == 1, (result.stdout, result.stderr)
+def assert_shard_failed(result, tmp_path: Path, *fragments: str, exit_code: int = 3) -> str:
+    assert result.returncode == exit_code, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
@@ -131,7 +132,7 @@ def test_sample_level_damage_costs_only_that_sample(tmp_path: Path) -> None:
             *sample_members("good2"),
         ],
     )
-    result = augment(tmp_path, source)
+    result = augment(tmp_path, source, "--max-failed", "1")
     assert result.returncode == 0, result.stderr
     reasons = failed_reasons(tmp_path)
     assert set(reasons) == {"bomb", "cut", "badjson", "noimage", "nolabel", "notjpeg"}
@@ -157,8 +158,9 @@ def test_on_error_fail_fails_the_shard_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_max_mpx_is_configurable(tmp_path: Path) -> None:
-    source = write_tar(tmp_path / "in.tar", sample_members("a", width=400, height=300))
-    assert augment(tmp_path, source, "--max-mpx", "0.1").returncode == 0
+    members = [*sample_members("a", width=400, height=300), *sample_members("b")]
+    source = write_tar(tmp_path / "in.tar", members)
+    assert augment(tmp_path, source, "--max-mpx", "0.1", "--max-failed", "1").returncode == 0
     assert "0.1 Mpx" in failed_reasons(tmp_path)["a"]
 
 
@@ -187,7 +189,7 @@ def test_pickle_members_are_never_loaded(tmp_path: Path) -> None:
 
 def test_unreadable_input_is_a_shard_error(tmp_path: Path) -> None:
     result = augment(tmp_path, tmp_path / "missing.tar")
-    assert_shard_failed(result, tmp_path, "missing.tar", "does not exist")
+    assert_shard_failed(result, tmp_path, "missing.tar", "does not exist", exit_code=1)
 
 
 def test_a_bad_shard_does_not_stop_the_batch(tmp_path: Path) -> None:
@@ -195,8 +197,19 @@ def test_a_bad_shard_does_not_stop_the_batch(tmp_path: Path) -> None:
     (tmp_path / "in-1.tar").write_bytes(b"not a tar at all" * 100)
     good_shard(tmp_path / "in-2.tar", count=2)
     result = run_cli("augment", tmp_path / "in-{0..2}.tar", tmp_path / "out-{0..2}.tar")
-    assert result.returncode == 1
+    assert result.returncode == 3  # the only failure is damaged data
     assert [line for line in result.stderr.splitlines() if "in-1.tar" in line]
     assert (tmp_path / "out-0.tar").exists() and (tmp_path / "out-2.tar").exists()
     assert not (tmp_path / "out-1.tar").exists()
     assert not (tmp_path / "out-1.manifest.json").exists()
+
+
+def test_a_batch_exits_1_when_any_failure_may_pass_on_a_retry(tmp_path: Path) -> None:
+    """Damaged data alone is exit 3 (never retried); with a read failure beside it, exit 1 so
+    Argo retries, and the retry redoes only the shards without output (--skip-existing)."""
+    (tmp_path / "in-1.tar").write_bytes(b"not a tar at all" * 100)
+    good_shard(tmp_path / "in-2.tar", count=2)
+    result = run_cli("augment", tmp_path / "in-{0..2}.tar", tmp_path / "out-{0..2}.tar")
+    assert result.returncode == 1, result.stderr
+    assert [line for line in result.stderr.splitlines() if "in-0.tar" in line]
+    assert (tmp_path / "out-2.tar").exists()

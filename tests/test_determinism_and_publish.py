@@ -135,6 +135,8 @@ def test_output_directory_receives_shards_of_the_same_names(tmp_path: Path) -> N
         "in-0.tar",
         "in-1.manifest.json",
         "in-1.tar",
+        "in.shardindex.json",
+        "sizes.json",
     ]
 
 

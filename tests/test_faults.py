@@ -186,7 +186,12 @@ def test_two_workers_writing_one_local_shard_at_once(shard: Path, tmp_path: Path
         code, report = verify_here(f"{out}/big.tar", inputs=f"{web.url}/big.tar")
     assert code == 0, report
     assert (out / "big.tar").read_bytes() == reference_shard(big, tmp_path)
-    assert files_under(out) == ["big.manifest.json", "big.tar"]  # no temporary left
+    assert files_under(out) == [  # no temporary left
+        "big.manifest.json",
+        "big.shardindex.json",
+        "big.tar",
+        "sizes.json",
+    ]
 
 
 def without_permission_override() -> None:

@@ -81,6 +81,20 @@ def test_lint_reports_an_undeclared_workflow_parameter():
     assert any("{{workflow.parameters.rcp}}" in p for p in lint.check_manifest(manifest))
 
 
+def test_lint_reads_the_variables_of_expression_tags():
+    manifest = _workflow()
+    augment = _template(manifest, "augment")
+    augment["podSpecPatch"] = augment["podSpecPatch"].replace(
+        "inputs.parameters.memory", "workflow.parameters.mem"
+    )
+    del _template(manifest, "verify")["retryStrategy"]
+    _template(manifest, "verify")["podSpecPatch"] = "x: '{{=lastRetry.exitCode}}'"
+    problems = lint.check_manifest(manifest)
+    assert any("template augment" in p and "{{workflow.parameters.mem}}" in p for p in problems)
+    assert any("template verify" in p and "{{lastRetry.exitCode}}" in p for p in problems)
+    assert len(problems) == 2, problems
+
+
 def test_lint_reports_an_undeclared_input():
     manifest = _workflow()
     _template(manifest, "verify")["inputs"]["parameters"].pop(0)  # "outputs"
@@ -121,6 +135,33 @@ def test_lint_reports_a_required_input_not_given():
     )
 
 
+def _display_name_problems(display_name: str) -> list[str]:
+    manifest = _workflow()
+    _template(manifest, "augment")["annotations"][lint.DISPLAY_NAME] = display_name
+    return [p for p in lint.check_manifest(manifest) if "display name" in p]
+
+
+def test_lint_reports_a_display_name_argo_refuses_after_substitution():
+    """Argo 3.7+ errors a node whose substituted display name fails its regex; the DAG stalls."""
+    assert _display_name_problems("augment-{{inputs.parameters.task-index}}") == []
+    spaced = _display_name_problems("augment batch {{inputs.parameters.task-index}}")
+    assert len(spaced) == 1 and "'augment batch 0'" in spaced[0]
+
+
+def test_lint_substitutes_the_largest_task_index_and_every_enum_value():
+    long_name = "a" * 60 + "-{{inputs.parameters.task-index}}"  # 63 chars at index 9, 64 at 999
+    assert any("-999'" in p for p in _display_name_problems(long_name))
+    assert _display_name_problems("memory-{{workflow.parameters.memory}}") == []
+    assert any("'x1Gi.'" in p for p in _display_name_problems("x{{workflow.parameters.memory}}."))
+
+
+def test_lint_refuses_free_text_in_a_display_name():
+    problems = _display_name_problems("in-{{workflow.parameters.input}}")
+    assert any("{{workflow.parameters.input}} is free text" in p for p in problems)
+    from_plan = _display_name_problems("batch-{{inputs.parameters.shards-per-task}}")
+    assert any("is free text" in p for p in from_plan)
+
+
 def test_manifest_does_not_depend_on_the_dataset():
     """No shard URL and no count: tasks receive an index and expand the pattern themselves."""
     text = (ARGO / "workflow.yaml").read_text()
@@ -153,18 +194,38 @@ def test_pods_are_locked_down():
 
 
 def test_parameters_have_descriptions_and_free_text_never_reaches_the_pod_spec():
+    """A podSpecPatch reads only values the plan pod checked against their enum and wrote as
+    outputs (every patched pod waits for plan): Argo itself does not enforce enums for `-p`
+    or the API, and evaluates `{{...}}` inside parameter values (test_retry_policy.py)."""
+    from shardflow.workflows.argo_vars import RETRY_VARIABLES, expression_variables, references
+
     manifest = _workflow()
     parameters = {p["name"]: p for p in manifest["spec"]["arguments"]["parameters"]}
     assert all(p.get("description") for p in parameters.values())
-    patch = _template(manifest, "augment")["podSpecPatch"]
-    for name in lint_references(patch):
-        assert parameters[name.removeprefix("workflow.parameters.")].get("enum"), name
+    plan_args = _template(manifest, "plan")["container"]["args"]
+    patched = [t for t in manifest["spec"]["templates"] if "podSpecPatch" in t]
+    assert {t["name"] for t in patched} == {"augment", "verify"}
+    for template in patched:
+        task = _task(manifest, template["name"])
+        assert task["depends"].startswith("plan.Succeeded")
+        given = {p["name"]: p["value"] for p in task["arguments"]["parameters"]}
+        for reference in references(template["podSpecPatch"]):
+            for name in expression_variables(reference) or [reference]:
+                if name in RETRY_VARIABLES:
+                    continue
+                assert name.startswith("inputs.parameters."), name
+                value = name.removeprefix("inputs.parameters.")
+                assert given[value] == f"{{{{tasks.plan.outputs.parameters.{value}}}}}"
+                assert parameters[value].get("enum"), value
+                check = f"--check-parameter={value}={{{{workflow.parameters.{value}}}}}"
+                assert check in plan_args
 
 
-def lint_references(text: str) -> list[str]:
-    from shardflow.workflows.argo_vars import references
-
-    return references(text)
+def test_an_oom_killed_attempt_is_retried_with_twice_the_memory():
+    patch = yaml.safe_load(_template(_workflow(), "augment")["podSpecPatch"])
+    memory = patch["containers"][0]["resources"]["limits"]["memory"]
+    assert "lastRetry.exitCode" in memory and "inputs.parameters.memory" in memory
+    assert patch["containers"][0]["resources"]["requests"]["memory"] == memory
 
 
 def test_render_command_checks_writes_and_prints(tmp_path):
@@ -193,3 +254,11 @@ def test_step_commands_do_not_import_hera():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_workflows_from_the_template_carry_its_title_and_description():
+    template = yaml.safe_load((ARGO / "workflowtemplate.yaml").read_text())
+    annotations = template["metadata"]["annotations"]
+    assert "workflows.argoproj.io/title" in annotations
+    assert template["spec"]["workflowMetadata"]["annotations"] == annotations
+    assert "Argo Workflows\n3.7 or newer" in annotations["workflows.argoproj.io/description"]

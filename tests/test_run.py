@@ -59,6 +59,7 @@ def test_rendered_workflow_runs_end_to_end(shards):
             "augment",
             "--recipe=seed",
             "--on-error=skip",
+            "--max-failed=0.01",
             f"--task-index={index}",
             "--shards-per-task=1",
             "--skip-existing",
@@ -83,8 +84,9 @@ def test_a_failed_task_still_gets_verified_and_fails_the_run(shards):
     broken.write_bytes(broken.read_bytes()[:1500])  # cut mid-member
     manifest = ARGO / "workflowtemplate.yaml"
     result = run_cli("run", inputs, outputs, "--manifest", manifest, "--workers", "2")
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "augment(1): Failed (exit status 1)" in result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr  # verify's: a shard is missing
+    # A damaged shard is a data error (3): Argo's retry expression does not retry it.
+    assert "augment(1): Failed (exit status 3)" in result.stdout
     assert "in-000001.tar" in result.stdout  # the step's one-line error, shown under the task
     assert "workflow Failed" in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("verify: FAILED")
@@ -103,6 +105,27 @@ def test_a_usage_error_stops_at_the_plan_pod(shards):
     assert not (tmp / "out").exists()
 
 
+def test_a_value_outside_its_enum_stops_at_the_plan_pod(shards, tmp_path):
+    """`argo submit -p` and the API pass parameters without their enum (Argo's util.go
+    overrideParameters; argoproj/argo-workflows#6959): the plan pod refuses the value, so
+    no pod with a podSpecPatch is ever created."""
+    inputs, outputs, tmp = shards
+    manifest = yaml.safe_load((ARGO / "workflow.yaml").read_text())
+    for parameter in manifest["spec"]["arguments"]["parameters"]:
+        parameter.pop("enum", None)
+    given = {"input": inputs, "output": outputs, "cpu": "2'\nfoo: bar"}
+    executor = LocalExecutor(manifest, given, workers=2, directory=tmp_path / "logs")
+    result = executor.run()
+    assert (result.phase, result.exit_code) == ("Failed", 2)
+    assert [node.name for node in result.nodes] == ["plan"]
+    assert result.outcomes["augment"].phase == result.outcomes["verify"].phase == "Omitted"
+    error = result.nodes[0].stderr.read_text().splitlines()
+    assert error == [
+        'shardflow plan: error: parameter cpu="2\'\\nfoo: bar" is not one of 1, 2, 4, 8, 16'
+    ]
+    assert not (tmp / "out").exists()
+
+
 def test_parameters_are_checked_as_argo_checks_them():
     manifest = yaml.safe_load((ARGO / "workflow.yaml").read_text())
     given = {"input": "a.tar", "output": "b.tar"}
@@ -113,6 +136,9 @@ def test_parameters_are_checked_as_argo_checks_them():
         resolve_parameters(manifest, {**given, "cpus": "2"})
     with pytest.raises(UsageError, match="parameter 'output' is required"):
         resolve_parameters(manifest, {"input": "a.tar"})
+    with pytest.raises(UsageError, match=r"parameter recipe contains '\\x01': Argo cannot"):
+        resolve_parameters(manifest, {**given, "recipe": "seed\x01"})
+    assert resolve_parameters(manifest, {**given, "recipe": "{\n\t}"})["recipe"] == "{\n\t}"
 
 
 def _probe_manifest() -> dict:

@@ -119,16 +119,23 @@ def test_submit_from_template_sends_a_reference_and_a_local_recipe_inline(argo, 
         "--recipe",
         recipe,
         "--from-template",
-        "--parallelism",
-        "8",
         env=env(argo),
     )
     assert result.returncode == 0, result.stderr
     (workflow,) = argo.received
     assert workflow["spec"]["workflowTemplateRef"] == {"name": "shardflow-augment"}
-    assert workflow["spec"]["parallelism"] == 8
+    # Only fields Argo lets a templateRef override under templateReferencing: Strict/Secure.
+    assert set(workflow["spec"]) <= {"arguments", "workflowTemplateRef"}
     inline = json.loads(parameters(workflow)["recipe"])
     assert inline["name"] == "small" and inline["ops"][1] == {"resize": {"shorter": 64}}
+
+
+def test_submit_from_template_refuses_to_override_parallelism(argo, monkeypatch, capsys):
+    status, err = submit_in_process(
+        monkeypatch, capsys, argo, "a-{0..1}.tar", "b/", "--from-template", "--parallelism", "8"
+    )
+    assert status == 2 and "--parallelism cannot change an installed template's" in err
+    assert argo.received == []
 
 
 def submit_in_process(monkeypatch, capsys, server: ArgoServer, *args: str, **variables: str):

@@ -97,3 +97,50 @@ def test_plan_command_checks_the_recipe_and_prints_json():
     assert bad.returncode == 2 and "inline recipe is not valid JSON" in bad.stderr
     good = run_cli("plan", "--json", "--recipe", "train-224", "in-{0..1}.tar", "out-{0..1}.tar")
     assert json.loads(good.stdout)["tasks"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("item", "allowed"),
+    [
+        ("cpu=2'\nfoo: bar", "1, 2, 4, 8, 16"),  # would add a field to the podSpecPatch
+        ("memory={{workflow.parameters.input}}", "1Gi, 2Gi, 4Gi, 8Gi, 16Gi, 32Gi"),
+        ("retries=100", "0, 1, 2, 3, 5, 10"),
+        ("on-error=ignore", "skip, fail"),
+        ("retry-backoff=30s\n", "a whole number of seconds or minutes up to 1 day"),
+        ("retry-backoff=2000m", "a whole number of seconds or minutes up to 1 day"),
+    ],
+)
+def test_plan_refuses_a_parameter_outside_its_allowed_values(item, allowed, tmp_path):
+    """Argo does not enforce enums for `argo submit -p` or the API: the plan pod does."""
+    params = tmp_path / "params"
+    result = run_cli(
+        "plan", f"--check-parameter={item}", "--write-params", params, "in.tar", "out.tar"
+    )
+    assert result.returncode == 2
+    name = item.partition("=")[0]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"shardflow plan: error: parameter {name}=")
+    assert lines[0].endswith(f"is not one of {allowed}" + ("" if "," in allowed else ", e.g. 30s"))
+    assert not params.exists()  # nothing for the DAG to fan out over
+
+
+def test_plan_accepts_every_allowed_value():
+    from shardflow.workflows.parameters import PARAMETERS
+
+    checks = [f"--check-parameter={p.name}={v}" for p in PARAMETERS for v in p.enum]
+    checks += ["--check-parameter=retry-backoff=1s", "--check-parameter=retry-backoff=1440m"]
+    result = run_cli("plan", *checks, "in.tar", "out.tar")
+    assert result.returncode == 0, result.stderr
+
+
+def test_plan_passes_on_the_checked_values_that_set_pod_resources(tmp_path):
+    params = tmp_path / "params"
+    checks = [
+        "--check-parameter=cpu=4",
+        "--check-parameter=memory=8Gi",
+        "--check-parameter=retries=3",
+    ]
+    result = run_cli("plan", *checks, "--write-params", params, "in.tar", "out.tar")
+    assert result.returncode == 0, result.stderr
+    assert (params / "cpu").read_text() == "4" and (params / "memory").read_text() == "8Gi"
+    assert not (params / "retries").exists()  # not in a pod spec: read from the parameter

@@ -13,6 +13,19 @@ from typing import Any
 from shardflow.steps.errors import UsageError
 
 _REFERENCE = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+# In an expression tag (`{{=...}}`): string literals, then the variables lint can check.
+_STRING_LITERAL = re.compile(r"""'[^']*'|"[^"]*"|`[^`]*`""")
+_EXPRESSION_VARIABLE = re.compile(
+    r"\b(?:(?:workflow|inputs)\.parameters\.[A-Za-z0-9_-]+|lastRetry\.[A-Za-z]+|retries)\b"
+)
+# Set by the controller for each attempt of a template that has a retryStrategy.
+RETRY_VARIABLES = (
+    "retries",
+    "lastRetry.exitCode",
+    "lastRetry.status",
+    "lastRetry.duration",
+    "lastRetry.message",
+)
 
 
 class UnresolvedReference(UsageError):
@@ -22,6 +35,24 @@ class UnresolvedReference(UsageError):
 def references(text: str) -> list[str]:
     """The variable names referenced in `text`, in order (`{{ item }}` -> "item")."""
     return _REFERENCE.findall(text)
+
+
+def unsubstitutable(value: str) -> str | None:
+    """The first character Argo cannot substitute into a template, or None.
+
+    Argo inserts a value into the template's JSON through Go's strconv.Quote, whose escapes
+    for most control characters (`\x01`, `\a`, `\v`) are not JSON: the node then fails
+    with "invalid JSON". Tab, newline, carriage return, backspace and form feed are fine.
+    """
+    for char in value:
+        if (ord(char) < 0x20 and char not in "\t\n\r\b\f") or char == "\x7f":
+            return char
+    return None
+
+
+def expression_variables(reference: str) -> list[str]:
+    """The variables an expression tag's text (`=...`) reads, string literals skipped."""
+    return _EXPRESSION_VARIABLE.findall(_STRING_LITERAL.sub("", reference.removeprefix("=")))
 
 
 def substitute(text: str, values: Mapping[str, str], where: str) -> str:

@@ -3,7 +3,8 @@
 One definition gives both manifests in argo/: the WorkflowTemplate a team installs once and
 submits from the Argo UI form, and the standalone Workflow for `argo submit`. It is also the
 DAG that `shardflow run` executes on one machine, so every choice below is exercised by tests
-without a cluster.
+without a cluster. The manifests need Argo Workflows >= 3.7 (template `annotations`,
+`backoff.cap`); the 3.6 CLI refuses them and its API silently drops both fields.
 
 Why the DAG looks like this:
 - The manifest never grows with the dataset. A `plan` pod expands the input pattern, checks
@@ -14,12 +15,22 @@ Why the DAG looks like this:
   line a person can copy and run. Values are bound as `--option=value` and positionals come
   after `--`, so no parameter value can turn into an option (parameters are untrusted).
 - `--skip-existing` makes a retry or a resubmission redo only the shards without a manifest.
-- verify runs after every augment task, also when some failed (`failFast: false` and a
-  depends expression), so its report names the missing shards; the DAG's result is verify's.
+- verify runs after every augment task, also when some failed, because its `depends`
+  expression accepts augment.Failed and augment.Errored (`failFast` plays no part: the DAG
+  has one target task); the DAG's result is verify's.
 - Kubernetes cannot take CPU or memory quantities from a template variable, so resources come
-  from a podSpecPatch whose values are restricted by enums (a free string could inject
-  arbitrary pod spec). Argo cannot take `parallelism` from a parameter at all
-  (argoproj/argo-workflows#1780): it is set when rendering or submitting.
+  from a podSpecPatch. Argo does not enforce enums for `argo submit -p` or the API
+  (argoproj/argo-workflows#6959), and a free string there could inject arbitrary pod spec, so
+  the plan pod, which has no patch and which every other pod waits for, refuses any value
+  outside its enum (parameters.py), and the patches read the values plan wrote. Argo cannot
+  take `parallelism` from a parameter at all (argoproj/argo-workflows#1780): it is set when
+  rendering or submitting.
+- Retries follow the exit code (steps/errors.py): 1 (storage, network), 137 (OOM kill, retried
+  with twice the memory) and Argo's -1 (no exit code: eviction, node loss) are retried; 2
+  (usage) and 3 (damaged data) are not.
+- Requests equal limits for the `main` container only; Argo's `init` and `wait` containers get
+  the controller's executor resources, so pods are Guaranteed only when the controller config
+  sets executor requests equal to limits (README: Running on Argo Workflows).
 """
 
 from __future__ import annotations
@@ -49,17 +60,17 @@ from hera.workflows.models import (
     Sequence,
     TTLStrategy,
     ValueFrom,
+    WorkflowMetadata,
 )
 
 from shardflow.steps import __version__
-from shardflow.steps.recipe import BUILTIN_RECIPES
 
 from . import yamltext
-from .plan import AUTO, MAX_TASKS
+from .parameters import DEFAULT_IMAGE, PARAMETERS, PATCHED, PLAN_CHECKED
+from .plan import MAX_TASKS
 
 NAME = "shardflow-augment"
 ENTRYPOINT = "main"
-DEFAULT_IMAGE = f"shardflow:{__version__}"
 DEFAULT_PARALLELISM = 32
 USER_ID = 10001  # the image's non-root user (containers/Dockerfile)
 TMP = "/tmp"
@@ -67,10 +78,7 @@ PLAN_DIR = f"{TMP}/plan"
 SUMMARY_FILE = f"{TMP}/verify-summary.txt"
 CREDENTIALS_SECRET = "shardflow-credentials"
 
-PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet")
-CPU_CHOICES = ("1", "2", "4", "8", "16")
-MEMORY_CHOICES = ("1Gi", "2Gi", "4Gi", "8Gi", "16Gi", "32Gi")
-RETRY_CHOICES = ("0", "1", "2", "3", "5", "10")
+PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet", *PATCHED)
 
 TITLE = "shardflow: augment WebDataset shards"
 DESCRIPTION = """\
@@ -83,79 +91,20 @@ verifies the outputs.
 3. **verify** checks every output shard and writes `verify-report.json` and
    `verify-samples.png` beside the outputs; its summary is the output `verify-summary`.
 
-Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`."""
+Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`. Needs Argo Workflows
+3.7 or newer."""
 
 
-def _parameters() -> list[Parameter]:
-    """The workflow's parameters: what the UI form shows, with help and drop-downs."""
-    recipes = ", ".join(BUILTIN_RECIPES)
-    return [
-        Parameter(
-            name="input",
-            description="Input shards: a URL brace pattern, e.g. "
-            "gs://bucket/train/train-{000000..000554}.tar (gs://, s3://, https://).",
-        ),
-        Parameter(
-            name="output",
-            description="Output shards: a pattern that expands to as many URLs as input, or a "
-            "directory ending in / for shards of the same names.",
-        ),
-        Parameter(
-            name="recipe",
-            value="seed",
-            description=f"Built-in recipe ({recipes}), a .yaml or .json URL, or inline JSON.",
-        ),
-        Parameter(
-            name="shards-per-task",
-            value=AUTO,
-            description=f"Shards per augment pod, or {AUTO}: one per pod unless that makes "
-            f"more than {MAX_TASKS} pods (a workflow stays responsive up to about 2,000 nodes).",
-        ),
-        Parameter(
-            name="on-error",
-            value="skip",
-            enum=["skip", "fail"],
-            description="A sample that cannot be decoded or processed: skip it (counted and "
-            "listed by key in the shard's manifest) or fail its shard.",
-        ),
-        Parameter(
-            name="cpu",
-            value="2",
-            enum=list(CPU_CHOICES),
-            description="CPU cores per augment and verify pod (request = limit); the step runs "
-            "this many threads.",
-        ),
-        Parameter(
-            name="memory",
-            value="4Gi",
-            enum=list(MEMORY_CHOICES),
-            description="Memory per augment and verify pod (request = limit).",
-        ),
-        Parameter(
-            name="retries",
-            value="3",
-            enum=list(RETRY_CHOICES),
-            description="Retries of a pod that fails for a reason that can pass (eviction, OOM "
-            "kill, node loss, a storage error), with exponential backoff from 30 s.",
-        ),
-        Parameter(
-            name="image",
-            value=DEFAULT_IMAGE,
-            description="The shardflow container image (containers/Dockerfile).",
-        ),
-        Parameter(
-            name="service-account",
-            value="default",
-            description="Kubernetes service account of the pods: bind it to a cloud identity "
-            "(GKE Workload Identity, EKS IRSA) to reach the buckets without keys.",
-        ),
-        Parameter(
-            name="storage-options",
-            value="{}",
-            description='fsspec storage options as JSON, e.g. {"endpoint_url": '
-            '"http://minio:9000"} for an S3-compatible store.',
-        ),
-    ]
+def _parameters(image: str) -> list[Parameter]:
+    """The workflow's parameters (parameters.py): what the UI form shows, with drop-downs."""
+    built = []
+    for parameter in PARAMETERS:
+        value = image if parameter.name == "image" else parameter.default
+        options: dict[str, Any] = {"value": value} if value is not None else {}
+        if parameter.enum:
+            options["enum"] = list(parameter.enum)
+        built.append(Parameter(name=parameter.name, description=parameter.description, **options))
+    return built
 
 
 def _container_security() -> SecurityContext:
@@ -177,12 +126,16 @@ def _pod_security() -> PodSecurityContext:
     )
 
 
-def _resources_patch() -> str:
-    """Requests = limits (Guaranteed QoS: the last pods evicted), from enum-checked parameters."""
-    quantities = {
-        "cpu": "{{workflow.parameters.cpu}}",
-        "memory": "{{workflow.parameters.memory}}",
-    }
+def _resources_patch(memory: str) -> str:
+    """Requests = limits for `main`, from the values the plan pod wrote after checking them.
+
+    Not from the workflow parameters themselves: Argo substitutes a template in two passes
+    (common.SubstituteParams), so a parameter value holding `{{=...}}` is evaluated in the
+    second, with each pod's own variables (pod.name, inputs, lastRetry); it could read "2" in
+    the plan pod and something else in an augment pod. plan writes its checked values as
+    plain output parameters, which hold no tags.
+    """
+    quantities = {"cpu": "{{inputs.parameters.cpu}}", "memory": memory}
     patch = {
         "containers": [
             {"name": "main", "resources": {"requests": quantities, "limits": quantities}}
@@ -191,12 +144,36 @@ def _resources_patch() -> str:
     return yamltext.dump(patch)
 
 
-def _retry(expression: str) -> RetryStrategy:
+# After an OOM kill (exit 137) the next attempt gets twice the `memory` parameter. Argo
+# substitutes `lastRetry.exitCode` into the template of each retry before the pod is created
+# (operator.go executeTemplate; "0" on the first attempt), and the enum makes every value a
+# whole number of Gi.
+MEMORY_AFTER_OOM = (
+    "{{=(asInt(lastRetry.exitCode) == 137 ? 2 : 1)"
+    ' * asInt(sprig.trimSuffix("Gi", inputs.parameters.memory))}}Gi'
+)
+# Exit codes (steps/errors.py): 2 usage and 3 damaged data fail the same way every time; 1
+# (storage, network), 137 (OOM kill) and Argo's "-1" (no exit code: eviction, node loss) may
+# pass on another attempt.
+RETRY_UNLESS_USAGE_OR_DATA = "lastRetry.exitCode != '2' && lastRetry.exitCode != '3'"
+# verify: a failed verification (1) or a usage error (2) is a result, not an accident.
+RETRY_VERIFY = "lastRetry.exitCode != '1' && lastRetry.exitCode != '2'"
+# plan's own retries never depend on a parameter: when it refuses one, nothing else may fail
+# first (the controller parses limit and backoff before it evaluates the expression).
+PLAN_RETRIES = "3"
+PLAN_BACKOFF = "10s"
+
+
+def _retry(
+    expression: str,
+    limit: str = "{{workflow.parameters.retries}}",
+    backoff: str = "{{workflow.parameters.retry-backoff}}",
+) -> RetryStrategy:
     return RetryStrategy(
-        limit="{{workflow.parameters.retries}}",
+        limit=limit,
         retry_policy="Always",
         expression=expression,
-        backoff=Backoff(duration="30s", factor="2", cap="10m"),
+        backoff=Backoff(duration=backoff, factor="2", cap="10m"),
     )
 
 
@@ -225,6 +202,10 @@ def _templates() -> tuple[Container, Container, Container]:
             "--recipe={{workflow.parameters.recipe}}",
             f"--max-tasks={MAX_TASKS}",
             f"--write-params={PLAN_DIR}",
+            *(
+                f"--check-parameter={name}={{{{workflow.parameters.{name}}}}}"
+                for name in PLAN_CHECKED
+            ),
             "--",
             "{{workflow.parameters.input}}",
             "{{workflow.parameters.output}}",
@@ -235,7 +216,7 @@ def _templates() -> tuple[Container, Container, Container]:
         ],
         resources=Resources(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi"),
         active_deadline_seconds="600",
-        retry_strategy=_retry("lastRetry.exitCode != '2'"),
+        retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA, PLAN_RETRIES, PLAN_BACKOFF),
     )
     augment = _step(
         "augment",
@@ -243,6 +224,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "augment",
             "--recipe={{workflow.parameters.recipe}}",
             "--on-error={{workflow.parameters.on-error}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--task-index={{inputs.parameters.task-index}}",
             "--shards-per-task={{inputs.parameters.shards-per-task}}",
             "--skip-existing",
@@ -250,29 +232,30 @@ def _templates() -> tuple[Container, Container, Container]:
             "{{workflow.parameters.input}}",
             "{{workflow.parameters.output}}",
         ],
-        inputs=[Parameter(name="task-index"), Parameter(name="shards-per-task")],
-        pod_spec_patch=_resources_patch(),
+        inputs=[
+            Parameter(name="task-index"),
+            Parameter(name="shards-per-task"),
+            *(Parameter(name=name) for name in PATCHED),
+        ],
+        pod_spec_patch=_resources_patch(MEMORY_AFTER_OOM),
         # A stuck read must not hold a parallelism slot forever; batches are sized to take
         # minutes to a few hours (README: scaling), and a retry resumes where it stopped.
         active_deadline_seconds="43200",
-        retry_strategy=_retry("lastRetry.exitCode != '2'"),
+        retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA),
     )
     verify = _step(
         "verify",
         [
             "verify",
             "--inputs={{workflow.parameters.input}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             "--report={{inputs.parameters.report}}",
             "--sample-sheet={{inputs.parameters.sample-sheet}}",
             f"--summary-file={SUMMARY_FILE}",
             "--",
             "{{inputs.parameters.outputs}}",
         ],
-        inputs=[
-            Parameter(name="outputs"),
-            Parameter(name="report"),
-            Parameter(name="sample-sheet"),
-        ],
+        inputs=[Parameter(name=name) for name in ("outputs", "report", "sample-sheet", *PATCHED)],
         outputs=[
             Parameter(
                 name="summary",
@@ -280,9 +263,8 @@ def _templates() -> tuple[Container, Container, Container]:
                 value_from=ValueFrom(path=SUMMARY_FILE, default="verification did not finish"),
             )
         ],
-        pod_spec_patch=_resources_patch(),
-        # Failed verification (1) or a usage error (2) is a result, not an accident.
-        retry_strategy=_retry("lastRetry.exitCode != '1' && lastRetry.exitCode != '2'"),
+        pod_spec_patch=_resources_patch("{{inputs.parameters.memory}}"),
+        retry_strategy=_retry(RETRY_VERIFY),
     )
     return plan, augment, verify
 
@@ -296,13 +278,19 @@ def _dag(plan: Container, augment: Container, verify: Container) -> None:
             template=augment,
             depends="plan.Succeeded",
             with_sequence=Sequence(count=planned % "tasks"),
-            arguments={"task-index": "{{item}}", "shards-per-task": planned % "shards-per-task"},
+            arguments={
+                "task-index": "{{item}}",
+                "shards-per-task": planned % "shards-per-task",
+                **{name: planned % name for name in PATCHED},
+            },
         )
         Task(
             name="verify",
             template=verify,
             depends="plan.Succeeded && (augment.Succeeded || augment.Failed || augment.Errored)",
-            arguments={name: planned % name for name in ("outputs", "report", "sample-sheet")},
+            arguments={
+                name: planned % name for name in ("outputs", "report", "sample-sheet", *PATCHED)
+            },
         )
 
 
@@ -316,17 +304,18 @@ class RenderSettings:
 
 def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
     """The Hera WorkflowTemplate (kind=WorkflowTemplate) or standalone Workflow (kind=Workflow)."""
-    parameters = _parameters()
-    for parameter in parameters:
-        if parameter.name == "image":
-            parameter.value = settings.image
-    naming = {"name": NAME} if kind is WorkflowTemplate else {"generate_name": f"{NAME}-"}
+    parameters = _parameters(settings.image)
+    annotations = {
+        "workflows.argoproj.io/title": TITLE,
+        "workflows.argoproj.io/description": DESCRIPTION,
+    }
+    naming: dict[str, Any] = {"generate_name": f"{NAME}-"}
+    if kind is WorkflowTemplate:
+        # Workflows submitted from the template carry the title and description too.
+        naming = {"name": NAME, "workflow_metadata": WorkflowMetadata(annotations=annotations)}
     with kind(
         **naming,
-        annotations={
-            "workflows.argoproj.io/title": TITLE,
-            "workflows.argoproj.io/description": DESCRIPTION,
-        },
+        annotations=annotations,
         labels={"app.kubernetes.io/name": "shardflow", "app.kubernetes.io/version": __version__},
         entrypoint=ENTRYPOINT,
         arguments=parameters,
@@ -344,5 +333,7 @@ def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
 
 
 # Template-level annotations (Argo >= 3.7) name each loop node in the UI; Hera 7.1's Container
-# only sets pod annotations, so they are applied to the built model (render.py).
-DISPLAY_NAMES = {"augment": "augment batch {{inputs.parameters.task-index}}"}
+# only sets pod annotations, so they are applied to the built model (render.py). After
+# substitution a display name must match Argo's `displayNameRegex` (no spaces, at most 63
+# characters) or the controller errors the node and the fan-out stalls; lint.py checks it.
+DISPLAY_NAMES = {"augment": "augment-{{inputs.parameters.task-index}}"}

@@ -10,6 +10,7 @@ import argparse
 
 from shardflow.steps.errors import UsageError
 
+from .parameters import ON_ERROR_CHOICES
 from .plan import AUTO
 
 _OPTIONS = ("recipe", "shards_per_task", "on_error")
@@ -20,7 +21,7 @@ def add_dag_arguments(parser: argparse.ArgumentParser, *, recipe_help: str, more
     parser.add_argument("output", metavar="OUTPUTS", help="output shard pattern, or dir/")
     parser.add_argument("--recipe", help=recipe_help)
     parser.add_argument("--shards-per-task", metavar="N", help=f"shards per task, or {AUTO}")
-    parser.add_argument("--on-error", choices=("skip", "fail"))
+    parser.add_argument("--on-error", choices=ON_ERROR_CHOICES)
     parser.add_argument(
         "-p",
         "--parameter",

@@ -10,7 +10,9 @@ node's emptyDir volumes become directories of its own, and arguments and output 
 their mount points are mapped there; each node gets its own ARGO_PROGRESS_FILE, polled as
 Argo's executor polls it; each worker is pinned to its share of the CPUs, as a pod's CPU limit
 would confine it, so the step's thread count (which follows affinity and cgroup quota) does
-not multiply by the number of workers. Not emulated: retries, deadlines, resources,
+not multiply by the number of workers. Not emulated: retries (a failure fails its node at
+once, whatever its exit code), deadlines, resources (so no OOM kill), enum checks the cluster
+skips (run checks every parameter up front; plan checks again), template display names,
 security contexts, secrets (a local run uses the caller's environment and credentials).
 """
 
@@ -32,11 +34,25 @@ from shardflow.steps.errors import EXIT_FAILED, UsageError
 
 from . import argo_vars
 from .depends import TaskOutcome, ancestors, evaluate, upstream
+from .parameters import refusal
 
 POLL_SECONDS = 0.2
-PROGRESS_INTERVAL = "1"  # seconds between a step's progress-file writes (Argo reads every 3 s)
-# The image's entrypoint is this very program: run it with this interpreter.
-SHARDFLOW = [sys.executable, "-m", "shardflow.workflows.cli"]
+STOP_GRACE_SECONDS = 30  # as Kubernetes' default terminationGracePeriodSeconds
+# Seconds between a step's progress-file writes. On a cluster Argo's wait container reads the
+# file every 3 s but reports it only every ARGO_PROGRESS_PATCH_TICK_DURATION (1 minute by
+# default), so the UI's bar moves about once a minute; locally the bar is redrawn as it moves.
+PROGRESS_INTERVAL = "1"
+# The image's entrypoint is this very program: run it with this interpreter. Not with `-m`,
+# which puts the working directory first on the import path: a `yaml.py` or a `shardflow/`
+# there (the user's data directory, a checkout) would run in every task. The path entry is
+# removed before anything is imported, as `python -P` (3.11+) would.
+_ENTRY = (
+    "import sys\n"
+    "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+    "from shardflow.workflows.cli import main\n"
+    "sys.exit(main())"
+)
+SHARDFLOW = [sys.executable, "-c", _ENTRY]
 
 
 def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
@@ -51,9 +67,15 @@ def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[
         name = parameter["name"]
         if name not in values:
             raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
+        bad = argo_vars.unsubstitutable(values[name])
+        if bad:
+            raise UsageError(
+                f"parameter {name} contains {bad!r}: Argo cannot substitute it (the template "
+                "would no longer be valid JSON)"
+            )
         enum = parameter.get("enum")
         if enum and values[name] not in enum:
-            raise UsageError(f"parameter {name}={values[name]!r} is not one of {', '.join(enum)}")
+            raise UsageError(refusal(name, values[name], enum))
     return values
 
 
@@ -190,11 +212,16 @@ class LocalExecutor:
                 )
                 if queue or running:
                     time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks as pods are stopped
+            killed = _stop([n for nodes in task_nodes.values() for n in nodes])
+            if killed:
+                exc.left_behind = (  # type: ignore[attr-defined]
+                    f"{', '.join(killed)} did not stop within {STOP_GRACE_SECONDS} s and were "
+                    "killed: they may leave .partial files or unfinished uploads"
+                )
+            raise
         finally:
-            for node in running:
-                if node.process and node.process.poll() is None:
-                    node.process.terminate()
-                    node.process.wait()
+            _stop(running)
         nodes = [n for nodes in task_nodes.values() for n in nodes]
         phase, exit_code = self._result(outcomes, task_nodes)
         return RunResult(phase, exit_code, outcomes, nodes, global_outputs)
@@ -340,6 +367,25 @@ class _Exited:
 
     def terminate(self) -> None:
         pass
+
+
+def _stop(nodes: list[Node]) -> list[str]:
+    """SIGTERM each running node's process, as the kubelet stops a pod, and wait for it to
+    clean up; after the grace period, SIGKILL. Returns the names of the nodes killed."""
+    alive = [n for n in nodes if n.process is not None and n.process.poll() is None]
+    for node in alive:
+        node.process.terminate()  # type: ignore[union-attr]
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    killed = []
+    for node in alive:
+        assert node.process is not None
+        try:
+            node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+            killed.append(node.name)
+    return killed
 
 
 def _loops(task: dict[str, Any]) -> bool:

@@ -3,16 +3,27 @@
 `argo lint` does this server-side; we cannot run it here, so `shardflow render` and the tests
 run these checks on every manifest. They cover the constructs our DAG uses (DAG and container
 templates, withSequence, depends); anything else is reported rather than guessed at.
+
+One rule no Argo validator checks: the controller matches a template's display name, after
+substitution, against `displayNameRegex` (operator.go) and errors the node when it fails, which
+leaves a fanned-out DAG running until its deadline. So every display name is checked here with
+every value that can be substituted into it.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
 from . import argo_vars
 from .depends import DependsError, ancestors, upstream
+from .plan import MAX_TASKS
 
 _LOOPS = ("withSequence", "withItems", "withParam")
+DISPLAY_NAME = "workflows.argoproj.io/display-name"
+# workflow/controller/operator.go `displayNameRegex` (the same in v3.7.x and v4.x).
+DISPLAY_NAME_REGEX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-.]{0,61}[a-zA-Z0-9]$")
 
 
 def check_manifest(manifest: dict[str, Any]) -> list[str]:
@@ -29,10 +40,81 @@ def check_manifest(manifest: dict[str, Any]) -> list[str]:
     for name, template in templates.items():
         inputs = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
         body = {key: value for key, value in template.items() if key != "dag"}
-        problems += _check_strings(f"template {name}", body, workflow_parameters, inputs)
+        retry = argo_vars.RETRY_VARIABLES if "retryStrategy" in template else ()
+        problems += _check_strings(f"template {name}", body, workflow_parameters, inputs, retry)
         if "dag" in template:
             problems += _check_dag(name, template["dag"], templates, workflow_parameters, inputs)
+    problems += _check_display_names(spec, templates)
     return problems
+
+
+def _check_display_names(spec: dict[str, Any], templates: dict[str, dict[str, Any]]) -> list[str]:
+    """Each display name, with every combination of sample values, must match Argo's regex."""
+    problems = []
+    for name, template in templates.items():
+        display_name = template.get("annotations", {}).get(DISPLAY_NAME)
+        if display_name is None:
+            continue
+        where = f"template {name}: display name {display_name!r}"
+        choices: dict[str, list[str]] = {}
+        for reference in dict.fromkeys(argo_vars.references(display_name)):
+            samples = _samples(reference, name, spec, templates)
+            if not samples:
+                problems.append(
+                    f"{where}: {{{{{reference}}}}} is free text, so no value is sure "
+                    "to match Argo's display-name rule"
+                )
+            choices[reference] = samples
+        for combination in itertools.product(*choices.values()):
+            value = argo_vars.substitute(
+                display_name, dict(zip(choices, combination, strict=True)), where
+            )
+            if not DISPLAY_NAME_REGEX.match(value):
+                problems.append(
+                    f"{where}: {value!r} does not match {DISPLAY_NAME_REGEX.pattern} (Argo "
+                    "errors the node)"
+                )
+                break
+    return problems
+
+
+def _samples(
+    reference: str, template_name: str, spec: dict[str, Any], templates: dict[str, Any]
+) -> list[str]:
+    """Every value `reference` can take in template_name, or [] when it is free text.
+
+    A workflow parameter takes its enum (or nothing else is known); a template input takes
+    what each calling task passes: `{{item}}` of a withSequence runs from 0 to the largest
+    task index, an enum-restricted workflow parameter any of its values, a literal itself.
+    """
+    scope, _, rest = reference.partition(".parameters.")
+    if scope == "workflow":
+        parameter = next(
+            (p for p in spec.get("arguments", {}).get("parameters", []) if p["name"] == rest), {}
+        )
+        return [str(v) for v in parameter.get("enum", [])]
+    if scope != "inputs":
+        return []
+    samples: list[str] = []
+    for template in templates.values():
+        for task in template.get("dag", {}).get("tasks", []):
+            if task.get("template") != template_name:
+                continue
+            given = argo_vars.parameter_values(task.get("arguments", {}).get("parameters"))
+            value = given.get(rest)
+            references = argo_vars.references(value) if value is not None else []
+            if value is None or not references:
+                samples += [value] if value is not None else []
+            elif references == ["item"] and value.strip() == "{{item}}" and "withSequence" in task:
+                samples += ["0", str(MAX_TASKS - 1)]
+            elif len(references) == 1 and value.strip() == f"{{{{{references[0]}}}}}":
+                inner = _samples(references[0], template.get("name", ""), spec, templates)
+                if not inner:
+                    return []
+                samples += inner
+            else:
+                return []
+    return samples
 
 
 def _check_strings(
@@ -40,10 +122,14 @@ def _check_strings(
 ) -> list[str]:
     problems = []
     for path, text in argo_vars.strings(value):
-        for name in argo_vars.references(text):
-            if name in extra or _resolves(name, workflow_parameters, inputs):
-                continue
-            problems.append(f"{where}: {path}: {{{{{name}}}}} resolves to nothing")
+        for reference in dict.fromkeys(argo_vars.references(text)):
+            expression = reference.startswith("=")
+            names = argo_vars.expression_variables(reference) if expression else [reference]
+            for name in names:
+                if name in extra or _resolves(name, workflow_parameters, inputs):
+                    continue
+                in_tag = f" in {{{{{reference}}}}}" if expression else ""
+                problems.append(f"{where}: {path}: {{{{{name}}}}}{in_tag} resolves to nothing")
     return problems
 
 

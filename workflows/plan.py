@@ -8,10 +8,12 @@ patterns, and so that a bad parameter fails one small pod instead of every augme
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from shardflow.steps import storage
-from shardflow.steps.augment import plan_shards
 from shardflow.steps.errors import UsageError
+from shardflow.steps.pairing import Write, pair_shards, refuse_aliases, task_count
+from shardflow.steps.pairing import check_urls as check_schemes
+from shardflow.steps.redact import redact_url
 
 AUTO = "auto"
 # Every augment task is two Argo nodes (a retry node and its pod), and the UI and controller
@@ -44,7 +46,7 @@ class TaskPlan:
         per = "shard" if self.shards_per_task == 1 else "shards"
         return (
             f"{self.shards} shard(s) in {self.tasks} augment task(s) of {self.shards_per_task} "
-            f"{per}; outputs {self.outputs}; verify report {self.report}"
+            f"{per}; outputs {redact_url(self.outputs)}; verify report {redact_url(self.report)}"
         )
 
 
@@ -63,42 +65,38 @@ def plan_tasks(
     """
     if max_tasks < 1:
         raise UsageError("--max-tasks must be positive")
-    inputs = storage.expand(input_pattern)
-    outputs: list[str] | str = (
-        output_pattern if output_pattern.endswith("/") else storage.expand(output_pattern)
-    )
-    pairs = plan_shards(inputs, outputs)
+    pairs = pair_shards(input_pattern, output_pattern)
     if check_urls:
-        _check_urls(pairs)
+        check_schemes(pairs)
     per_task = _shards_per_task(shards_per_task, len(pairs), max_tasks)
-    tasks = -(-len(pairs) // per_task)
+    tasks = task_count(len(pairs), per_task)
     if tasks > max_tasks:
         raise UsageError(
             f"{len(pairs)} shards in batches of {per_task} make {tasks} tasks, more than the "
             f"{max_tasks} a workflow handles well: use shards-per-task "
-            f"{-(-len(pairs) // max_tasks)} or more (or {AUTO}), or split the dataset into "
+            f"{task_count(len(pairs), max_tasks)} or more (or {AUTO}), or split the dataset into "
             "several workflows (README: scaling)"
         )
-    output_urls = [output for _, output in pairs]
-    if len(set(output_urls)) != len(output_urls):
-        raise UsageError(
-            f"two inputs of {input_pattern!r} map to the same output in {output_pattern!r}: "
-            "give OUTPUT as a pattern that names every shard"
-        )
-    directory = _common_directory(output_urls)
+    directory = _common_directory([output for _, output in pairs])
+    report, sample_sheet = directory + REPORT_NAME, directory + SAMPLE_SHEET_NAME
+    # verify writes these two: they must not land on a shard either.
+    refuse_aliases(
+        [url for pair in pairs for url in pair],
+        [Write(report, "the verify report"), Write(sample_sheet, "the sample sheet")],
+    )
     return TaskPlan(
         shards=len(pairs),
         shards_per_task=per_task,
         tasks=tasks,
         outputs=_outputs_pattern(input_pattern, output_pattern),
-        report=directory + REPORT_NAME,
-        sample_sheet=directory + SAMPLE_SHEET_NAME,
+        report=report,
+        sample_sheet=sample_sheet,
     )
 
 
 def _shards_per_task(text: str, shards: int, max_tasks: int) -> int:
     if text.strip() == AUTO:
-        return max(1, -(-shards // max_tasks))
+        return max(1, task_count(shards, max_tasks))
     try:
         value = int(text)
     except ValueError:
@@ -108,19 +106,6 @@ def _shards_per_task(text: str, shards: int, max_tasks: int) -> int:
     if value < 1:
         raise UsageError(f"shards-per-task {value} is not a positive integer")
     return value
-
-
-def _check_urls(pairs: list[tuple[str, str]]) -> None:
-    """One check per URL scheme: expanding a pattern never mixes per-URL risks otherwise."""
-    seen: set[tuple[str, bool]] = set()
-    for input_url, output_url in pairs:
-        if input_url == output_url:
-            raise UsageError(f"{input_url!r} is both an input and an output")
-        for url, writing in ((input_url, False), (output_url, True)):
-            key = (storage.scheme(url) if not url.startswith("pipe:") else "pipe", writing)
-            if key not in seen:
-                seen.add(key)
-                storage.check_url(url, writing=writing)
 
 
 def _common_directory(urls: list[str]) -> str:
@@ -141,6 +126,8 @@ def _outputs_pattern(input_pattern: str, output_pattern: str) -> str:
     """A pattern naming exactly the outputs, for verify (which takes no directory form)."""
     if not output_pattern.endswith("/"):
         return output_pattern
+    if "://" in input_pattern:  # names come from the path, never a signed URL's query
+        input_pattern = urlsplit(input_pattern)._replace(query="", fragment="").geturl()
     names = input_pattern[_last_separator(input_pattern) + 1 :]
     if "/" in names:
         raise UsageError(

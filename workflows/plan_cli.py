@@ -10,9 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
-from shardflow.steps.cli_common import positive_int
+from shardflow.steps.cli_common import add_storage_arguments, positive_int, storage_options
+from shardflow.steps.errors import UsageError
 from shardflow.steps.recipe import load_recipe
+from shardflow.steps.redact import redact_url
 
+from .parameters import check_values
 from .plan import AUTO, MAX_TASKS, plan_tasks
 
 DESCRIPTION = """\
@@ -20,6 +23,9 @@ Check a run's parameters and split it into tasks: expand the INPUT and OUTPUT pa
 that they pair up and that the recipe loads, and compute the number of augment tasks and where
 verification writes its report. In the Argo DAG this is the first pod; --write-params writes
 one file per output parameter (tasks, shards-per-task, outputs, report, sample-sheet).
+--check-parameter refuses a workflow parameter outside its allowed values before any other pod
+starts (Argo does not enforce enums for `argo submit -p` or the API); cpu and memory, once
+checked, are written as output parameters too, for the pods whose spec they set.
 
 exit status: 0 planned, 2 usage error."""
 
@@ -53,20 +59,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write each output parameter to DIR/NAME (for Argo's valueFrom.path)",
     )
+    parser.add_argument(
+        "--check-parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="refuse (exit 2) a workflow parameter value outside its allowed set (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_storage_arguments(parser)  # for a recipe URL, with the pods' options and secrets
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    checked = check_values(_name_values(args.check_parameter))
     plan = plan_tasks(args.input, args.output, args.shards_per_task, max_tasks=args.max_tasks)
-    load_recipe(args.recipe)
-    parameters = plan.parameters()
+    load_recipe(args.recipe, storage_options=storage_options(args))
+    parameters = {**plan.parameters(), **checked}
     if args.write_params is not None:
         args.write_params.mkdir(parents=True, exist_ok=True)
         for name, value in parameters.items():
             (args.write_params / name).write_text(value)
     if args.json:
-        print(json.dumps({"shards": plan.shards, **parameters}, indent=1))
+        shown = {name: redact_url(value) for name, value in parameters.items()}
+        print(json.dumps({"shards": plan.shards, **shown}, indent=1))
     else:
         print(plan.describe())
     return 0
+
+
+def _name_values(items: list[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--check-parameter {item!r} is not NAME=VALUE")
+        values[name] = value
+    return values

@@ -11,14 +11,11 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from shardflow.steps.cli_common import positive_int
 from shardflow.steps.errors import EXIT_OK, ShardflowError, UsageError
-from shardflow.steps.recipe import BUILTIN_RECIPES, load_recipe
+from shardflow.steps.recipe import BUILTIN_RECIPES, load_recipe, read_document
 
 from .dag_arguments import add_dag_arguments, given_parameters
 from .plan import plan_tasks
@@ -56,7 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="reference the installed WorkflowTemplate (default name: shardflow-augment)",
     )
-    parser.add_argument("--parallelism", type=positive_int, help="pods running at once")
+    parser.add_argument(
+        "--parallelism",
+        type=positive_int,
+        help="pods running at once (not with --from-template: the installed template's applies)",
+    )
     parser.add_argument("--namespace", "-n", help="namespace (default: $ARGO_NAMESPACE)")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the Workflow as YAML instead of submitting"
@@ -70,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
     from . import dag, render
     from .executor import resolve_parameters
 
+    if args.from_template and args.parallelism:
+        # Argo refuses to override parallelism over a workflowTemplateRef under the
+        # controller's templateReferencing: Strict/Secure (merge.go allowedUserOverrideFields).
+        raise UsageError(
+            "--parallelism cannot change an installed template's: render it with "
+            "`shardflow render --parallelism N` and install that, or submit without "
+            "--from-template"
+        )
     given = _given_parameters(args)
     template = render.manifest(Workflow)
     values = resolve_parameters(template, given)
@@ -78,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"plan: {plan.describe()}", file=sys.stderr)
     if args.from_template:
-        model = _template_reference(args.from_template, given, args.parallelism)
+        model = _template_reference(args.from_template, given)
     else:
         settings = dag.RenderSettings(parallelism=args.parallelism or dag.DEFAULT_PARALLELISM)
         model = render.model(Workflow, settings)
@@ -105,21 +114,16 @@ def _portable_recipe(spec: str) -> str:
         return text
     if "://" in text:
         return text  # read by the plan pod, with the pods' credentials
-    path = Path(text)
-    try:
-        document: Any = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"recipe file {text!r}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"recipe file {text!r} is not valid YAML or JSON: {exc}") from None
+    # Read within the same bounds as everywhere else (size, depth, aliases, duplicate keys).
+    stem, document = read_document(text, {})
     if isinstance(document, dict):
-        document.setdefault("name", path.stem)  # the same recipe hash as a local run
+        document.setdefault("name", stem)  # the same recipe hash as a local run
     inline = json.dumps(document, separators=(",", ":"))
     load_recipe(inline)
     return inline
 
 
-def _template_reference(name: str, given: dict[str, str], parallelism: int | None) -> Any:
+def _template_reference(name: str, given: dict[str, str]) -> Any:
     from hera.workflows import models
 
     from .dag import NAME
@@ -133,7 +137,6 @@ def _template_reference(name: str, given: dict[str, str], parallelism: int | Non
             arguments=models.Arguments(
                 parameters=[models.Parameter(name=k, value=v) for k, v in given.items()]
             ),
-            parallelism=parallelism,
         ),
     )
 

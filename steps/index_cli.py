@@ -1,0 +1,282 @@
+"""`shardflow index SHARDS`: write the dataset index (wids JSON, sizes.json, DALI .idx) for
+shards that exist, ours or anyone's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from . import storage
+from .cli_common import (
+    add_output_arguments,
+    add_storage_arguments,
+    non_negative_int,
+    positive_int,
+    show_bar,
+    storage_options,
+)
+from .cpus import available_cpus
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
+from .index_parts import read_parts, remove_parts, write_part
+from .manifest import ManifestError, manifest_url, read_manifest
+from .pairing import Batch, index_writes, refuse_aliases, task_count
+from .progress import ARGO_PROGRESS_FILE, Progress
+from .shard_index import (
+    ShardIndex,
+    default_index_url,
+    index_from_manifest,
+    index_from_stream,
+    write_counts,
+    write_dali_indexes,
+)
+from .storage_faults import describe
+from .verify import manifest_view
+
+DESCRIPTION = """\
+Index shards: count each shard's samples and locate every member's data, then write
+  PREFIX.shardindex.json   the wids-shard-index-v1 JSON (webdataset's wids.ShardListDataset)
+  sizes.json               {file name: samples} per directory (open_clip, DataComp)
+  SHARD.idx                with --dali: DALI's wds2idx index (v1.2), one per shard
+A shard with a shardflow manifest of the same size is indexed from the manifest without being
+read; any other shard from its headers only, seeking over member data (ranged reads on
+object stores), several shards at once. A damaged shard is reported and nothing is written.
+
+On Argo, the WorkflowTemplate shardflow-index fans this out: --task-index I --parts URL per
+batch, then --merge --parts URL.
+
+exit status: 0 index written; nothing is written otherwise: 1 a shard could not be read
+(storage, network: a retry may pass), 2 usage error, 3 every failed shard is damaged or
+cannot be described (DALI's format: no samples, white space in a name)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "index",
+        help="write sample counts and offsets (wids JSON, sizes.json, DALI .idx)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("shards", metavar="SHARDS", help="shard URL or brace pattern")
+    parser.add_argument(
+        "--index",
+        metavar="URL",
+        help="where to write the wids index (default: PREFIX.shardindex.json beside the first "
+        "shard, PREFIX being the shard names' common start)",
+    )
+    parser.add_argument(
+        "--dali",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=("yes", "no"),
+        help="also write DALI .idx files (--dali, or --dali=yes|no as a workflow passes it)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="shards indexed at once (default: twice the CPUs this process may use, at most 16)",
+    )
+    batch = parser.add_argument_group(
+        "batches (the shardflow-index fan-out: each task writes a part, the last step merges)"
+    )
+    batch.add_argument(
+        "--parts",
+        metavar="URL",
+        help="directory of the batches' parts; with --task-index: index only batch I and write "
+        "its part (and its .idx files); with --merge: write the index from every part",
+    )
+    batch.add_argument("--task-index", type=non_negative_int, metavar="I", help="batch I (0-based)")
+    batch.add_argument(
+        "--shards-per-task",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="shards per batch (default: 1)",
+    )
+    batch.add_argument("--merge", action="store_true", help="merge the parts into the index")
+    batch.add_argument(
+        "--write-plan",
+        metavar="DIR",
+        help="only write DIR/tasks (the number of batches) and DIR/parts (the parts URL: "
+        "--parts, or .INDEX.parts/ beside the index), the fan-out's first step",
+    )
+    parser.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read every shard's headers, even when a manifest describes it",
+    )
+    add_storage_arguments(parser)
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = storage_options(args)
+    shards = storage.expand(args.shards)
+    for url in shards:
+        storage.check_url(url, writing=False)
+    index_url = args.index or default_index_url(shards)
+    storage.check_url(index_url, writing=True)
+    refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))
+    if args.write_plan:
+        return _write_plan(args, shards, index_url)
+    if (args.task_index is not None or args.merge) != bool(args.parts):
+        raise UsageError("--parts goes with --task-index (one batch) or --merge (all parts)")
+    if args.task_index is not None and args.merge:
+        raise UsageError("--task-index and --merge are two steps: give one of them")
+    try:
+        if args.merge:
+            indexes = read_parts(args.parts, shards, args.shards_per_task, options)
+            written = write_counts(indexes, index_url, options)
+            remove_parts(args.parts, len(shards), args.shards_per_task, options)
+        else:
+            batch = (
+                Batch(args.task_index, args.shards_per_task).of(shards)
+                if args.task_index is not None
+                else shards
+            )
+            threads = args.threads or min(16, 2 * available_cpus())
+            indexes, status = _index_or_report(batch, options, threads, args)
+            if status != EXIT_OK:
+                return status
+            written = write_dali_indexes(indexes, index_url, options) if args.dali == "yes" else []
+            if args.task_index is None:
+                written += write_counts(indexes, index_url, options)
+            else:
+                written.append(write_part(args.parts, args.task_index, indexes, options))
+    except ShardError as exc:
+        print(f"shardflow index: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        raise ShardflowError(f"cannot write the index: {exc}") from None
+    _report(indexes, written, args)
+    return EXIT_OK
+
+
+def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> int:
+    """The fan-out's plan: how many batches, and where their parts go (local files: Argo
+    reads output parameters from the pod's file system)."""
+    tasks = task_count(len(shards), args.shards_per_task)
+    directory, _, name = index_url.rpartition("/")
+    parts = args.parts or (f"{directory}/" if directory else "") + f".{name}.parts/"
+    storage.check_url(parts, writing=True)
+    directory = Path(args.write_plan)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tasks").write_text(str(tasks))
+    (directory / "parts").write_text(parts)
+    if not (args.quiet or args.json):
+        print(f"index plan: {len(shards)} shards in {tasks} batches; parts in {parts}")
+    return EXIT_OK
+
+
+def _index_or_report(
+    shards: list[str], options: storage.StorageOptions, threads: int, args: argparse.Namespace
+) -> tuple[list[ShardIndex], int]:
+    """The shards' indexes and EXIT_OK, or a line per shard that could not be indexed and
+    the exit status: 3 when every failure is the data's (a retry fails the same way), else 1."""
+    indexes, errors = index_all(shards, options, threads, args)
+    for message, _ in errors:
+        print(f"shardflow index: error: {message}", file=sys.stderr)
+    if not errors:
+        return indexes, EXIT_OK
+    print(
+        f"shardflow index: {len(errors)} of {len(shards)} shards could not be indexed; "
+        "nothing written",
+        file=sys.stderr,
+    )
+    return indexes, EXIT_DATA if {code for _, code in errors} == {EXIT_DATA} else EXIT_FAILED
+
+
+def index_all(
+    shards: list[str], options: storage.StorageOptions, threads: int, args: argparse.Namespace
+) -> tuple[list[ShardIndex], list[tuple[str, int]]]:
+    """Every shard indexed by a pool of threads (the work is waiting for storage); the
+    indexes in SHARDS order and the errors with their exit status."""
+    progress = Progress(
+        len(shards),
+        bar=show_bar(args),
+        argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
+        desc="index",
+    )
+    results: list[ShardIndex | tuple[str, int]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="index") as pool:
+            for result in pool.map(lambda url: _index_or_error(url, options, args), shards):
+                results.append(result)
+                progress.advance(0, result.nsamples if isinstance(result, ShardIndex) else 0)
+                progress.shard_finished()
+    finally:
+        progress.close()
+    return (
+        [r for r in results if isinstance(r, ShardIndex)],
+        [r for r in results if not isinstance(r, ShardIndex)],
+    )
+
+
+def _index_or_error(
+    url: str, options: storage.StorageOptions, args: argparse.Namespace
+) -> ShardIndex | tuple[str, int]:
+    try:
+        index = index_shard(url, options, use_manifest=not args.headers_only)
+        return index if args.dali == "yes" else index.counts_only()
+    except ShardError as exc:
+        return str(exc), exc.exit_code
+    except Exception as exc:  # any back-end's error: a line for this shard, not a crash
+        return f"{url}: {describe(exc)}", EXIT_FAILED
+
+
+def index_shard(
+    url: str, options: storage.StorageOptions, *, use_manifest: bool = True
+) -> ShardIndex:
+    """From the manifest when one describes a shard of this size, else from the headers."""
+    size = storage.size(url, options)
+    if use_manifest and size is not None:
+        manifest = _manifest(url, options)
+        if manifest is not None and manifest["output_size"] == size:
+            return index_from_manifest(url, manifest)
+    if size is None:  # compressed or piped: a stream, read through
+        with storage.open_input(url, options) as stream:
+            return index_from_stream(url, stream, seek_size=None)
+    with storage.open_ranged(url, options) as stream:
+        return index_from_stream(url, stream, seek_size=size)
+
+
+def _manifest(url: str, options: storage.StorageOptions) -> dict[str, Any] | None:
+    """The shard's manifest if there is a valid one."""
+    try:
+        document = read_manifest(manifest_url(url), options)
+        if document is not None:
+            manifest_view(document)  # untrusted: types checked before use
+        return document
+    except ManifestError:
+        return None
+
+
+def _report(indexes: list[ShardIndex], written: list[str], args: argparse.Namespace) -> None:
+    total = sum(shard.nsamples for shard in indexes)
+    from_manifests = sum(shard.source == "manifest" for shard in indexes)
+    if args.json:
+        document = {
+            "samples": total,
+            "shards": [
+                {"url": s.url, "nsamples": s.nsamples, "filesize": s.filesize, "from": s.source}
+                for s in indexes
+            ],
+            "written": written,
+        }
+        json.dump(document, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    if args.quiet:
+        return
+    for url in written:
+        print(f"wrote {url}")
+    print(
+        f"index: {total} samples in {len(indexes)} shards ({from_manifests} from manifests, "
+        f"{len(indexes) - from_manifests} from headers)"
+    )

@@ -1,0 +1,223 @@
+"""Which input shard becomes which output shard, how many tasks a run has, and which pairs
+each task processes.
+
+The plan pod counts the tasks and every augment pod recomputes its own batch from the same
+patterns; both call this module, so the count one publishes and the slices the others take
+cannot disagree. It is also where a run is refused, before any byte is read, when writing
+would destroy something it still needs: an output (or the manifest beside it) at the location
+of an input, or two outputs at one location. Locations are compared resolved, not as strings:
+`./in/x.tar`, `/abs/in/x.tar`, `file:///abs/in/x.tar`, a path through a symlinked folder and
+the folder form `in/` are one file, and `S3://Bucket/a/../x.tar` is `s3://bucket/x.tar`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from fsspec.implementations.local import LocalFileSystem
+
+from . import storage
+from .errors import UsageError
+from .manifest import manifest_url
+from .redact import path_name, redact_url
+from .shard_index import SIZES_NAME, default_index_url
+
+Pair = tuple[str, str]
+
+_SAME_STORE = {"s3a": "s3", "gcs": "gs"}  # fsspec's aliases for one back-end
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Already in the one spelling `location` gives: lower-case scheme (not an alias) and host,
+# no credentials or port, no empty path segment, no query; dot segments are looked for apart.
+_CANONICAL = re.compile(r"(?!s3a://|gcs://)[a-z][a-z0-9+.-]*://[a-z0-9._-]+(/[^/?#]+)*")
+_DOT_SEGMENT = re.compile(r"/\.\.?(/|$)")
+
+
+def pair_shards(input_pattern: str, output_pattern: str) -> list[Pair]:
+    """Expand both patterns and pair them by position (an OUTPUT ending in "/" is a directory
+    receiving shards of the inputs' names); raise UsageError for pairs that cannot all be
+    written safely (see `refuse_aliases`)."""
+    inputs = storage.expand(input_pattern)
+    if output_pattern.endswith("/"):
+        outputs = [output_pattern + path_name(url) for url in inputs]  # never a query
+    else:
+        outputs = storage.expand(output_pattern)
+    if len(inputs) != len(outputs):
+        raise UsageError(
+            f"{len(inputs)} input shards but {len(outputs)} output shards: the patterns must "
+            "expand to the same number of URLs"
+        )
+    pairs = list(zip(inputs, outputs, strict=True))
+    refuse_aliases(inputs, shard_writes(pairs))
+    return pairs
+
+
+@dataclass(frozen=True)
+class Write:
+    """A URL a run writes and what it is ("the verify report", "the output of" another URL):
+    described only when refused, so a million shards cost no message formatting."""
+
+    url: str
+    what: str
+    of: str | None = None
+
+    def describe(self) -> str:
+        return self.what if self.of is None else f"{self.what} {_shown(self.of)}"
+
+
+def shard_writes(pairs: list[Pair]) -> list[Write]:
+    """What augmenting the pairs writes: each output and its manifest, then the index."""
+    writes = []
+    for input_url, output_url in pairs:
+        writes.append(Write(output_url, "the output of", input_url))
+        writes.append(Write(manifest_url(output_url), "the manifest of", output_url))
+    return writes + index_writes([output for _, output in pairs])
+
+
+def index_writes(shards: list[str], index_url: str | None = None) -> list[Write]:
+    """The dataset index of the shards (shard_index.py): the wids JSON (by default beside
+    the first shard) and a sizes.json in each folder."""
+    folders = sorted({url.rstrip("/").rpartition("/")[0] for url in shards})
+    return [
+        Write(index_url or default_index_url(shards), "the dataset index"),
+        *(Write(f"{f}/{SIZES_NAME}" if f else SIZES_NAME, "the shard counts") for f in folders),
+    ]
+
+
+def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
+    """Raise UsageError when a written URL is at the location of a URL that is read, or of
+    another written URL: the whole sets are compared, so crossed pairs (a -> b while b -> c)
+    are caught too, not only an input paired with itself."""
+    resolve = _Locations()
+    read_at: dict[str, str] = {}
+    for url in reads:
+        read_at.setdefault(resolve(url, written=False), url)
+    written_at: dict[str, Write] = {}
+    for write in writes:
+        url, what = write.url, write.describe
+        where = resolve(url, written=True)
+        if where in read_at:
+            raise UsageError(
+                f"{_shown(url)} ({what()}) is both an input and an output: it is "
+                f"{_shown(read_at[where])}{_same_as(where, url, read_at[where])}, which this "
+                "run reads and writing would destroy"
+            )
+        if where in written_at:
+            other = written_at[where]
+            raise UsageError(
+                f"{_shown(other.url)} ({other.describe()}) and {_shown(url)} ({what()}) map to "
+                f"the same output{_same_as(where, url, other.url)}: give OUTPUT as a pattern "
+                "that names every shard"
+            )
+        written_at[where] = write
+
+
+def check_urls(pairs: Iterable[Pair], *, allow_pipe: bool = False) -> None:
+    """storage.check_url once per scheme and direction: a pattern's URLs share their risks."""
+    seen: set[tuple[str, bool]] = set()
+    for input_url, output_url in pairs:
+        for url, writing in ((input_url, False), (output_url, True)):
+            key = ("pipe" if url.startswith("pipe:") else storage.scheme(url), writing)
+            if key not in seen:
+                seen.add(key)
+                storage.check_url(url, writing=writing, allow_pipe=allow_pipe)
+
+
+def task_count(shards: int, per_task: int) -> int:
+    """Tasks of `per_task` shards needed for `shards` (the last one may be smaller)."""
+    if per_task < 1:
+        raise UsageError(f"shards-per-task {per_task} is not a positive integer")
+    return -(-shards // per_task)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Task `index` of a run split into batches of `per_task` pairs."""
+
+    index: int
+    per_task: int
+
+    def of(self, pairs: list[Pair]) -> list[Pair]:
+        """This task's pairs; UsageError when the run has no task `index`."""
+        count = task_count(len(pairs), self.per_task)
+        if not 0 <= self.index < count:
+            raise UsageError(
+                f"--task-index {self.index} is out of range: {len(pairs)} shards in batches of "
+                f"{self.per_task} make {count} tasks (0..{count - 1})"
+            )
+        start = self.index * self.per_task
+        return pairs[start : start + self.per_task]
+
+
+def location(url: str, *, written: bool) -> str:
+    """Where `url` is, in one spelling per place.
+
+    Local paths (plain or `file://`) are made absolute as fsspec opens them, with symlinks
+    resolved: completely for what is read (a symlinked input is its target), up to the parent
+    for what is written (publishing renames onto the name itself, replacing a symlink there
+    rather than its target; the parent need not exist yet). Other URLs keep their scheme
+    (fsspec's aliases merged), host and port (lower-cased, the default port dropped, the
+    credentials left out) and path without `.`, `..` or empty segments.
+    """
+    return _Locations()(url, written=written)
+
+
+class _Locations:
+    """`location`, remembering resolved folders: the shards of a run share a few."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, url: str, *, written: bool) -> str:
+        if url.startswith("pipe:"):
+            return url
+        scheme, separator, _ = url.partition("://")
+        if not separator or scheme.lower() in ("file", "local"):
+            return self._local(LocalFileSystem._strip_protocol(url), follow=not written)
+        if _CANONICAL.fullmatch(url) and not _DOT_SEGMENT.search(url):
+            return url  # most shard URLs: nothing to normalise, and no urlsplit to pay for
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        scheme = _SAME_STORE.get(scheme, scheme)
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"{_shown(url)}: the port is not a number") from None
+        if port is not None and port != _DEFAULT_PORTS.get(scheme):
+            host += f":{port}"
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{scheme}://{host}{_without_dot_segments(parts.path)}{query}"
+
+    def _local(self, path: str, *, follow: bool) -> str:
+        parent, _, name = path.rpartition("/")
+        if name in ("", ".", "..") or (follow and os.path.islink(path)):
+            return os.path.realpath(path)
+        folder = self._folders.get(parent)
+        if folder is None:
+            folder = self._folders[parent] = os.path.realpath(parent or "/").rstrip("/")
+        return f"{folder}/{name}"
+
+
+def _without_dot_segments(path: str) -> str:
+    kept: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment not in ("", "."):
+            kept.append(segment)
+    return "/" + "/".join(kept) if kept else ""
+
+
+def _same_as(where: str, *urls: str) -> str:
+    """The location in brackets, when a URL is spelled differently from it."""
+    return "" if all(url == where for url in urls) else f" ({redact_url(where)})"
+
+
+def _shown(url: str) -> str:
+    """The URL quoted for a message, without credentials (`s3://key:secret@bucket/x`)."""
+    return repr(redact_url(url))

@@ -1,0 +1,49 @@
+"""SIGTERM handled like Ctrl-C, so a stopped step cleans up instead of vanishing.
+
+Kubernetes stops a pod (deletion, eviction, `argo stop`) with SIGTERM, whose default action
+ends the process at once: a `.partial` file stays on disk, an S3 multipart upload stays open,
+and `shardflow run`'s worker processes are orphaned and go on publishing. Raising an exception
+instead runs the same clean-up paths as Ctrl-C (temporary files removed, uploads aborted,
+worker processes stopped and waited for). After the first signal further SIGTERM/SIGINT are
+ignored, so a second one cannot cut that clean-up short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so every clean-up path for Ctrl-C covers it too
+    (and `except Exception` in a batch loop does not swallow it)."""
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block SIGTERM raises Terminated and SIGINT KeyboardInterrupt; the previous
+    handlers are back afterwards (main() also runs inside test processes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; signals are delivered there anyway
+        return
+    previous = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+    for number in _STOP_SIGNALS:
+        signal.signal(number, _on_signal)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    for number in _STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()

@@ -1,0 +1,200 @@
+"""The `shardflow-index` WorkflowTemplate in Hera: index anyone's shards as an Argo fan-out.
+
+Indexing a large dataset on one machine takes days (Energon #165: 40 TB in 5,000 shards);
+each shard's headers can be read independently, so the work fans out like augment does:
+
+    plan ──> index batch 0 ┐
+         ├─> index batch 1 ├──> merge   (the wids index and sizes.json)
+         └─> ...           ┘
+
+- **plan** expands the pattern and outputs the number of batches and where their parts go,
+  so the manifest does not grow with the dataset (each task expands the pattern itself).
+- **index** runs `shardflow index --task-index=I --parts=URL`: it reads its batch's headers
+  (ranged reads, member data skipped), writes its DALI `.idx` files if asked, and publishes
+  one part atomically. A retry redoes the batch; a damaged shard (exit 3) or a bad
+  parameter (exit 2) is not retried.
+- **merge** runs `shardflow index --merge`: it checks that every batch's part is there and
+  describes the expected shards, then writes `PREFIX.shardindex.json` and `sizes.json`.
+
+It shares the augment DAG's pod settings (`dag.py`: image, credentials Secret, security
+context, retries with backoff; values bound as `--option=value`, positionals after `--`).
+It is kept apart from `dag.py` so that each template has one job; `render_index()` gives the
+manifest in argo/index-workflowtemplate.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hera.workflows import DAG, Parameter, Resources, Task, WorkflowTemplate
+from hera.workflows.models import PodGC, Sequence, TTLStrategy, ValueFrom
+
+from shardflow.steps import __version__
+
+from . import dag, render
+
+NAME = "shardflow-index"
+FILE = "index-workflowtemplate.yaml"
+PLAN_DIR = f"{dag.TMP}/index-plan"
+BACKOFF = "30s"  # fixed: a retry-backoff parameter would need the plan pod's check
+SHARED_PARAMETERS = ("retries", "image", "service-account", "storage-options")
+TITLE = "shardflow: index WebDataset shards"
+DESCRIPTION = """\
+Writes the sample counts of a WebDataset for its readers: `PREFIX.shardindex.json` (wids),
+`sizes.json` (open_clip) and, with `dali=yes`, a DALI `.idx` per shard.
+
+1. **plan** expands `shards` and counts the batches.
+2. **index** reads each batch's tar headers only (member data is skipped by ranged reads) and
+   writes one part per batch.
+3. **merge** checks that every batch is there and writes the index.
+
+Patterns use braces: `s3://bucket/train/train-{000000..000554}.tar`."""
+
+
+def _parameters(image: str) -> list[Parameter]:
+    shared = [p for p in dag._parameters(image) if p.name in SHARED_PARAMETERS]
+    return [
+        Parameter(
+            name="shards",
+            description="The shards to index: a URL brace pattern, e.g. "
+            "s3://bucket/train/train-{000000..000554}.tar (gs://, s3://, https://).",
+        ),
+        Parameter(
+            name="index",
+            value="",
+            description="Where to write the wids index; empty: PREFIX.shardindex.json beside "
+            "the first shard, PREFIX being the shard names' common start.",
+        ),
+        Parameter(
+            name="shards-per-task",
+            value="10",
+            enum=["1", "10", "100", "1000"],
+            description="Shards per index pod (headers only: a pod reads a few MB per shard).",
+        ),
+        Parameter(
+            name="dali",
+            value="no",
+            enum=["no", "yes"],
+            description="Also write DALI's .idx beside each shard (wds2idx v1.2 format).",
+        ),
+        *shared,
+    ]
+
+
+def _templates() -> tuple[Any, Any, Any]:
+    small = Resources(cpu_request="250m", memory_request="256Mi", memory_limit="1Gi")
+    common = [
+        "index",
+        "--index={{workflow.parameters.index}}",
+        "--shards-per-task={{workflow.parameters.shards-per-task}}",
+    ]
+    plan = dag._step(
+        "index-plan",
+        [*common, f"--write-plan={PLAN_DIR}", "--", "{{workflow.parameters.shards}}"],
+        outputs=[
+            Parameter(name=name, value_from=ValueFrom(path=f"{PLAN_DIR}/{name}"))
+            for name in ("tasks", "parts")
+        ],
+        resources=small,
+        active_deadline_seconds="600",
+        retry_strategy=dag._retry(
+            dag.RETRY_UNLESS_USAGE_OR_DATA, limit=dag.PLAN_RETRIES, backoff=dag.PLAN_BACKOFF
+        ),
+    )
+    batch = dag._step(
+        "index",
+        [
+            *common,
+            "--dali={{workflow.parameters.dali}}",
+            "--task-index={{inputs.parameters.task-index}}",
+            "--parts={{inputs.parameters.parts}}",
+            "--quiet",
+            "--",
+            "{{workflow.parameters.shards}}",
+        ],
+        inputs=[Parameter(name="task-index"), Parameter(name="parts")],
+        resources=Resources(cpu_request="1", memory_request="512Mi", memory_limit="2Gi"),
+        active_deadline_seconds="43200",
+        retry_strategy=dag._retry(dag.RETRY_UNLESS_USAGE_OR_DATA, backoff=BACKOFF),
+    )
+    merge = dag._step(
+        "index-merge",
+        [
+            *common,
+            "--merge",
+            "--parts={{inputs.parameters.parts}}",
+            "--",
+            "{{workflow.parameters.shards}}",
+        ],
+        inputs=[Parameter(name="parts")],
+        resources=small,
+        active_deadline_seconds="3600",
+        retry_strategy=dag._retry(dag.RETRY_UNLESS_USAGE_OR_DATA, backoff=BACKOFF),
+    )
+    return plan, batch, merge
+
+
+def build(settings: dag.RenderSettings | None = None) -> WorkflowTemplate:
+    settings = settings or dag.RenderSettings()
+    parameters = _parameters(settings.image)
+    planned = "{{tasks.plan.outputs.parameters.%s}}"
+    with WorkflowTemplate(
+        name=NAME,
+        annotations={
+            "workflows.argoproj.io/title": TITLE,
+            "workflows.argoproj.io/description": DESCRIPTION,
+        },
+        labels={"app.kubernetes.io/name": "shardflow", "app.kubernetes.io/version": __version__},
+        entrypoint=dag.ENTRYPOINT,
+        arguments=parameters,
+        parallelism=settings.parallelism,
+        active_deadline_seconds=24 * 3600,
+        pod_gc=PodGC(strategy="OnPodSuccess"),
+        ttl_strategy=TTLStrategy(
+            seconds_after_success=24 * 3600, seconds_after_failure=7 * 24 * 3600
+        ),
+        security_context=dag._pod_security(),
+    ) as template:
+        plan, batch, merge = _templates()
+        with DAG(name=dag.ENTRYPOINT):
+            Task(name="plan", template=plan)
+            Task(
+                name="index",
+                template=batch,
+                depends="plan.Succeeded",
+                with_sequence=Sequence(count=planned % "tasks"),
+                arguments={"task-index": "{{item}}", "parts": planned % "parts"},
+            )
+            Task(
+                name="merge",
+                template=merge,
+                depends="index.Succeeded",
+                arguments={"parts": planned % "parts"},
+            )
+    return template
+
+
+def manifest(settings: dag.RenderSettings | None = None) -> dict:
+    """The WorkflowTemplate as the plain dict written to argo/."""
+    built = build(settings).build()
+    for template in built.spec.templates or []:
+        if template.name == "index":
+            template.annotations = {
+                "workflows.argoproj.io/display-name": "index batch {{inputs.parameters.task-index}}"
+            }
+    return render.to_dict(built)
+
+
+HEADER = (
+    "# Rendered by `python -m shardflow.workflows.index_dag > argo/index-workflowtemplate.yaml`\n"
+    "# from workflows/index_dag.py: do not edit by hand. A test keeps this file in sync with the\n"
+    "# code and valid against Argo's schema.\n"
+)
+
+
+def render_index(settings: dag.RenderSettings | None = None) -> str:
+    return HEADER + render.to_yaml(manifest(settings))
+
+
+if __name__ == "__main__":  # pragma: no cover  (python -m shardflow.workflows.index_dag)
+    print(render_index(), end="")
