@@ -103,10 +103,10 @@ def already_done(
         return None
     if manifest.get("options") != result_options(pipeline, options):
         return None
+    if storage.size(output_url, options.storage_options, stored=True) != view.output_size:
+        return None  # missing, truncated, emptied or replaced (or its size is unknown)
     if not input_unchanged(manifest, input_url, options.storage_options):
         return None
-    if storage.size(output_url, options.storage_options) != view.output_size:
-        return None  # missing, truncated, emptied or replaced (or its size is unknown)
     if options.verify_existing and verify_shard(output_url, options.storage_options).problems:
         return None
     return view
@@ -194,21 +194,27 @@ def _write_shard(
         input_url, options.storage_options, allow_pipe=options.allow_pipe
     ) as opened:
         stream = opened.stream
+        length = storage.size(input_url, options.storage_options)
         if progress is not None:
-            progress.shard_started(storage.size(input_url, options.storage_options))
+            progress.shard_started(length)
         tar = TarReader(stream)
         samples = SampleReader(
-            tar, input_url, wants=pipeline.wants, max_member_bytes=options.max_member_bytes
+            tar,
+            input_url,
+            wants=pipeline.wants,
+            max_member_bytes=options.max_member_bytes,
+            length_known=length is not None,
         )
         try:
             with storage.publish_atomically(output_url, options.storage_options) as sink:
-                writer = ShardWriter(sink)
+                writer = ShardWriter(sink, gzipped=storage.compression_of(output_url) == "gzip")
                 for outcome in ordered_map(pipeline.process, samples, threads=options.threads):
                     _record(outcome, writer, builder, input_url, options.on_error)
                     if progress is not None:
                         progress.advance(tar.offset, 1)
                 if every_sample_failed(builder.counts):  # raised here: nothing is published
-                    first = builder.failed[0]
+                    first = builder.failed.first
+                    assert first is not None
                     raise DataError(
                         input_url,
                         f"{first['reason']} (and so did all {len(builder.failed)} samples of "

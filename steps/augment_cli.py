@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from .cli_common import (
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
+from .cpus import available_cpus, threads_for_memory
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
@@ -94,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=positive_int,
         metavar="N",
-        help="worker threads per shard (default: the CPUs this process may use)",
+        help="worker threads per shard (default: the CPUs this process may use, fewer when "
+        "the cgroup memory limit cannot hold that many images at --max-mpx)",
     )
     behaviour.add_argument(
         "--max-mpx",
@@ -140,15 +142,17 @@ def run(args: argparse.Namespace) -> int:
     check_urls(pairs, allow_pipe=args.allow_pipe)
     if args.task_index is not None:
         pairs = Batch(args.task_index, args.shards_per_task).of(pairs)
-    if args.max_mpx <= 0 or args.max_member_mb <= 0:
-        raise UsageError("--max-mpx and --max-member-mb must be positive")
+    for option, value in (("--max-mpx", args.max_mpx), ("--max-member-mb", args.max_member_mb)):
+        if not (math.isfinite(value) and value > 0):  # nan and inf are floats too
+            raise UsageError(f"{option} must be a positive number, got {value}")
     if args.verify_existing and not args.skip_existing:
         raise UsageError("--verify-existing only applies with --skip-existing")
     recipe = load_recipe(args.recipe, label_field=args.label_field, storage_options=options)
     rely_on_own_pixel_limit()
+    max_pixels = int(args.max_mpx * 1_000_000)
     pipeline = Pipeline(
         recipe,
-        max_pixels=int(args.max_mpx * 1_000_000),
+        max_pixels=max_pixels,
         allowed_plugins=allowed_modules(args.plugins),
     )
     augment_options = AugmentOptions(
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         skip_existing=args.skip_existing,
         verify_existing=args.verify_existing,
-        threads=args.threads or available_cpus(),
+        threads=args.threads or threads_for_memory(available_cpus(), max_pixels),
         max_member_bytes=int(args.max_member_mb * 1_000_000),
         allow_pipe=args.allow_pipe,
     )
@@ -175,14 +179,14 @@ def run(args: argparse.Namespace) -> int:
     index = _write_index(pairs, options) if args.task_index is None and not failed else []
     seconds = time.monotonic() - started
     _report_summary(results, recipe.name, pipeline.recipe_hash, seconds, args, index)
-    status = batch_exit_code(results)
+    code = batch_exit_code(results)
     finished = [r.counts for r in results if r.status != "failed"]  # skipped ones count too
-    read, failed_samples = (sum(c.get(name, 0) for c in finished) for name in ("read", "failed"))
+    read, failed_samples = (sum(c.get(n, 0) for c in finished) for n in ("read", "failed"))
     problem = too_many_failed(read, failed_samples, args.max_failed)
     if problem is not None:
         print(f"shardflow: error: {problem}", file=sys.stderr, flush=True)
-        return EXIT_DATA if status == EXIT_OK else status
-    return EXIT_FAILED if status == EXIT_OK and index is None else status
+        code = EXIT_DATA if code == EXIT_OK else code
+    return EXIT_FAILED if code == EXIT_OK and index is None else code
 
 
 def _write_index(pairs: list[tuple[str, str]], options: storage.StorageOptions) -> list[str] | None:

@@ -1,8 +1,14 @@
-"""How many CPUs this process may really use.
+"""How many CPUs this process may really use, and how many threads its memory allows.
 
 `os.cpu_count()` reports the node's cores; a pod with `limits.cpu: 2` on a 64-core node that
 starts 64 threads spends its time throttled. The answer is the smallest of the CPU affinity
 mask and the cgroup CPU quota (v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), rounded up.
+
+Each thread may hold an image of up to --max-mpx decoded, plus the copies the recipe makes
+(resized, normalised, the encoder's buffers): one thread per CPU of a large node, each at the
+pixel limit, is more than a pod's memory limit, and the pod is OOM-killed. So the default
+thread count is also capped by the cgroup memory limit (v2 `memory.max`, v1
+`memory.limit_in_bytes`) divided by that worst case.
 """
 
 from __future__ import annotations
@@ -40,3 +46,36 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
     except (OSError, ValueError):
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+# Bytes a thread may hold per pixel of the largest accepted image: the decoded RGB(A) image
+# and about one more full-size copy while an operation or the encoder works on it.
+PEAK_BYTES_PER_PIXEL = 8
+# What the process needs besides the threads' images: interpreter, libraries, buffers.
+BASE_MEMORY = 256 << 20
+
+
+def cgroup_memory_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """The cgroup memory limit in bytes, or None when unlimited or unknown."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            limit = int(text)
+        except ValueError:
+            return None
+        return limit if 0 < limit < 1 << 60 else None  # v1 says "unlimited" with 2**63-ish
+    return None
+
+
+def threads_for_memory(threads: int, max_pixels: int, cgroup_root: Path = CGROUP_ROOT) -> int:
+    """`threads`, lowered so that every thread at the pixel limit fits the memory limit."""
+    limit = cgroup_memory_limit(cgroup_root)
+    if limit is None:
+        return threads
+    per_thread = max(1, max_pixels * PEAK_BYTES_PER_PIXEL)
+    return max(1, min(threads, (limit - BASE_MEMORY) // per_thread))

@@ -24,7 +24,7 @@ from .cpus import available_cpus
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
-from .pairing import Batch, task_count
+from .pairing import Batch, index_writes, refuse_aliases, task_count
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
     ShardIndex,
@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         storage.check_url(url, writing=False)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
+    refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))
     if args.write_plan:
         return _write_plan(args, shards, index_url)
     if (args.task_index is not None or args.merge) != bool(args.parts):

@@ -172,13 +172,13 @@ class PinnedObject:
             return
         assert self.identity is not None
         seen = identity_from_info(details)
-        moved = [
-            f"{name} {self.identity.get(name)!r} is now {seen.get(name)!r}"
-            for name in ("etag", "version_id", "size")
-            if self.identity.get(name) != seen.get(name)
-        ]
-        if moved:
-            raise InputChanged(", ".join(moved))
+        pinned = ("etag", "version_id", "size")
+        moved = difference(
+            {name: self.identity.get(name) for name in pinned},
+            {name: seen.get(name) for name in pinned},
+        )
+        if moved is not None:
+            raise InputChanged(moved)
 
 
 def changed_error(url: str, reason: str, offset: int | None = None) -> ShardError:

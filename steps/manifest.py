@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import json
 import platform
+import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import __version__, storage
 
@@ -67,9 +68,42 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
+class RecordSpool:
+    """A list of JSON records kept in a temporary file rather than in memory.
+
+    A manifest lists every sample; held as Python dicts until the shard ends, that list made
+    memory grow with the sample count (kilobytes a sample). On disk it costs nothing, and the
+    manifest is streamed from it."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by write_json_array)
+        self.count = 0
+        self.first: dict[str, Any] | None = None  # kept in memory, for error messages
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self.count += 1
+        if self.first is None:
+            self.first = record
+
+    def __len__(self) -> int:
+        return self.count
+
+    def write_json_array(self, stream: BinaryIO, indent: bytes) -> None:
+        """Write `[record, ...]`, one record a line, and close the spool."""
+        self._file.seek(0)
+        stream.write(b"[")
+        separator = b"\n"
+        for line in self._file:
+            stream.write(separator + indent + b" " + line.rstrip(b"\n"))
+            separator = b",\n"
+        stream.write((b"\n" + indent + b"]") if self.count else b"]")
+        self._file.close()
+
+
 @dataclass
 class ManifestBuilder:
-    """Collects per-sample records while a shard is written."""
+    """Collects per-sample records while a shard is written (on disk, see RecordSpool)."""
 
     input: str
     output: str
@@ -77,9 +111,9 @@ class ManifestBuilder:
     recipe_hash: str
     expect: list[str] | None
     options: dict[str, Any] = field(default_factory=dict)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    dropped: list[dict[str, str]] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)
+    samples: RecordSpool = field(default_factory=RecordSpool)
+    dropped: RecordSpool = field(default_factory=RecordSpool)
+    failed: RecordSpool = field(default_factory=RecordSpool)
 
     def add_written(self, key: str, members: list[tuple[str, bytes]]) -> None:
         self.samples.append(
@@ -155,5 +189,14 @@ def read_manifest(url: str, options: storage.StorageOptions) -> dict[str, Any] |
 
 
 def write_manifest(url: str, manifest: dict[str, Any], options: storage.StorageOptions) -> None:
-    data = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
-    storage.write_atomically(url, data, options)
+    """Write the manifest as indented JSON; RecordSpool values are streamed from their files
+    (and closed), so a manifest of any size is written with constant memory."""
+    spools = {k: v for k, v in manifest.items() if isinstance(v, RecordSpool)}
+    fields = {k: v for k, v in manifest.items() if k not in spools}
+    head = json.dumps(fields, indent=1, ensure_ascii=False).encode("utf-8")
+    with storage.publish_atomically(url, options) as stream:
+        stream.write(head[: -len(b"\n}")] if spools else head)
+        for key, spool in spools.items():
+            stream.write(b",\n " + json.dumps(key).encode("utf-8") + b": ")
+            spool.write_json_array(stream, b" ")
+        stream.write(b"\n}\n" if spools else b"\n")

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from fsspec.implementations.local import LocalFileSystem
@@ -24,8 +25,10 @@ from . import storage
 from .errors import UsageError
 from .manifest import manifest_url
 from .redact import path_name, redact_url
+from .shard_index import SIZES_NAME, default_index_url
 
 Pair = tuple[str, str]
+T = TypeVar("T")
 
 _SAME_STORE = {"s3a": "s3", "gcs": "gs"}  # fsspec's aliases for one back-end
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -67,13 +70,23 @@ class Write:
         return self.what if self.of is None else f"{self.what} {_shown(self.of)}"
 
 
-def shard_writes(pairs: Iterable[Pair]) -> list[Write]:
-    """What augmenting the pairs writes: each output and its manifest."""
+def shard_writes(pairs: list[Pair]) -> list[Write]:
+    """What augmenting the pairs writes: each output and its manifest, then the index."""
     writes = []
     for input_url, output_url in pairs:
         writes.append(Write(output_url, "the output of", input_url))
         writes.append(Write(manifest_url(output_url), "the manifest of", output_url))
-    return writes
+    return writes + index_writes([output for _, output in pairs])
+
+
+def index_writes(shards: list[str], index_url: str | None = None) -> list[Write]:
+    """The dataset index of the shards (shard_index.py): the wids JSON (by default beside
+    the first shard) and a sizes.json in each folder."""
+    folders = sorted({url.rstrip("/").rpartition("/")[0] for url in shards})
+    return [
+        Write(index_url or default_index_url(shards), "the dataset index"),
+        *(Write(f"{f}/{SIZES_NAME}" if f else SIZES_NAME, "the shard counts") for f in folders),
+    ]
 
 
 def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
@@ -97,10 +110,9 @@ def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
         if where in written_at:
             other = written_at[where]
             raise UsageError(
-                f"two shards map to the same output: {_shown(other.url)} ({other.describe()}) "
-                f"and {_shown(url)} ({what()}) are one location"
-                f"{_same_as(where, url, other.url)}; give "
-                "OUTPUT as a pattern that names every shard"
+                f"{_shown(other.url)} ({other.describe()}) and {_shown(url)} ({what()}) map to "
+                f"the same output{_same_as(where, url, other.url)}: give OUTPUT as a pattern "
+                "that names every shard"
             )
         written_at[where] = write
 
@@ -130,16 +142,16 @@ class Batch:
     index: int
     per_task: int
 
-    def of(self, pairs: list[Pair]) -> list[Pair]:
-        """This task's pairs; UsageError when the run has no task `index`."""
-        count = task_count(len(pairs), self.per_task)
+    def of(self, shards: list[T]) -> list[T]:
+        """This task's shards (pairs, or URLs); UsageError when the run has no task `index`."""
+        count = task_count(len(shards), self.per_task)
         if not 0 <= self.index < count:
             raise UsageError(
-                f"--task-index {self.index} is out of range: {len(pairs)} shards in batches of "
+                f"--task-index {self.index} is out of range: {len(shards)} shards in batches of "
                 f"{self.per_task} make {count} tasks (0..{count - 1})"
             )
         start = self.index * self.per_task
-        return pairs[start : start + self.per_task]
+        return shards[start : start + self.per_task]
 
 
 def location(url: str, *, written: bool) -> str:
@@ -205,7 +217,7 @@ def _without_dot_segments(path: str) -> str:
 
 def _same_as(where: str, *urls: str) -> str:
     """The location in brackets, when a URL is spelled differently from it."""
-    return "" if all(url == where for url in urls) else f" ({where})"
+    return "" if all(url == where for url in urls) else f" ({redact_url(where)})"
 
 
 def _shown(url: str) -> str:

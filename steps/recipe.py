@@ -133,6 +133,8 @@ def read_document(spec: str, options: storage.StorageOptions) -> tuple[str, Any]
         return text, BUILTIN_RECIPES[text]
     if text.startswith(("{", "[")):
         return "inline", recipe_text.parse_json(text, "inline recipe")
+    if "://" in text:
+        storage.check_url(text, writing=False)  # an unknown scheme or a missing extra: exit 2
     path = urlsplit(text).path if "://" in text else text  # a signed URL ends with its query
     if path.endswith((".yaml", ".yml", ".json")):
         where = f"recipe file {shown(redact_url(text))}"
@@ -166,7 +168,9 @@ def _read_file(url: str, options: storage.StorageOptions, where: str) -> bytes:
                 f"{where}: access refused ({detail}); give credentials or headers with "
                 "--storage-option"
             ) from None
-        if status == 404 or type(cause) in (FileNotFoundError, IsADirectoryError):
+        if isinstance(cause, IsADirectoryError):
+            raise RecipeError(f"{where} is a folder, not a file") from None
+        if status == 404 or type(cause) is FileNotFoundError:
             raise RecipeError(f"{where} does not exist") from None
         if storage_faults.is_transient(cause):
             raise RecipeUnavailable(f"{where} cannot be read: {detail}") from None

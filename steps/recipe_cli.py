@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     recipe = load_recipe(args.recipe)
     print(f"# recipe hash: {recipe.hash()}")
-    if recipe.description:
-        print(f"# {recipe.description}")
+    for line in recipe.description.splitlines():  # each line a comment: the YAML stays the recipe
+        print(f"# {line}")
     print(recipe_yaml(recipe), end="")
     return 0

@@ -1,9 +1,9 @@
 """Recipe text, read and parsed within bounds before any of it is built or shown.
 
-A recipe can come from a workflow parameter or a URL, so its text is untrusted: a 455-byte
-YAML file whose aliases nest nine deep expands to a billion nodes when printed or hashed, an
-endless HTTP response never ends, and a deep `[[[[...` exhausts the parser's stack. So the
-text is read up to a size limit; YAML is composed into nodes (aliases still shared), then
+A recipe can come from a workflow parameter or a URL, so its text is untrusted: a YAML file of
+a few hundred bytes whose aliases nest nine deep expands to a billion nodes when printed or
+hashed, an endless HTTP response never ends, and a deep `[[[[...` exhausts the parser's stack.
+So the text is read up to a size limit; YAML is composed into nodes (aliases still shared), then
 measured as if expanded, depth and size, before a Python object is built; JSON is bounded by
 its size and checked for depth. Duplicate keys are refused in both: the later one silently
 winning would run a recipe other than the one read.

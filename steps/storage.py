@@ -11,10 +11,12 @@ object moved into place.
 from __future__ import annotations
 
 import contextlib
+import lzma
 import os
 import shlex
 import subprocess
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -23,7 +25,7 @@ import braceexpand
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import ShardError, UsageError
+from .errors import DataError, ShardError, UsageError
 from .input_identity import Identity, InputChanged, PinnedObject, changed_error, identity_of
 from .redact import redact_url
 from .shard_patterns import MAX_SHARDS, PatternError, count_expansions
@@ -40,6 +42,8 @@ StorageOptions = dict[str, Any]
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _COMMIT_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}  # file objects with commit()/discard()
 _READ_ONLY = {"http", "https"}
+_PROCESS_LOCAL = {"memory"}
+WRITABLE_COMPRESSIONS = (None, "gzip")
 # Back-ends whose folder listing names every object (an http "listing" is whatever page the
 # server returns for the folder's URL).
 _AUTHORITATIVE_LISTINGS = {"file", "local", "s3", "s3a", "gs", "gcs"}
@@ -78,7 +82,7 @@ def comparable_url(url: str) -> str:
     if scheme(url) != "file":
         return redact_url(url)
     path = url[len("file://") :] if url.startswith("file://") else url
-    return os.path.abspath(path)
+    return os.path.abspath(os.path.expanduser(path))  # fsspec writes `~/x` in $HOME too
 
 
 def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
@@ -93,6 +97,16 @@ def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
             )
         return
     name = scheme(url)
+    if writing and compression_of(url) not in WRITABLE_COMPRESSIONS:
+        raise UsageError(
+            f"{url!r}: {compression_of(url)} outputs are not supported; name the output .tar "
+            "or .tar.gz"
+        )
+    if writing and name in _PROCESS_LOCAL:
+        raise UsageError(
+            f"{url!r}: {name}:// lives inside one process and vanishes when it exits; write "
+            "outputs to a path, s3:// or gs://"
+        )
     if writing and name in _READ_ONLY:
         raise UsageError(
             f"{url!r}: {name}:// is read-only; write outputs to a path, s3:// or gs://"
@@ -128,6 +142,7 @@ def options_for(url: str, options: StorageOptions) -> StorageOptions:
 
 
 def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
+    check_url(url, writing=False)  # an unknown scheme is a usage error, never a traceback
     return fsspec.core.url_to_fs(url, **options_for(url, options))
 
 
@@ -191,8 +206,12 @@ def open_pinned_input(
     # Resumes after dropped connections; any failure is a ShardError naming the shard.
     raw = ResumingReader(pinned.open, url, open_streaming=lambda: pinned.open(block_size=0))
     if compression == "infer":
-        compression = fsspec.utils.infer_compression(url)
-    stream = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
+        compression = compression_of(url)
+    stream = (
+        _DecompressionErrors(fsspec.compression.compr[compression](raw, mode="rb"), url)
+        if compression
+        else raw
+    )
     try:
         yield OpenInput(stream, pinned)
     finally:
@@ -207,6 +226,32 @@ def current_identity(url: str, options: StorageOptions) -> Identity | None:
         return None
     fs, path = _filesystem(url, options)
     return identity_of(fs, path)
+
+
+def compression_of(url: str) -> str | None:
+    """The compression a shard's name implies: fsspec's inference, plus `.tgz` for gzip."""
+    return "gzip" if url.endswith(".tgz") else fsspec.utils.infer_compression(url)
+
+
+class _DecompressionErrors:
+    """A decompressing stream whose format errors are the input's fault, said so: gzip, bz2
+    and xz raise OSError, EOFError or their own errors, which would otherwise pass for a
+    failure to write the output."""
+
+    def __init__(self, stream: BinaryIO, url: str) -> None:
+        self._stream = stream
+        self._url = url
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except ShardError:
+            raise
+        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+            raise DataError(self._url, f"cannot decompress the input: {exc}") from None
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class _PipeReader:
@@ -283,10 +328,10 @@ def remove(url: str, options: StorageOptions) -> None:
         fs.rm(path)
 
 
-def size(url: str, options: StorageOptions) -> int | None:
-    """The stored size in bytes, or None when unknown or not the size of what is read
-    (compressed and pipe: inputs)."""
-    if url.startswith("pipe:") or fsspec.utils.infer_compression(url):
+def size(url: str, options: StorageOptions, *, stored: bool = False) -> int | None:
+    """The stored size in bytes, or None when unknown or (unless `stored`) not the size of
+    what is read (compressed and pipe: inputs)."""
+    if url.startswith("pipe:") or (not stored and compression_of(url)):
         return None
     try:
         fs, path = _filesystem(url, options)

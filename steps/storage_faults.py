@@ -9,6 +9,8 @@ Reading: `ResumingReader` reopens the object and continues from the byte it had 
 bounded number of times in a row, then fails the shard with one line. A read that ends early
 without an error (a server that closes the connection in place of a length) is caught above
 us: the strict tar reader rejects an archive without its end-of-archive blocks.
+An input that changed under a pinned read (see input_identity) fails the shard at once:
+reopening it would read on from another version.
 Writing: `upload_errors()` turns whatever a back-end raises while uploading into OSError,
 which the step reports as "cannot write OUTPUT" after the upload has been aborted.
 """

@@ -23,6 +23,23 @@ _COPY_CHUNK = 1 << 20
 MAX_TRAILING_ZEROS = 8 << 20
 
 REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_EXTENSION_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+)
+# Types whose size field tarfile does not skip (it reads the next header right after theirs).
+_DATALESS_TYPES = (
+    tarfile.DIRTYPE,
+    tarfile.SYMTYPE,
+    tarfile.LNKTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.FIFOTYPE,
+)
+# Global PAX records that tarfile applies to every following member.
+_GLOBAL_PAX_REFUSED = ("path", "size", "linkpath")
 _TYPE_NAMES = {
     tarfile.SYMTYPE: "a symbolic link",
     tarfile.LNKTYPE: "a hard link",
@@ -49,6 +66,11 @@ class TarFormatError(Exception):
         self.offset = offset
         self.member = member
         super().__init__(cause)
+
+    @property
+    def truncated(self) -> bool:
+        """The stream ended before the archive did (each such message here says so)."""
+        return "truncated" in self.cause
 
 
 @dataclass(frozen=True)
@@ -207,6 +229,7 @@ class TarReader:
         long_name: str | None = None
         pax: dict[str, str] = {}
         extensions: list[bytes] = []
+        extended_at: int | None = None  # the first long-name or PAX header of this member
         start = self._in.offset
         previous = self._last_name
         while True:
@@ -220,6 +243,12 @@ class TarReader:
                     offset=header_offset,
                 )
             if block == bytes(BLOCK):
+                if extended_at is not None:  # tarfile fails here too ("subsequent header")
+                    raise TarFormatError(
+                        f"the extended header at byte {extended_at} is followed by the end of "
+                        "the archive, not by a member",
+                        offset=extended_at,
+                    )
                 self._read_end_of_archive(header_offset)
                 return None
             try:
@@ -232,20 +261,27 @@ class TarReader:
                 ) from None
             if info.type in _EXTENSION_TYPES:
                 extensions.append(info.type)
-            if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE):
+                extended_at = header_offset if extended_at is None else extended_at
                 payload = self._read_extension(info, header_offset)
                 if info.type == tarfile.GNUTYPE_LONGNAME:
                     long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
                 elif info.type == tarfile.XHDTYPE:
                     pax.update(_parse_pax(payload, header_offset))
-                continue
-            if info.type == tarfile.GNUTYPE_LONGLINK:
-                self._read_extension(info, header_offset)
+                elif info.type == tarfile.XGLTYPE:
+                    _check_global_pax(_parse_pax(payload, header_offset), header_offset)
                 continue
             name = pax.get("path", long_name if long_name is not None else info.name)
             size = _member_size(pax.get("size"), info.size, header_offset)
             self._last_name = name
-            return TarMember(name, size, info.type, start, tuple(extensions))
+            member = TarMember(name, size, info.type, start, tuple(extensions))
+            if size and not member.is_regular and info.type in _DATALESS_TYPES:
+                raise TarFormatError(
+                    f"{member.kind()} {name!r} at byte {header_offset} declares {size} bytes of "
+                    "data, which Python's tarfile and webdataset read as the next headers",
+                    offset=header_offset,
+                    member=name,
+                )
+            return member
 
     def _read_extension(self, info: tarfile.TarInfo, header_offset: int) -> bytes:
         if info.size > 1 << 20:
@@ -288,6 +324,17 @@ class TarReader:
                     "padding",
                     offset=first_zero_offset,
                 )
+
+
+def _check_global_pax(records: dict[str, str], offset: int) -> None:
+    """A global PAX header's path or size renames or resizes every member after it in
+    tarfile (and so webdataset); rather than read the shard differently, refuse it."""
+    for key in _GLOBAL_PAX_REFUSED:
+        if key in records:
+            raise TarFormatError(
+                f"global PAX header at byte {offset} sets {key!r} for every following member",
+                offset=offset,
+            )
 
 
 def _member_size(pax_size: str | None, header_size: int, offset: int) -> int:

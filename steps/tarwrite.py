@@ -8,6 +8,7 @@ can state them without reading the shard back.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -48,26 +49,45 @@ class HashingWriter:
 class ShardWriter:
     """Writes members in the order given; `close()` returns (size, sha256) of the archive."""
 
-    def __init__(self, sink: BinaryIO) -> None:
+    def __init__(self, sink: BinaryIO, *, gzipped: bool = False) -> None:
         self._out = HashingWriter(sink)
+        # A `.tar.gz` output is compressed as its name says; the hash and size are those of
+        # the stored bytes (what verify reads). mtime 0 and no file name keep it reproducible.
+        self._gzip = (
+            gzip.GzipFile(filename="", fileobj=self._out, mode="wb", compresslevel=6, mtime=0)
+            if gzipped
+            else None
+        )
         # Plain "w" mode writes straight through (no stream buffer whose finaliser would try to
         # flush into an aborted sink); close() adds the end-of-archive blocks and padding.
         # Members are copied in 1 MiB pieces rather than tarfile's 16 KiB: a 750 kB PNG is then
         # one write and one hash update instead of 46 (about 1.5 ms a sample in Python calls).
         self._tar = tarfile.TarFile(
-            fileobj=self._out, mode="w", format=tarfile.GNU_FORMAT, copybufsize=1 << 20
+            fileobj=self._gzip or self._out,
+            mode="w",
+            format=tarfile.GNU_FORMAT,
+            copybufsize=1 << 20,
         )
 
     def add(self, name: str, data: bytes) -> None:
         self._tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+        self._forget_members()
 
     def add_from(self, name: str, size: int, stream: BinaryIO) -> None:
         """A member of `size` bytes copied from `stream` in pieces, never held whole (tarfile
         raises OSError if the stream ends early)."""
         self._tar.addfile(_member_info(name, size), stream)
+        self._forget_members()
+
+    def _forget_members(self) -> None:
+        # tarfile keeps every TarInfo it wrote (for reading back, which a writer never does):
+        # kilobytes a sample, over a 100k-sample shard hundreds of MB.
+        self._tar.members.clear()
 
     def close(self) -> tuple[int, str]:
         self._tar.close()
+        if self._gzip is not None:
+            self._gzip.close()  # writes the gzip trailer; the sink stays open
         self._out.flush()
         return self._out.size, self._out.sha256
 

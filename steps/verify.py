@@ -15,7 +15,9 @@ a manifest and reports; `verify_shard` is the I/O around them for one output URL
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -101,6 +103,7 @@ def list_archive(
     keep_samples: int = 0,
     keep: Callable[[str], bool] = lambda extension: False,
     max_keep_bytes: int = 32 << 20,
+    gzipped: bool = False,
 ) -> Listing:
     """Stream the archive once: its members, size and sha256, and the first damage found.
 
@@ -109,7 +112,8 @@ def list_archive(
     for the sample sheet, so that it costs no second read.
     """
     hashing = _HashingReader(stream)
-    reader = TarReader(hashing)  # type: ignore[arg-type]  # only read() is used
+    archive = gzip.GzipFile(fileobj=hashing, mode="rb") if gzipped else hashing  # type: ignore
+    reader = TarReader(archive)  # type: ignore[arg-type]  # only read() is used
     members: list[TarMember] = []
     kept: list[KeptSample] = []
     damage: Problem | None = None
@@ -131,6 +135,10 @@ def list_archive(
     except TarFormatError as exc:
         damage = tar_damage(exc)
         at_boundary = exc.cause.startswith(_NO_END_BLOCKS)
+    except (OSError, EOFError, zlib.error) as exc:
+        if not gzipped:
+            raise
+        damage = Problem("corrupt", f"corrupt: not valid gzip data: {exc}")  # a damaged .tar.gz
     hashing.drain()  # size and sha256 cover the whole object, also after damage
     return Listing(members, hashing.size, hashing.sha256, damage, kept, at_boundary)
 
@@ -459,7 +467,12 @@ def verify_shard(
         report.problems.append(manifest_problem)
     try:
         with storage.open_input(output_url, options, compression=None) as stream:
-            listing = list_archive(stream, keep_samples=keep_samples, keep=keep)
+            listing = list_archive(
+                stream,
+                keep_samples=keep_samples,
+                keep=keep,
+                gzipped=storage.compression_of(output_url) == "gzip",
+            )
     except Exception as exc:  # any back-end's error: a verdict for this shard, not a crash
         cause = exc.cause if isinstance(exc, ShardError) else _error(exc)
         report.problems.append(Problem("unreadable", f"cannot read the shard: {cause}"))

@@ -25,7 +25,7 @@ from .cpus import available_cpus
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import Write, refuse_aliases
+from .pairing import Write, index_writes, refuse_aliases
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
 from .shard_index import index_outputs
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     for write in written:
         storage.check_url(write.url, writing=True)
+    written += index_writes(outputs)  # written when every shard passes
     refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
@@ -153,9 +154,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.quiet:
         for report in reports:
             for problem in report.problems:
-                print(
-                    f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr
-                )
+                print(f"shardflow verify: {redact_url(report.output)}: {problem}", file=sys.stderr)
     else:
         limit = None if args.all_rows else TABLE_ROWS
         print(format_table(reports, passing_rows_up_to=limit), flush=True)

@@ -4,8 +4,10 @@ patterns; and verifying shards that were never written costs a listing, not a re
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import braceexpand
@@ -33,7 +35,9 @@ def test_a_resize_whose_output_exceeds_max_mpx_fails_the_sample_not_the_machine(
         ],
     )
     out = tmp_path / "out.tar"
-    result = run_cli("augment", shard, out, "--recipe", "flip-crop", "--max-mpx", "0.5")
+    result = run_cli(
+        "augment", shard, out, "--recipe", "flip-crop", "--max-mpx", "0.5", "--max-failed", "1"
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out.manifest.json").read_text())
     assert [s["key"] for s in manifest["samples"]] == ["photo"]
@@ -72,7 +76,7 @@ def test_zeros_after_the_end_of_archive_are_read_up_to_a_bound(tmp_path: Path) -
         "augment", f"pipe:cat {shard} /dev/zero", tmp_path / "out" / "out.tar", "--allow-pipe",
         timeout=60,
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr  # damaged data: not retried
     assert "trailing data" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []
@@ -138,3 +142,114 @@ def test_verifying_missing_shards_lists_their_folder_instead_of_asking_per_shard
     assert len(missing) == 199
     assert missing[0]["problems"][0]["message"].startswith("missing: no output shard")
     assert len(requests) < 20, [(r.method, r.path, r.query) for r in requests]
+
+
+def test_a_tar_gz_output_is_gzip_compressed_reproducibly_and_verifies(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=3)
+    first, second = tmp_path / "a" / "out.tar.gz", tmp_path / "b" / "out.tar.gz"
+    for output in (first, second):
+        result = run_cli("augment", shard, output)
+        assert result.returncode == 0, result.stderr
+    data = first.read_bytes()
+    assert data[:2] == b"\x1f\x8b" and data == second.read_bytes()
+    with tarfile.open(first) as tar:  # what webdataset does with a .tar.gz
+        assert len(tar.getnames()) == 6
+    manifest = json.loads((tmp_path / "a" / "out.tar.gz.manifest.json").read_text())
+    assert manifest["output_size"] == len(data)
+    verified = run_cli("verify", first, "--inputs", shard)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_damaged_tar_gz_output_fails_verification(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=3)
+    output = tmp_path / "out.tar.gz"
+    assert run_cli("augment", shard, output).returncode == 0
+    data = bytearray(output.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    output.write_bytes(bytes(data))
+    result = run_cli("verify", output, "--json")
+    assert result.returncode == 1, result.stderr
+    [report] = json.loads(result.stdout)["shards"]
+    assert report["status"] == "failed"
+
+
+@pytest.mark.parametrize("name", ["out.tar.bz2", "out.tar.xz", "out.zip"])
+def test_an_output_compression_that_is_not_written_is_a_usage_error(
+    tmp_path: Path, name: str
+) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=1)
+    result = run_cli("augment", shard, tmp_path / name)
+    assert result.returncode == 2, result.stderr
+    assert "outputs are not supported; name the output .tar or .tar.gz" in result.stderr
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz"])
+def test_a_bad_gzip_input_is_reported_as_the_input(tmp_path: Path, suffix: str) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=2)
+    bad = tmp_path / f"in{suffix}"
+    bad.write_bytes(gzip.compress(shard.read_bytes())[:-40] + b"garbage" * 3)
+    result = run_cli("augment", bad, tmp_path / "out.tar")
+    assert result.returncode == 3, result.stderr  # damaged data: not retried
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{bad}: cannot decompress the input" in lines[0]
+    assert "cannot write" not in lines[0]
+
+
+def test_a_tgz_input_is_decompressed(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=2)
+    tgz = tmp_path / "in.tgz"
+    tgz.write_bytes(gzip.compress(shard.read_bytes()))
+    result = run_cli("augment", tgz, tmp_path / "out.tar")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-mpx", "nan"], "--max-mpx must be a positive number, got nan"),
+        (["--max-mpx", "inf"], "--max-mpx must be a positive number, got inf"),
+        (["--max-member-mb", "inf"], "--max-member-mb must be a positive number, got inf"),
+        (["--max-member-mb=nan"], "--max-member-mb must be a positive number, got nan"),
+        (["--recipe", "foo://x.yaml"], "unknown URL scheme 'foo'"),
+        (["--recipe", "{tmp}/folder.yaml"], "is a folder, not a file"),
+    ],
+)
+def test_bad_limits_and_recipe_locations_are_one_line_usage_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=1)
+    (tmp_path / "folder.yaml").mkdir()
+    result = run_cli(
+        "augment", shard, tmp_path / "out.tar", *(a.format(tmp=tmp_path) for a in args)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
+
+
+def test_a_memory_output_is_refused_rather_than_vanishing(tmp_path: Path) -> None:
+    shard = good_shard(tmp_path / "in.tar", count=1)
+    result = run_cli("augment", shard, "memory://out/out.tar")
+    assert result.returncode == 2, result.stderr
+    assert "vanishes when it exits" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_home_relative_output_is_recorded_where_it_is_written(tmp_path: Path) -> None:
+    """fsspec writes `~/out/x.tar` under $HOME; the manifest, verify and --skip-existing must
+    name that place, not `./~/out/x.tar`."""
+    shard = good_shard(tmp_path / "in.tar", count=2)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    result = run_cli("augment", shard, "~/out/x.tar", env=env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((home / "out" / "x.manifest.json").read_text())
+    assert manifest["output"] == str(home / "out" / "x.tar")
+    again = run_cli("augment", shard, "~/out/x.tar", "--skip-existing", env=env)
+    assert "skipped" in again.stdout, again.stdout + again.stderr
+    verified = run_cli("verify", "~/out/x.tar", "--inputs", shard, env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

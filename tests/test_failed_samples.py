@@ -107,5 +107,6 @@ def test_run_fails_when_every_sample_failed_or_too_many_did(tmp_path: Path):
 
 
 def test_plan_refuses_a_bad_max_failed_before_any_task(tmp_path: Path):
-    result = run_cli("plan", "in-{0..1}.tar", "out/", "--max-failed", "1.5")
-    assert result.returncode == 2 and "not between 0 and 1" in result.stderr
+    result = run_cli("plan", "in-{0..1}.tar", "out/", "--check-parameter", "max-failed=1.5")
+    assert result.returncode == 2, result.stderr
+    assert "max-failed='1.5' is not one of a fraction from 0 to 1" in result.stderr

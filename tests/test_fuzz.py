@@ -178,7 +178,8 @@ def test_verify_catches_every_damaged_output_and_passes_the_untouched(
     for number in range(count):
         shard, manifest = originals[number % len(originals)]
         name = f"case-{number:05d}"
-        shutil.copyfile(inputs / f"base-{number % len(originals)}.tar", inputs / f"{name}.tar")
+        # copy2 keeps the modification time: the same version of the input as the manifest's.
+        shutil.copy2(inputs / f"base-{number % len(originals)}.tar", inputs / f"{name}.tar")
         document = json.loads(manifest)  # the manifest of this very pair of URLs
         document["input"], document["output"] = (
             str(inputs / f"{name}.tar"),

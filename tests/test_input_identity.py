@@ -165,3 +165,26 @@ def test_verify_and_skip_existing_tell_an_input_replaced_since_its_output_was_ma
     assert [s["status"] for s in json.loads(redone.stdout)["shards"]] == ["written"]
     assert (tmp_path / "out" / "in-000000.tar").read_bytes() != expected
     assert verify(f"{tmp_path}/out/in-000000.tar", inputs=inputs)[0] == 0
+
+
+def test_a_manifest_without_an_input_identity_is_redone_and_a_deleted_input_reported(
+    tmp_path: Path,
+) -> None:
+    """Skipping is only for what is known to be done: a manifest written before identities
+    were recorded does not say which version it was made from."""
+    source = shard_version(tmp_path / "in" / "in.tar")
+    output = tmp_path / "out" / "in.tar"
+    assert shardflow("augment", source, output, "--quiet").returncode == 0
+    manifest = output.with_name("in.manifest.json")
+    document = json.loads(manifest.read_text())
+    del document["input_identity"]
+    manifest.write_text(json.dumps(document))
+    redone = shardflow("augment", source, output, "--skip-existing", "--json")
+    assert [s["status"] for s in json.loads(redone.stdout)["shards"]] == ["written"]
+    assert "input_identity" in json.loads(manifest.read_text())
+
+    source.unlink()
+    code, report = verify(str(output), inputs=str(source))
+    assert code == 1
+    [problem] = report["shards"][0]["problems"]
+    assert problem == {"kind": "changed", "message": "changed: the input no longer exists"}

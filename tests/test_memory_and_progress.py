@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow.steps.cpus import available_cpus, cgroup_cpu_quota
+from shardflow.steps.cpus import available_cpus, cgroup_cpu_quota, threads_for_memory
 from shardflow.steps.progress import Progress
 
 from conftest import good_shard, image_bytes, run_cli, write_tar
@@ -71,6 +72,29 @@ def test_peak_rss_with_decoding_does_not_grow_with_sample_count(tmp_path: Path) 
         "augment", many, tmp_path / "b.tar", "--recipe", recipe, "--threads", "2"
     )
     assert rss_many < rss_few + 24, (rss_few, rss_many)
+
+
+def many_tiny_samples(path: Path, samples: int) -> Path:
+    return write_tar(
+        path,
+        ((f"sample-{i // 2:09d}.{('bin', 'cls')[i % 2]}", b"x" * 16) for i in range(2 * samples)),
+    )
+
+
+def test_peak_rss_does_not_grow_with_the_number_of_samples(tmp_path: Path) -> None:
+    """The manifest's per-sample records and tarfile's per-member bookkeeping used to stay in
+    memory until the shard ended (kilobytes a sample)."""
+    copy = (
+        '{"ops": [{"encode": {"members": {"bin": {"format": "raw"}, "cls": {"format": "raw"}}}}]}'
+    )
+    few = many_tiny_samples(tmp_path / "few.tar", 5_000)
+    many = many_tiny_samples(tmp_path / "many.tar", 30_000)
+    rss_few = peak_rss_mb("augment", few, tmp_path / "a.tar", "--recipe", copy, "--threads", "2")
+    rss_many = peak_rss_mb("augment", many, tmp_path / "b.tar", "--recipe", copy, "--threads", "2")
+    manifest = json.loads((tmp_path / "b.manifest.json").read_text())
+    assert len(manifest["samples"]) == manifest["counts"]["written"] == 30_000
+    assert manifest["samples"][-1]["members"][1] == {"name": "sample-000029999.cls", "size": 16}
+    assert rss_many < rss_few + 16, (rss_few, rss_many)
 
 
 def test_argo_progress_file_reaches_n_over_n(tmp_path: Path) -> None:
@@ -163,3 +187,26 @@ def test_the_bar_moves_within_a_shard() -> None:
     progress.shard_finished()
     progress.close()
     assert "100%|" in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("files", "threads", "mpx", "expected"),
+    [
+        ({"memory.max": "max\n"}, 8, 64, 8),  # no limit
+        ({}, 8, 64, 8),  # no cgroup files
+        ({"memory.max": f"{4 << 30}\n"}, 8, 64, 7),  # Argo's default 4Gi at 64 Mpx
+        ({"memory.max": f"{4 << 30}\n"}, 8, 16, 8),
+        ({"memory.max": f"{1 << 30}\n"}, 8, 64, 1),  # never below one thread
+        ({"memory/memory.limit_in_bytes": f"{2 << 30}\n"}, 16, 64, 3),  # cgroup v1
+        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, 16, 64, 16),  # v1 unlimited
+    ],
+)
+def test_default_threads_fit_the_memory_limit(
+    tmp_path: Path, files: dict[str, str], threads: int, mpx: int, expected: int
+) -> None:
+    """A thread may hold an image at --max-mpx: 8 threads of 64 Mpx images took 4.1 GB, over
+    a 4Gi pod limit."""
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    assert threads_for_memory(threads, mpx * 1_000_000, tmp_path) == expected

@@ -188,3 +188,19 @@ def test_credentials_are_not_quoted_in_the_refusal():
 def test_an_output_manifest_may_not_land_on_an_input():
     with pytest.raises(UsageError, match=re.escape("the manifest of 's3://b/x.tar'")):
         pair_shards("s3://b/{x.manifest.json,y.tar}", "s3://b/{x.tar,z.tar}")
+
+
+def test_an_output_may_not_land_on_the_dataset_index_a_run_writes():
+    with pytest.raises(UsageError, match="the shard counts"):
+        pair_shards("s3://b/in/{a,b}.tar", "s3://b/out/{a.tar,sizes.json}")
+    with pytest.raises(UsageError, match="the dataset index"):
+        pair_shards("s3://b/in/{a,b}.tar", "s3://b/out/{a.tar,a.shardindex.json}")
+
+
+def test_index_does_not_write_its_index_over_a_shard(tmp_path: Path):
+    for index in range(2):
+        good_shard(tmp_path / f"in-{index}.tar", count=1)
+    before = (tmp_path / "in-0.tar").read_bytes()
+    result = run_cli("index", tmp_path / "in-{0..1}.tar", "--index", tmp_path / "in-0.tar")
+    assert result.returncode == 2 and "both an input" in result.stderr, result.stderr
+    assert (tmp_path / "in-0.tar").read_bytes() == before

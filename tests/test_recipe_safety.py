@@ -86,7 +86,7 @@ def test_member_names_a_plugin_invents_fail_their_sample_and_never_escape(
     out = tmp_path / "out"
     result = run_cli(
         "augment", shard, out / "out.tar", "--recipe", recipe, "--plugins", "evil",
-        "--json", env={"PYTHONPATH": str(plugins)},
+        "--json", "--max-failed", "1", env={"PYTHONPATH": str(plugins)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "out.manifest.json").read_text())

@@ -98,3 +98,10 @@ def test_a_malformed_manifest_costs_its_shard_not_the_batch(tmp_path: Path):
     assert statuses(broken) == ["written", "failed", "skipped"]
     lines = broken.stderr.strip().splitlines()
     assert len(lines) == 1 and "out-1.manifest.json" in lines[0] and "in-1.tar" in lines[0]
+
+
+def test_a_compressed_output_name_is_skipped_by_its_stored_size(tmp_path: Path):
+    source = good_shard(tmp_path / "in.tar", count=2)
+    output = tmp_path / "out.tar.gz"
+    assert statuses(augment(source, output)) == ["written"]
+    assert statuses(augment(source, output)) == ["skipped"]

@@ -30,7 +30,7 @@ def shard(tmp_path: Path) -> Path:
             "members must be a non-empty mapping",
         ),
         (["--label-field", "x", "--recipe", "flip-crop"], "has no label operation"),
-        (["--max-mpx", "0"], "must be positive"),
+        (["--max-mpx", "0"], "--max-mpx must be a positive number, got 0.0"),
     ],
 )
 def test_bad_recipes_and_options(

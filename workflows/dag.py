@@ -200,7 +200,6 @@ def _templates() -> tuple[Container, Container, Container]:
             "plan",
             "--shards-per-task={{workflow.parameters.shards-per-task}}",
             "--recipe={{workflow.parameters.recipe}}",
-            "--max-failed={{workflow.parameters.max-failed}}",
             f"--max-tasks={MAX_TASKS}",
             f"--write-params={PLAN_DIR}",
             *(

@@ -12,13 +12,14 @@ plan is the DAG's first pod and carries no patch; every other pod waits for it.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shardflow.steps import __version__
 from shardflow.steps.errors import UsageError
-from shardflow.steps.failures import DEFAULT_MAX_FAILED
+from shardflow.steps.failures import DEFAULT_MAX_FAILED, fraction
 from shardflow.steps.recipe import BUILTIN_RECIPES
 
 from .plan import AUTO, MAX_TASKS
@@ -83,6 +84,7 @@ PARAMETERS: tuple[DagParameter, ...] = (
         "Fail the run when more than this fraction of the samples read failed (e.g. 0.05 or "
         "5%); a shard whose every sample failed always fails.",
         default=f"{DEFAULT_MAX_FAILED:g}",
+        checked_by_plan=True,
     ),
     DagParameter(
         "cpu",
@@ -152,6 +154,13 @@ def check_value(name: str, value: str) -> None:
         raise UsageError(f"unknown parameter {name!r} (known: {', '.join(BY_NAME)})")
     if parameter.enum and value not in parameter.enum:
         raise UsageError(refusal(name, value, parameter.enum))
+    if name == "max-failed":
+        try:
+            fraction(value)
+        except argparse.ArgumentTypeError:
+            raise UsageError(
+                refusal(name, value, ["a fraction from 0 to 1, e.g. 0.01 or 1%"])
+            ) from None
     if name == "retry-backoff" and not _valid_backoff(value):
         raise UsageError(
             refusal(name, value, ["a whole number of seconds or minutes up to 1 day, e.g. 30s"])

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from shardflow.steps.cli_common import add_storage_arguments, positive_int, storage_options
 from shardflow.steps.errors import UsageError
-from shardflow.steps.failures import add_max_failed_argument
 from shardflow.steps.recipe import load_recipe
 from shardflow.steps.redact import redact_url
 
@@ -48,7 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "more than --max-tasks tasks",
     )
     parser.add_argument("--recipe", default="seed", help="recipe to check (default: seed)")
-    add_max_failed_argument(parser)  # checked here, so a bad value fails one pod, not all
     parser.add_argument(
         "--max-tasks",
         type=positive_int,
