@@ -8,7 +8,7 @@ DEMO_SHARDS := 4
 DEMO_SAMPLES := 24
 LAST := $(shell printf '%06d' $$(($(DEMO_SHARDS) - 1)))
 
-.PHONY: demo test lint fuzz bench render image constraints clean argo-lint
+.PHONY: demo test lint fuzz bench render image constraints clean argo-lint controlplane
 
 # pip -qq: errors only (-q still prints setuptools' notice about editable installs).
 PIP := $(BIN)/python -m pip install -qq
@@ -37,9 +37,36 @@ demo: $(VENV)/.installed
 	$(BIN)/shardflow run '$(DEMO)/in/in-{000000..$(LAST)}.tar' \
 		'$(DEMO)/out/out-{000000..$(LAST)}.tar' --recipe seed
 
-test: $(VENV)/.installed-test argo-lint
+test: $(VENV)/.installed-test argo-lint controlplane
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check .
+
+# The real control plane the Argo scenarios run under (tests/test_argo_controller.py): etcd,
+# kube-apiserver and Argo's workflow-controller, built from their Go modules (versions in
+# tests/controlplane/*/go.mod) with Go's build cache; a cold build takes minutes, a warm one
+# seconds. Needs Go >= 1.25.7 and the Go module proxy.
+GO ?= go
+CONTROLPLANE_BIN := tests/.bin
+KUBE_MODULE := tests/controlplane/kube
+ARGO_MODULE := tests/controlplane/argo
+KUBE_VERSION := v1.33.13
+ARGO_VERSION := v3.7.18
+# $(call GO_BUILD,module dir,output,package,extra -ldflags): the versions are stamped as the
+# projects' own release builds stamp them.
+GO_BUILD = cd $(1) && $(GO) build -buildvcs=false -ldflags='-s -w $(4)' -o $(CURDIR)/$(2) $(3)
+controlplane: $(CONTROLPLANE_BIN)/etcd $(CONTROLPLANE_BIN)/kube-apiserver $(CONTROLPLANE_BIN)/workflow-controller
+
+$(CONTROLPLANE_BIN)/etcd: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum $(KUBE_MODULE)/etcd/main.go
+	$(call GO_BUILD,$(KUBE_MODULE),$@,./etcd)
+
+$(CONTROLPLANE_BIN)/kube-apiserver: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum
+	$(call GO_BUILD,$(KUBE_MODULE),$@,k8s.io/kubernetes/cmd/kube-apiserver,\
+		-X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+		-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=33)
+
+$(CONTROLPLANE_BIN)/workflow-controller: $(ARGO_MODULE)/go.mod $(ARGO_MODULE)/go.sum
+	$(call GO_BUILD,$(ARGO_MODULE),$@,github.com/argoproj/argo-workflows/v3/cmd/workflow-controller,\
+		-X github.com/argoproj/argo-workflows/v3.version=$(ARGO_VERSION))
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -72,7 +99,7 @@ ARGO_LINT := tests/.bin/argo-lint-v3 tests/.bin/argo-lint-v4
 argo-lint: $(ARGO_LINT)
 tests/.bin/argo-lint-%: tests/argo/%/main.go tests/argo/%/go.mod tests/argo/%/go.sum
 	@echo "building $@ from Argo's Go packages (minutes the first time)"
-	cd tests/argo/$* && go build -ldflags='-s -w' -o ../../.bin/argo-lint-$* .
+	$(call GO_BUILD,tests/argo/$*,$@,.)
 
 # Argo manifests (argo/*.yaml) from workflows/dag.py; a test fails when they are stale.
 render: $(VENV)/.installed

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -47,31 +49,41 @@ class Run:
     timed_out: bool
 
 
+# The worker is started by a small Python process that reports its child's peak RSS. Measured
+# from pytest directly (wait4's ru_maxrss), the figure would include pytest's own memory: exec
+# keeps the high-water mark of the forked copy of the parent, which grows over a full run.
+_MEASURED = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "open(sys.argv[1], 'w').write(str(peak))\n"
+    "sys.exit(code if code >= 0 else 128 - code)\n"
+)
+
+
 def run_bounded(args: list[str], directory: Path, timeout: float) -> Run:
-    """`shardflow ARGS` with its peak RSS (from wait4) and a deadline after which it is killed."""
-    out, err = directory / "stdout", directory / "stderr"
+    """`shardflow ARGS` with its peak RSS and a deadline after which it is killed."""
+    out, err, peak = directory / "stdout", directory / "stderr", directory / "peak-rss-kb"
+    peak.unlink(missing_ok=True)
+    command = [sys.executable, "-c", _MEASURED, str(peak), *CLI, *args]
     with out.open("w") as stdout, err.open("w") as stderr:
-        process = subprocess.Popen([*CLI, *args], stdout=stdout, stderr=stderr, env=environment())
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=stderr, env=environment(), start_new_session=True
+        )
     killed = threading.Event()
 
     def kill() -> None:
         killed.set()
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
 
     timer = threading.Timer(timeout, kill)
     timer.start()
     try:
-        _, status, usage = os.wait4(process.pid, 0)
+        returncode = process.wait()
     finally:
         timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Run(
-        process.returncode,
-        out.read_text(),
-        err.read_text(),
-        usage.ru_maxrss / 1024,
-        killed.is_set(),
-    )
+    peak_kb = int(peak.read_text()) if peak.exists() else 0
+    return Run(returncode, out.read_text(), err.read_text(), peak_kb / 1024, killed.is_set())
 
 
 def chunks(count: int) -> list[tuple[int, int]]:

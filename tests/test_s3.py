@@ -79,7 +79,10 @@ def test_endpoint_and_credentials_as_storage_options(
 
     local = tmp_path / "local" / "b.tar"
     options = json.dumps(s3.options())
-    download = shardflow("augment", f"s3://{bucket}/a.tar", local, "--storage-options", options)
+    download = shardflow(  # a recipe that applies to the output (png, cls; no json)
+        "augment", f"s3://{bucket}/a.tar", local, "--storage-options", options,
+        "--recipe", "flip-crop",
+    )  # fmt: skip
     assert download.returncode == 0, download.stderr
     assert local.exists()
 
@@ -89,7 +92,7 @@ def test_endpoint_and_credentials_as_storage_options(
         refused = shardflow("augment", source, target, env=anonymous)
         assert_shard_failed(refused, str(source), "Unable to locate credentials")
         assert "attempts" not in refused.stderr
-    assert s3.keys(bucket) == ["a.manifest.json", "a.tar"]
+    assert s3.keys(bucket) == ["a.manifest.json", "a.shardindex.json", "a.tar", "sizes.json"]
 
 
 def test_an_http_input_and_an_s3_output_each_take_their_own_options(
@@ -118,7 +121,12 @@ def test_an_http_input_and_an_s3_output_each_take_their_own_options(
     assert result.returncode == 0, result.stderr
     assert s3.get(bucket, "out.tar") == expected
     assert_shard_failed(unscoped, url, "does not apply to http://", "--storage-option 'http={")
-    assert s3.keys(bucket) == ["out.manifest.json", "out.tar"]
+    assert s3.keys(bucket) == [
+        "out.manifest.json",
+        "out.shardindex.json",
+        "out.tar",
+        "sizes.json",
+    ]
 
 
 def test_local_outputs_of_s3_inputs_are_verified_against_s3_inputs(
@@ -130,7 +138,12 @@ def test_local_outputs_of_s3_inputs_are_verified_against_s3_inputs(
     out = tmp_path / "out"
     result = shardflow("augment", f"s3://{bucket}/in-000000.tar", f"{out}/", env=s3.env())
     assert result.returncode == 0, result.stderr
-    assert files_under(out) == ["in-000000.manifest.json", "in-000000.tar"]
+    assert files_under(out) == [
+        "in-000000.manifest.json",
+        "in-000000.tar",
+        "in.shardindex.json",
+        "sizes.json",
+    ]
     code, report = verify(
         f"{out}/in-000000.tar", inputs=f"s3://{bucket}/in-000000.tar", env=s3.env()
     )
