@@ -99,7 +99,7 @@ ARGO_LINT := tests/.bin/argo-lint-v3 tests/.bin/argo-lint-v4
 argo-lint: $(ARGO_LINT)
 tests/.bin/argo-lint-%: tests/argo/%/main.go tests/argo/%/go.mod tests/argo/%/go.sum
 	@echo "building $@ from Argo's Go packages (minutes the first time)"
-	cd tests/argo/$* && go build -ldflags='-s -w' -o ../../.bin/argo-lint-$* .
+	$(call GO_BUILD,tests/argo/$*,$@,.)
 
 # Argo manifests (argo/*.yaml) from workflows/dag.py; a test fails when they are stale.
 render: $(VENV)/.installed

@@ -194,11 +194,16 @@ def _write_shard(
         input_url, options.storage_options, allow_pipe=options.allow_pipe
     ) as opened:
         stream = opened.stream
+        length = storage.size(input_url, options.storage_options)
         if progress is not None:
-            progress.shard_started(storage.size(input_url, options.storage_options))
+            progress.shard_started(length)
         tar = TarReader(stream)
         samples = SampleReader(
-            tar, input_url, wants=pipeline.wants, max_member_bytes=options.max_member_bytes
+            tar,
+            input_url,
+            wants=pipeline.wants,
+            max_member_bytes=options.max_member_bytes,
+            length_known=length is not None,
         )
         try:
             with storage.publish_atomically(output_url, options.storage_options) as sink:

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from fsspec.implementations.local import LocalFileSystem
@@ -27,6 +28,7 @@ from .redact import path_name, redact_url
 from .shard_index import SIZES_NAME, default_index_url
 
 Pair = tuple[str, str]
+T = TypeVar("T")
 
 _SAME_STORE = {"s3a": "s3", "gcs": "gs"}  # fsspec's aliases for one back-end
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -140,16 +142,16 @@ class Batch:
     index: int
     per_task: int
 
-    def of(self, pairs: list[Pair]) -> list[Pair]:
-        """This task's pairs; UsageError when the run has no task `index`."""
-        count = task_count(len(pairs), self.per_task)
+    def of(self, shards: list[T]) -> list[T]:
+        """This task's shards (pairs, or URLs); UsageError when the run has no task `index`."""
+        count = task_count(len(shards), self.per_task)
         if not 0 <= self.index < count:
             raise UsageError(
-                f"--task-index {self.index} is out of range: {len(pairs)} shards in batches of "
+                f"--task-index {self.index} is out of range: {len(shards)} shards in batches of "
                 f"{self.per_task} make {count} tasks (0..{count - 1})"
             )
         start = self.index * self.per_task
-        return pairs[start : start + self.per_task]
+        return shards[start : start + self.per_task]
 
 
 def location(url: str, *, written: bool) -> str:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import DataError
+from .errors import DataError, ShardError
 from .tarstream import TarFormatError, TarMember, TarReader
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -102,9 +102,13 @@ class SampleReader:
         *,
         wants: Callable[[str], bool],
         max_member_bytes: int,
+        length_known: bool = True,
     ) -> None:
         self._reader = reader
         self._shard = shard
+        # A stream of unknown length (no Content-Length, a pipe) that ends early may be a
+        # cut connection, which a retry can fix; with a known length it is a damaged shard.
+        self._length_known = length_known
         self._wants = wants
         self._max_member_bytes = max_member_bytes
         self.ignored_members: list[str] = []  # names with no extension, as webdataset skips
@@ -159,8 +163,7 @@ class SampleReader:
             except StopIteration:
                 return
             except TarFormatError as exc:
-                key = _key_of(exc.member)
-                raise DataError(self._shard, exc.cause, key=key) from None
+                raise self._format_error(exc, _key_of(exc.member)) from None
             if member.is_directory:
                 continue
             parts = split_member_name(member.name)
@@ -180,7 +183,13 @@ class SampleReader:
         try:
             return self._reader.read_data()
         except TarFormatError as exc:
-            raise DataError(self._shard, exc.cause, key=key) from None
+            raise self._format_error(exc, key) from None
+
+    def _format_error(self, exc: TarFormatError, key: str | None) -> ShardError:
+        if exc.truncated and not self._length_known:
+            cause = f"{exc.cause} (the input's length is unknown: the connection may have been cut)"
+            return ShardError(self._shard, cause, key=key)
+        return DataError(self._shard, exc.cause, key=key)
 
 
 def _key_of(name: str | None) -> str | None:

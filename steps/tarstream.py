@@ -67,6 +67,11 @@ class TarFormatError(Exception):
         self.member = member
         super().__init__(cause)
 
+    @property
+    def truncated(self) -> bool:
+        """The stream ended before the archive did (each such message here says so)."""
+        return "truncated" in self.cause
+
 
 @dataclass(frozen=True)
 class TarMember:

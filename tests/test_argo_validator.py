@@ -1,4 +1,4 @@
-"""Argo's own validator on every manifest shardflow writes: argo/*.yaml, `render`, `submit`.
+"""Argo's own validator on every manifest shardflow writes: argo/*.yaml, `render`, `submit`, ...
 
 The JSON schema (test_render) checks shapes only; Argo's validator is what `argo lint` and the
 server run before a workflow is accepted: references resolve, names and expressions are valid,
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shardflow.workflows import dag, index_dag
 from shardflow.workflows.cli import build_parser, main
 from shardflow.workflows.parameters import BY_NAME
 
@@ -101,6 +102,10 @@ def _files(command: str, args: tuple[str, ...]) -> dict[str, str]:
         return _checked_in()
     if command == "render":
         return {"render.yaml": _shardflow("render", "--out", "-", *args)}
+    if command == "index_dag":  # rendered by its module, not by `shardflow render`
+        image, parallelism = args
+        settings = dag.RenderSettings(image=image, parallelism=int(parallelism))
+        return {index_dag.FILE: index_dag.render_index(settings)}
     files = {"workflow.yaml": _shardflow("submit", "--dry-run", *args)}
     if "--from-template" in args:  # the reference, with the template a cluster would hold
         files["workflowtemplate.yaml"] = _checked_in()["workflowtemplate.yaml"]
@@ -115,6 +120,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "render",
         ("--image", "registry.example/shardflow:1", "--parallelism", "200"),
     ),
+    "index_dag image parallelism": ("index_dag", ("registry.example/shardflow:1", "200")),
     **{f"submit {name}": ("submit", tuple(args)) for name, args in PARAMETERS.items()},
     # Not with --from-template: the installed template's parallelism applies.
     "submit --parallelism": ("submit", (*PARAMETERS["defaults"], "--parallelism", "8")),

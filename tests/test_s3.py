@@ -79,7 +79,10 @@ def test_endpoint_and_credentials_as_storage_options(
 
     local = tmp_path / "local" / "b.tar"
     options = json.dumps(s3.options())
-    download = shardflow("augment", f"s3://{bucket}/a.tar", local, "--storage-options", options)
+    download = shardflow(  # a recipe that applies to the output (png, cls; no json)
+        "augment", f"s3://{bucket}/a.tar", local, "--storage-options", options,
+        "--recipe", "flip-crop",
+    )  # fmt: skip
     assert download.returncode == 0, download.stderr
     assert local.exists()
 
