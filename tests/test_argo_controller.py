@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import control_plane
 import pytest
 import yaml
 from control_plane import ControlPlane
@@ -75,6 +76,8 @@ class Cluster:
     def wait_finished(self, name: str, timeout: float = RUN_TIMEOUT) -> dict:
         def finished() -> dict | None:
             self.plane.check_running()
+            if self.kubelet.errors:  # a pod the kubelet could not run would stay Pending
+                raise StuckWorkflow(f"the test kubelet failed: {self.kubelet.errors}")
             workflow = self.workflow(name)
             stuck = controller_errors(workflow)
             if stuck:  # the controller errs on each reconcile: the workflow would hang for days
@@ -211,6 +214,14 @@ def expected_display_name(manifest: dict, task_index: int) -> str:
     if annotation is None:
         return f"augment({task_index}:{task_index})"
     return annotation.replace("{{inputs.parameters.task-index}}", str(task_index))
+
+
+def test_missing_go_builds_fail_the_suite_instead_of_skipping(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(control_plane, "BIN", tmp_path)
+    with pytest.raises(control_plane.MissingBuild, match="make controlplane"):
+        ControlPlane(tmp_path)
 
 
 # --- the control plane itself -------------------------------------------------------------
