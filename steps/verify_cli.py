@@ -51,6 +51,7 @@ Prints a table (one row per shard) and, as the last line, a one-line summary.
 exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was checked)."""
 
 
+SUMMARY_SHARDS = 3  # shards named by a failed summary line
 TABLE_ROWS = 50  # above this many shards, the table lists only shards with problems
 
 
@@ -294,8 +295,16 @@ def summary_line(
     return (
         f"{command}: FAILED: {total - passed} of {total} shards did not pass "
         f"({', '.join(by_status)}){f'; {failures}' if failures else ''}; {passed} passed; "
-        f"{checked}"
+        f"{checked}; {_not_passing(reports)}"
     )
+
+
+def _not_passing(reports: list[ShardReport]) -> str:
+    """The first shards that did not pass, by URL: the summary is often all a person sees of a
+    run (the Argo UI shows the output parameter), and it should say where to look."""
+    urls = [r.output for r in reports if r.status != "ok"]
+    more = f" and {len(urls) - SUMMARY_SHARDS} more" if len(urls) > SUMMARY_SHARDS else ""
+    return f"not passing: {', '.join(urls[:SUMMARY_SHARDS])}{more}"
 
 
 def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None = None) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import control_plane
 import pytest
 import yaml
 from control_plane import ControlPlane
@@ -29,6 +30,10 @@ WORKFLOW = REPO / "argo" / "workflow.yaml"
 TEMPLATE = REPO / "argo" / "workflowtemplate.yaml"
 FINISHED = ("Succeeded", "Failed", "Error")
 RUN_TIMEOUT = 300.0
+
+
+class StuckWorkflow(Exception):
+    """The controller keeps a workflow Running that can never finish."""
 
 
 @dataclass
@@ -71,13 +76,23 @@ class Cluster:
     def wait_finished(self, name: str, timeout: float = RUN_TIMEOUT) -> dict:
         def finished() -> dict | None:
             self.plane.check_running()
+            if self.kubelet.errors:  # a pod the kubelet could not run would stay Pending
+                raise StuckWorkflow(f"the test kubelet failed: {self.kubelet.errors}")
             workflow = self.workflow(name)
+            stuck = controller_errors(workflow)
+            if stuck:  # the controller errs on each reconcile: the workflow would hang for days
+                raise StuckWorkflow(f"{name}: the controller rejects a node: {stuck}")
             return workflow if workflow.get("status", {}).get("phase") in FINISHED else None
 
         try:
             return wait_for(f"workflow {name} to finish", finished, timeout, interval=1)
-        except TimeoutError as error:
-            raise AssertionError(f"{error}\n{self.describe(name)}") from None
+        except (TimeoutError, StuckWorkflow) as error:
+            description = self.describe(name)
+            # Stop it, as `argo stop` would, so that it takes no pods from the next test.
+            self.api.merge_patch(
+                f"{self.namespaced}/workflows/{name}", {"spec": {"shutdown": "Stop"}}
+            )
+            raise AssertionError(f"{error}\n{description}") from None
 
     def describe(self, name: str) -> str:
         """What a failing test prints: node phases and messages, kubelet errors, controller log."""
@@ -151,6 +166,18 @@ def nodes(workflow: dict, kind: str | None = None, template: str | None = None) 
     ]
 
 
+def controller_errors(workflow: dict) -> list[str]:
+    """Messages of nodes the controller itself put in Error (not a pod's failure), e.g. an
+    invalid display name: it repeats them on every reconcile and the DAG never completes."""
+    return [
+        f"{n.get('displayName')}: {n.get('message')}"
+        for n in workflow.get("status", {}).get("nodes", {}).values()
+        if n.get("phase") == "Error"
+        and n["type"] != "Pod"
+        and workflow["status"]["phase"] == "Running"
+    ]
+
+
 def plan_finished(cluster: Cluster, name: str) -> dict | None:
     """The plan pod node once the controller has its phase and outputs."""
     found = nodes(cluster.workflow(name), "Pod", "plan")
@@ -187,6 +214,14 @@ def expected_display_name(manifest: dict, task_index: int) -> str:
     if annotation is None:
         return f"augment({task_index}:{task_index})"
     return annotation.replace("{{inputs.parameters.task-index}}", str(task_index))
+
+
+def test_missing_go_builds_fail_the_suite_instead_of_skipping(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(control_plane, "BIN", tmp_path)
+    with pytest.raises(control_plane.MissingBuild, match="make controlplane"):
+        ControlPlane(tmp_path)
 
 
 # --- the control plane itself -------------------------------------------------------------
@@ -238,7 +273,11 @@ def test_four_shards_with_the_seed_recipe_succeed(cluster: Cluster, tmp_path: Pa
     assert output(plan, "tasks") == "4"
     augments = nodes(workflow, "Pod", "augment")
     assert len(augments) == int(output(plan, "tasks"))
-    assert sorted(n["displayName"] for n in augments) == sorted(
+    # ARGO_PROGRESS_FILE reached the controller: one shard is 100 units, all done.
+    assert [n.get("progress") for n in augments] == ["100/100"] * 4
+    # The display name applies to each task's node (its Retry node, parent of the pods).
+    tasks = nodes(workflow, "Retry", "augment")
+    assert sorted(n["displayName"] for n in tasks) == sorted(
         expected_display_name(manifest, index) for index in range(4)
     )
     keys = cluster.s3.keys(bucket)
@@ -313,7 +352,7 @@ def test_two_hundred_shards_ten_per_task_respect_parallelism(
         output=outputs,
         **{"shards-per-task": "10", "storage-options": storage(cluster)},
     )
-    workflow = cluster.wait_finished(name, timeout=900)
+    workflow = cluster.wait_finished(name, timeout=600)
     assert workflow["status"]["phase"] == "Succeeded", cluster.describe(name)
     (plan,) = nodes(workflow, "Pod", "plan")
     assert output(plan, "tasks") == "20"
@@ -326,11 +365,18 @@ def test_two_hundred_shards_ten_per_task_respect_parallelism(
 
 
 def test_a_transient_storage_error_is_retried_by_argo(cluster: Cluster, tmp_path: Path) -> None:
-    """Storage drops every connection for one shard until its first pod has failed (exit 1):
-    Argo's retryStrategy starts a second pod after the backoff, and the workflow succeeds."""
+    """Storage answers 503 to every upload of one output until its first pod has failed
+    (exit 1, a storage error): Argo's retryStrategy starts a second pod after its backoff, and
+    the workflow succeeds."""
     bucket, inputs, outputs = upload_shards(cluster, tmp_path, 2)
     fault = cluster.proxy.add_fault(
-        Fault("drop", method="GET", path=rf"/{bucket}/in/in-000001\.tar")
+        Fault(
+            "status",
+            method="PUT",
+            path=rf"/{bucket}/out/in-000001\.tar",
+            status=503,
+            code="SlowDown",
+        )
     )
     name = cluster.submit(
         rendered(), input=inputs, output=outputs, **{"storage-options": storage(cluster)}
@@ -341,11 +387,12 @@ def test_a_transient_storage_error_is_retried_by_argo(cluster: Cluster, tmp_path
         return any(r.exit_code == 1 and "--task-index=1" in r.argv for r in runs)
 
     wait_for("the faulty shard's pod to fail", first_attempt_failed, RUN_TIMEOUT)
-    assert cluster.proxy.requests("GET", fault.path), "the fault never applied"
+    assert cluster.proxy.requests("PUT", fault.path), "the fault never applied"
     cluster.proxy.clear()
     workflow = cluster.wait_finished(name)
     assert workflow["status"]["phase"] == "Succeeded", cluster.describe(name)
     assert [n["phase"] for n in task_pods(workflow, 1)] == ["Failed", "Succeeded"]
+    assert task_pods(workflow, 1)[0]["outputs"]["exitCode"] == "1"
     assert [n["phase"] for n in task_pods(workflow, 0)] == ["Succeeded"]
     assert "out/in-000001.tar" in cluster.s3.keys(bucket)
 

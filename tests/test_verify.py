@@ -229,6 +229,7 @@ def test_each_damage_is_caught_precisely(damage: str, shards: Path, tmp_path: Pa
     assert last_line(done.stdout).startswith(
         f"verify: FAILED: 1 of {SHARDS} shards did not pass (1 {status}); 2 passed"
     )
+    assert last_line(done.stdout).endswith(f"; not passing: {shard}")
     entry = json.loads(report.read_text())["shards"][1]
     assert entry["status"] == status
     assert entry["problems"][0]["message"] == expected
