@@ -358,12 +358,26 @@ def read_head(url: str, options: StorageOptions, limit: int) -> bytes:
     if scheme(url) == "file":
         path = url[len("file://") :] if url.startswith("file://") else url
         with open(path, "rb") as stream:
-            return stream.read(limit)
+            return _read_up_to(stream, limit)
     fs, path = _filesystem(url, options)
     # Over HTTP, a plain stream: no HEAD first and no read-ahead past the limit.
     streaming = {"block_size": 0} if scheme(url) in _READ_ONLY else {}
     with fs.open(path, "rb", **streaming) as stream:
-        return stream.read(limit)
+        return _read_up_to(stream, limit)
+
+
+def _read_up_to(stream: BinaryIO, limit: int) -> bytes:
+    """`limit` bytes, or all there is: a network stream's read(n) returns what has arrived,
+    which may be less than n long before the end."""
+    pieces: list[bytes] = []
+    wanted = limit
+    while wanted > 0:
+        piece = stream.read(wanted)
+        if not piece:
+            break
+        pieces.append(piece)
+        wanted -= len(piece)
+    return b"".join(pieces)
 
 
 @contextlib.contextmanager

@@ -127,3 +127,16 @@ def test_an_endless_recipe_url_is_cut_at_the_size_limit(endless, tmp_path: Path)
     result = shardflow("recipe", url, timeout=60)
     one_error_line(result, 2, "larger than")
     assert handler.sent < 64 << 20  # the client stopped reading; the server wrote no more
+
+
+def test_a_large_recipe_streamed_without_a_length_is_read_whole(tmp_path: Path) -> None:
+    """A network read returns what has arrived: the recipe is read to its end, never cut at a
+    chunk (a cut recipe could parse as another recipe)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    comment = "# " + "x" * 200_000 + "\n"
+    (root / "big.yaml").write_text(comment + "name: big\n" + RECIPE)
+    with FileServer(root, sized=False) as web:
+        result = shardflow("recipe", f"{web.url}/big.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "name: big\n" in result.stdout
