@@ -21,7 +21,11 @@ from shardflow.workflows import lint, render
 from conftest import run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
-KINDS = {"workflow.yaml": Workflow, "workflowtemplate.yaml": WorkflowTemplate}
+KINDS = {
+    "workflow.yaml": Workflow,
+    "workflowtemplate.yaml": WorkflowTemplate,
+    "index-workflowtemplate.yaml": WorkflowTemplate,
+}
 
 
 def test_checked_in_manifests_are_the_rendered_ones():
@@ -241,7 +245,11 @@ def test_render_command_checks_writes_and_prints(tmp_path):
     assert diff.returncode == 1 and "-# edited" in diff.stdout
     printed = run_cli("render", "--out", "-", "--image", "registry.example/shardflow:1")
     documents = list(yaml.safe_load_all(printed.stdout))
-    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow"]
+    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow", "WorkflowTemplate"]
+    assert documents[2]["metadata"]["name"] == "shardflow-index"
+    assert (tmp_path / "index-workflowtemplate.yaml").read_text() == (
+        ARGO / "index-workflowtemplate.yaml"
+    ).read_text()
     image = next(p for p in documents[1]["spec"]["arguments"]["parameters"] if p["name"] == "image")
     assert image["value"] == "registry.example/shardflow:1"
 

@@ -88,8 +88,10 @@ verifies the outputs.
 1. **plan** expands `input`, checks the parameters and counts the tasks.
 2. **augment** runs one pod per batch of shards; each output appears only when complete, with
    a manifest beside it, so a retry or a resubmission redoes only unfinished shards.
-3. **verify** checks every output shard and writes `verify-report.json` and
-   `verify-samples.png` beside the outputs; its summary is the output `verify-summary`.
+3. **verify** checks every output shard and writes `verify-report.json`,
+   `verify-samples.png` and, when every shard passed, the dataset index
+   (`PREFIX.shardindex.json`, `sizes.json`) beside the outputs; its summary is the output
+   `verify-summary`.
 
 Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`. Needs Argo Workflows
 3.7 or newer."""
@@ -252,6 +254,7 @@ def _templates() -> tuple[Container, Container, Container]:
             "--report={{inputs.parameters.report}}",
             "--sample-sheet={{inputs.parameters.sample-sheet}}",
             f"--summary-file={SUMMARY_FILE}",
+            "--write-index",
             "--",
             "{{inputs.parameters.outputs}}",
         ],

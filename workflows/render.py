@@ -72,8 +72,13 @@ def to_yaml(document: dict) -> str:
 
 
 def render_all(settings: dag.RenderSettings | None = None) -> dict[str, str]:
-    """File name -> YAML text, for every manifest in argo/."""
-    return {name: HEADER + to_yaml(manifest(kind, settings)) for name, kind in FILES.items()}
+    """File name -> YAML text, for every manifest in argo/ (the index WorkflowTemplate too:
+    it shares the augment DAG's pod settings, so it goes stale with them)."""
+    from . import index_dag  # it imports this module
+
+    texts = {name: HEADER + to_yaml(manifest(kind, settings)) for name, kind in FILES.items()}
+    texts[index_dag.FILE] = index_dag.render_index(settings)
+    return texts
 
 
 def _key(item: tuple[str, Any]) -> tuple[int, int, str]:

@@ -12,7 +12,8 @@ from shardflow.steps.errors import EXIT_FAILED, EXIT_OK, ShardflowError
 
 DESCRIPTION = """\
 Render the Argo manifests from the Hera definitions (workflows/dag.py): the WorkflowTemplate
-shardflow-augment (workflowtemplate.yaml) and the standalone Workflow (workflow.yaml).
+shardflow-augment (workflowtemplate.yaml), the standalone Workflow (workflow.yaml) and the
+WorkflowTemplate shardflow-index (index-workflowtemplate.yaml, workflows/index_dag.py).
 Without --write, compare them with the files in --out and show the difference; --out - prints
 them. Every manifest is checked first: each {{...}} must resolve, each template and task named
 must exist.
@@ -45,10 +46,16 @@ def run(args: argparse.Namespace) -> int:
         image=args.image or dag.DEFAULT_IMAGE,
         parallelism=args.parallelism or dag.DEFAULT_PARALLELISM,
     )
-    for kind in (WorkflowTemplate, Workflow):
-        problems = lint.check_manifest(render.manifest(kind, settings))
+    from . import index_dag
+
+    checked = {
+        kind.__name__: render.manifest(kind, settings) for kind in (WorkflowTemplate, Workflow)
+    }
+    checked[index_dag.NAME] = index_dag.manifest(settings)
+    for name, manifest in checked.items():
+        problems = lint.check_manifest(manifest)
         if problems:
-            raise ShardflowError(f"{kind.__name__} does not check: " + "; ".join(problems))
+            raise ShardflowError(f"{name} does not check: " + "; ".join(problems))
     texts = render.render_all(settings)
     if args.out == "-":
         sys.stdout.write("---\n".join(texts.values()))
