@@ -16,11 +16,12 @@ from .check import ShardScan, field_problems, scan_shard, usual_fields
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
-    positive_int,
+    add_threads_argument,
+    readable_shards,
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
+from .cpus import io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardError
 from .pairing import check_urls, pair_shards
 from .progress import ARGO_PROGRESS_FILE, Progress
@@ -63,11 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write repaired shards here: a pattern expanding to as many URLs as SHARDS, or a "
         "directory ending in /",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help="shards checked at once (default: twice the CPUs this process may use, at most 16)",
-    )
+    add_threads_argument(parser, "checked")
     parser.add_argument(
         "--all-rows",
         action="store_true",
@@ -81,9 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = storage.expand(args.shards)
-    for url in shards:
-        storage.check_url(url, writing=False)
+    shards = readable_shards(args.shards)
     pairs = _repair_pairs(args.shards, args.repair) if args.repair else []
     started = time.monotonic()
     scans = check_all(shards, options, args)
@@ -133,7 +128,7 @@ def check_all(
         argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
         desc="check",
     )
-    threads = args.threads or min(16, 2 * available_cpus())
+    threads = io_threads(args.threads)
     scans = []
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check") as pool:

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from . import storage
 from .errors import UsageError
 from .storage import StorageOptions
 
@@ -107,3 +108,20 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0)
+
+
+def readable_shards(pattern: str) -> list[str]:
+    """The shards a pattern names, each a URL this process may read (UsageError if not)."""
+    shards = storage.expand(pattern)
+    for url in shards:
+        storage.check_url(url, writing=False)
+    return shards
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, doing: str) -> None:
+    """--threads for a command reading several shards at once (cpus.io_threads)."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help=f"shards {doing} at once (default: twice the CPUs this process may use, at most 16)",
+    )

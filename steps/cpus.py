@@ -20,6 +20,12 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def io_threads(given: int | None = None) -> int:
+    """Shards read at once by a command whose work is I/O and hashing (both outside the GIL):
+    `given`, or twice the CPUs this process may use, at most 16."""
+    return given or min(16, 2 * available_cpus())
+
+
 def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     try:
         count = len(os.sched_getaffinity(0))

@@ -15,12 +15,14 @@ from . import storage
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
+    add_threads_argument,
     non_negative_int,
     positive_int,
+    readable_shards,
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
+from .cpus import io_threads
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
@@ -76,11 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("yes", "no"),
         help="also write DALI .idx files (--dali, or --dali=yes|no as a workflow passes it)",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help="shards indexed at once (default: twice the CPUs this process may use, at most 16)",
-    )
+    add_threads_argument(parser, "indexed")
     batch = parser.add_argument_group(
         "batches (the shardflow-index fan-out: each task writes a part, the last step merges)"
     )
@@ -117,9 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = storage.expand(args.shards)
-    for url in shards:
-        storage.check_url(url, writing=False)
+    shards = readable_shards(args.shards)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
     refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))
@@ -140,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.task_index is not None
                 else shards
             )
-            threads = args.threads or min(16, 2 * available_cpus())
+            threads = io_threads(args.threads)
             indexes, status = _index_or_report(batch, options, threads, args)
             if status != EXIT_OK:
                 return status

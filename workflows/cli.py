@@ -16,6 +16,7 @@ from shardflow.steps import (
     check_cli,
     index_cli,
     recipe_cli,
+    report_cli,
     synth_cli,
     verify_cli,
 )
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         verify_cli,
         index_cli,
         check_cli,
+        report_cli,
         plan_cli,
         render_cli,
         recipe_cli,
