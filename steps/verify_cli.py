@@ -239,7 +239,7 @@ def _run_batch(
     finally:
         duplicates.close()
     passed = sum(r.status == "ok" for r in part.reports)
-    if not args.json:
+    if not (args.json or args.quiet):
         print(
             f"verify batch {args.task_index}: {passed} of {len(part.reports)} shards passed; "
             f"part {redact_url(url)}",

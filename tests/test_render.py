@@ -17,6 +17,7 @@ import yaml
 from hera.workflows import Workflow, WorkflowTemplate
 
 from shardflow.workflows import lint, render
+from shardflow.workflows.plan import MAX_TASKS
 
 from conftest import run_cli
 
@@ -101,7 +102,8 @@ def test_lint_reads_the_variables_of_expression_tags():
 
 def test_lint_reports_an_undeclared_input():
     manifest = _workflow()
-    _template(manifest, "verify")["inputs"]["parameters"].pop(0)  # "outputs"
+    parameters = _template(manifest, "verify")["inputs"]["parameters"]
+    parameters.remove({"name": "outputs"})
     problems = lint.check_manifest(manifest)
     assert any("{{inputs.parameters.outputs}}" in p for p in problems)
     assert any("'outputs' is not an input of verify" in p for p in problems)
@@ -118,10 +120,10 @@ def test_lint_reports_a_missing_template_and_dependency():
 
 def test_lint_reports_item_outside_a_loop_and_outputs_of_a_task_not_waited_for():
     manifest = _workflow()
-    _task(manifest, "verify")["arguments"]["parameters"][0]["value"] = "{{item}}"
+    _task(manifest, "report")["arguments"]["parameters"][0]["value"] = "{{item}}"
     del _task(manifest, "augment")["depends"]
     problems = lint.check_manifest(manifest)
-    assert any("task verify" in p and "{{item}}" in p for p in problems)
+    assert any("task report" in p and "{{item}}" in p for p in problems)
     assert any("task augment" in p and "tasks.plan.outputs" in p for p in problems)
 
 
@@ -153,8 +155,8 @@ def test_lint_reports_a_display_name_argo_refuses_after_substitution():
 
 
 def test_lint_substitutes_the_largest_task_index_and_every_enum_value():
-    long_name = "a" * 60 + "-{{inputs.parameters.task-index}}"  # 63 chars at index 9, 64 at 999
-    assert any("-999'" in p for p in _display_name_problems(long_name))
+    long_name = "a" * 60 + "-{{inputs.parameters.task-index}}"  # 63 chars at index 9, 64 at 100
+    assert any(f"-{MAX_TASKS - 1}'" in p for p in _display_name_problems(long_name))
     assert _display_name_problems("memory-{{workflow.parameters.memory}}") == []
     assert any("'x1Gi.'" in p for p in _display_name_problems("x{{workflow.parameters.memory}}."))
 

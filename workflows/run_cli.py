@@ -26,20 +26,22 @@ from .executor import Events, LocalExecutor, Node, RunResult
 
 DESCRIPTION = """\
 Run the Argo DAG on this machine: plan, then the augment tasks in a pool of worker processes,
-then verify, exactly as the rendered manifest describes (the same command lines, parameters
-and dependencies as on a cluster). One progress bar follows every task's ARGO_PROGRESS_FILE;
-the run ends with verify's table and summary.
+then the verify batches, then the report step that merges them, exactly as the rendered
+manifest describes (the same command lines, parameters and dependencies as on a cluster). One
+progress bar follows every task's ARGO_PROGRESS_FILE; the run ends with verify's table and
+summary.
 
 exit status: verify's (0 every output shard verified, 1 a shard is missing or wrong), or 2
 for a usage error found by the plan step."""
 
 ERROR_LINES = 12
+FINAL_TASK = "report"  # the DAG's last step (dag.py): verify's merged table and summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="run the Argo DAG locally: plan, augment in parallel, verify",
+        help="run the Argo DAG locally: plan, augment and verify in parallel, report",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -147,10 +149,10 @@ class _Display(Events):
             self._write(f"{node.name}: {node.phase} ({reason}) after {node.seconds:.1f} s")
             for line in _read(node.stderr).splitlines()[-ERROR_LINES:]:
                 self._write(f"  {line}")
-        elif not self.quiet and node.task != "verify":
+        elif not self.quiet and node.task != FINAL_TASK:
             last = stdout.strip().splitlines()[-1:] or [""]
             self._write(f"{node.name}: {node.phase} in {node.seconds:.1f} s: {last[0]}")
-        if node.task == "verify":
+        if node.task == FINAL_TASK:
             self.final_output = stdout.rstrip("\n")
 
     def progress(self, done: float, total: int, running: list[Node]) -> None:
