@@ -73,6 +73,7 @@ ASPECT_BINS = (
     ">=4:1",
 )
 _NUMBER = re.compile(r"\d+(\.\d+)?")
+_TABLE_PART = re.compile(r"part-\d{6}\.(jsonl|parquet)")
 
 
 def reason_class(reason: str) -> str:
@@ -418,7 +419,8 @@ def write_dataset_report(
 ) -> list[str]:
     """Write the duplicate groups, the plots and the report JSON (last) in `directory`; the
     lines saying what was written."""
-    base = directory.rstrip("/")
+    base = directory.rstrip("/") or "."
+    _remove_stale_tables(base, tables, options)
     duplicates = write_duplicates(sorted_duplicates, f"{base}/{DUPLICATES_NAME}", options)
     files = {"duplicates": DUPLICATES_NAME, "tables": [_relative(t, base) for t in tables]}
     for name, png in plots(stats).items():
@@ -432,6 +434,18 @@ def write_dataset_report(
         f"{duplicates.groups} groups of duplicate images; plots {', '.join(PLOTS.values())}; "
         f"table {TABLE_DIR}/)"
     ]
+
+
+def _remove_stale_tables(base: str, tables: list[str], options: storage.StorageOptions) -> None:
+    """Table files an earlier run left (batched otherwise): the table is exactly `tables`."""
+    kept = {url.rstrip("/").rsplit("/", 1)[-1] for url in tables}
+    try:
+        names = storage.list_names(f"{base}/{TABLE_DIR}", options)
+    except Exception:  # a store that cannot list: nothing to clean, the report lists the parts
+        return
+    for name in names:
+        if _TABLE_PART.fullmatch(name) and name not in kept:
+            storage.remove(f"{base}/{TABLE_DIR}/{name}", options)
 
 
 def _relative(url: str, base: str) -> str:

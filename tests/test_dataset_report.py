@@ -119,6 +119,18 @@ def test_report_of_third_party_shards(tmp_path: Path, third_party: dict[str, byt
             assert plot.format == "PNG" and plot.width > 300
 
 
+def test_a_table_left_by_an_earlier_run_in_more_batches_is_replaced(tmp_path: Path) -> None:
+    write_tar(tmp_path / "s.tar", [("k.png", image_bytes(10, 10, "PNG"))])
+    stale = tmp_path / "dataset-samples" / "part-000001.jsonl"
+    stale.parent.mkdir()
+    stale.write_text('{"key": "old"}\n')
+    (tmp_path / "dataset-samples" / "notes.txt").write_text("not ours")
+    assert run_cli("report", tmp_path / "s.tar").returncode == 0  # --out: the shard's folder
+    names = sorted(p.name for p in stale.parent.iterdir())
+    assert "part-000001.jsonl" not in names and "notes.txt" in names
+    assert "part-000000.jsonl" in names
+
+
 def test_a_damaged_shard_is_named_and_the_rest_reported(tmp_path: Path) -> None:
     png = image_bytes(10, 10, "PNG")
     good = write_tar(tmp_path / "s-0.tar", [("k.png", png)])
