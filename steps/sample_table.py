@@ -250,8 +250,13 @@ def write_table(
             out.write(line)
     if parquet_available():
         written.append(table_url(directory, task, ".parquet"))
-        with storage.publish_atomically(written[1], options) as out:
-            write_parquet(staging.rows(), out)
+        # Written locally first: pyarrow wants a file it can treat as its own (an S3 upload
+        # stream is not one), and the copy streams.
+        with tempfile.TemporaryFile() as local:
+            write_parquet(staging.rows(), local)
+            local.seek(0)
+            with storage.publish_atomically(written[1], options) as out:
+                shutil.copyfileobj(local, out)
     return written
 
 

@@ -189,7 +189,8 @@ def write_part(
 ) -> str:
     """Publish the batch's sorted hashes, then its part (last: its presence means done)."""
     with storage.publish_atomically(part_url(parts, part.task, ".dups"), options) as out:
-        out.writelines(duplicates.sorted_lines())
+        for line in duplicates.sorted_lines():
+            out.write(line)
     document = {
         "format": PART_FORMAT,
         "task": part.task,

@@ -178,7 +178,7 @@ MEMORY_AFTER_OOM = (
 # (storage, network), 137 (OOM kill) and Argo's "-1" (no exit code: eviction, node loss) may
 # pass on another attempt.
 RETRY_UNLESS_USAGE_OR_DATA = "lastRetry.exitCode != '2' && lastRetry.exitCode != '3'"
-# verify: a failed verification (1) or a usage error (2) is a result, not an accident.
+# report (verify --merge): a failed verification (1) or a usage error (2) is a result.
 RETRY_VERIFY = "lastRetry.exitCode != '1' && lastRetry.exitCode != '2'"
 # plan's own retries never depend on a parameter: when it refuses one, nothing else may fail
 # first (the controller parses limit and backoff before it evaluates the expression).
@@ -286,7 +286,8 @@ def _templates() -> tuple[Container, Container, Container, Container]:
         ],
         pod_spec_patch=_resources_patch("{{inputs.parameters.memory}}"),
         active_deadline_seconds="43200",
-        retry_strategy=_retry(RETRY_VERIFY),
+        # A batch exits 0 once its part is written, whatever it found: 1 is storage.
+        retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA),
     )
     # Reads the batches' parts only (never a shard): small and fixed, whatever the dataset.
     report = _step(
