@@ -163,7 +163,7 @@ def parquet_available() -> bool:
     return True
 
 
-PARQUET_ROWS = 50_000  # rows per row group: what is held before it is written
+PARQUET_ROWS = 10_000  # rows per row group: what is held before it is written
 
 
 def write_parquet(rows: Iterable[dict[str, Any]], stream: BinaryIO) -> int:
