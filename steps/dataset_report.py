@@ -8,7 +8,7 @@ images (same sha256 of the image member) across the whole dataset.
 Everything but the duplicates is a `Stats` of fixed size that adds up: each verify batch
 makes one over its shards and the last step sums them, so the result does not depend on how
 the shards were batched. Labels are counted up to MAX_LABELS distinct values (class ids stay
-well below; free text would not), the rest under "(other)". Duplicates need every hash at
+well below; free text would not), reasons up to MAX_REASONS, the rest under "(other)". Duplicates need every hash at
 once; they are found by an external sort (spool_sort.py), never a dict of every hash.
 
 Plots are drawn with Pillow, already a dependency: a bar chart is boxes and text, and
@@ -49,6 +49,7 @@ PLOTS = {
     "labels": "dataset-labels.png",
 }
 MAX_LABELS = 10_000
+MAX_REASONS = 1_000  # distinct drop or failure reasons (numbers already replaced by N)
 OTHER = "(other)"
 GROUP_LISTED = 100  # samples listed per duplicate group (all are counted)
 LARGEST_GROUPS = 10  # groups quoted in the report itself
@@ -139,20 +140,14 @@ class Stats:
             self.unreadable_headers += 1
         else:
             self.images += 1
-            self.formats[row["format"]] += 1
+            _bounded_add(self.formats, row["format"], 1, MAX_LABELS)
             self.widths[side_bin(row["width"])] += 1
             self.heights[side_bin(row["height"])] += 1
             self.aspects[aspect_bin(row["width"], row["height"])] += 1
         if row["label"] is None:
             self.unlabelled += 1
         else:
-            self._count_label(row["label"], 1)
-
-    def _count_label(self, label: str, count: int) -> None:
-        if label in self.labels or len(self.labels) < MAX_LABELS or label == OTHER:
-            self.labels[label] += count
-        else:
-            self.labels[OTHER] += count
+            _bounded_add(self.labels, row["label"], 1, MAX_LABELS)
 
     def add_manifest(self, manifest: dict[str, Any]) -> None:
         """A shard's manifest: its read and written counts, and why samples were left out."""
@@ -163,7 +158,7 @@ class Stats:
         for name, counter in (("dropped", self.dropped), ("failed", self.failed)):
             for entry in manifest.get(name) or []:
                 if isinstance(entry, dict):
-                    counter[reason_class(entry.get("reason", ""))] += 1
+                    _bounded_add(counter, reason_class(entry.get("reason", "")), 1, MAX_REASONS)
 
     def merge(self, other: Stats) -> None:
         for name in _SCALARS:
@@ -174,11 +169,15 @@ class Stats:
                 name,
                 [a + b for a, b in zip(getattr(self, name), getattr(other, name), strict=True)],
             )
-        self.formats.update(other.formats)
-        self.dropped.update(other.dropped)
-        self.failed.update(other.failed)
-        for label, count in sorted(other.labels.items()):
-            self._count_label(label, count)
+        for name, limit in (
+            ("formats", MAX_LABELS),
+            ("labels", MAX_LABELS),
+            ("dropped", MAX_REASONS),
+            ("failed", MAX_REASONS),
+        ):
+            mine = getattr(self, name)
+            for key, count in sorted(getattr(other, name).items()):
+                _bounded_add(mine, key, count, limit)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON; counters sorted by count (then name), so equal stats dump equally."""
@@ -200,6 +199,15 @@ class Stats:
         for name in ("formats", "labels", "dropped", "failed"):
             setattr(stats, name, Counter({str(k): int(v) for k, v in document[name].items()}))
         return stats
+
+
+def _bounded_add(counter: Counter, key: str, count: int, limit: int) -> None:
+    """Count `key`, or OTHER once `limit` distinct keys are counted: a counter of untrusted
+    values (labels, reasons, header formats) must not grow with the dataset."""
+    if key in counter or len(counter) < limit or key == OTHER:
+        counter[key] += count
+    else:
+        counter[OTHER] += count
 
 
 def _sorted_counts(counter: Counter) -> dict[str, int]:

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from PIL import Image
 
 from . import storage
-from .contact_sheet import SheetRow, Tile, make_tile, wanted_extension
+from .contact_sheet import TILE, SheetRow, Tile, make_tile, wanted_extension
 from .cpus import io_threads
 from .dataset_report import Stats
 from .errors import ShardError
@@ -298,5 +298,7 @@ def _tile_from(state: dict[str, Any]) -> Tile:
     thumbnail = None
     if state["png"] is not None:
         with Image.open(io.BytesIO(base64.b64decode(state["png"])), formats=["PNG"]) as image:
+            if image.width > TILE or image.height > TILE:  # parts are read, not trusted
+                raise ValueError(f"a thumbnail of {image.width}x{image.height} pixels")
             thumbnail = image.convert("RGB")
     return Tile(str(state["key"]), str(state["label"]), thumbnail)

@@ -226,6 +226,18 @@ def test_stats_add_up_whatever_the_batches() -> None:
     assert dataset_report.aspect_bin(10, 9) == dataset_report.ASPECT_BINS.index("10:9-3:2")
 
 
+def test_counters_of_untrusted_text_stay_bounded() -> None:
+    stats = dataset_report.Stats()
+    reasons = [{"key": "k", "reason": f"bad {chr(0x4E00 + i)}"} for i in range(1500)]
+    stats.add_manifest({"counts": {"read": 1500, "written": 0}, "dropped": reasons})
+    assert len(stats.dropped) == dataset_report.MAX_REASONS + 1
+    assert stats.dropped[dataset_report.OTHER] == 1500 - dataset_report.MAX_REASONS
+    merged = dataset_report.Stats()
+    merged.merge(stats)
+    merged.merge(stats)
+    assert sum(merged.dropped.values()) == 3000 and len(merged.dropped) <= 1001
+
+
 def test_drops_are_counted_by_reason_from_the_manifests(tmp_path: Path) -> None:
     """A run that drops samples: the report counts them by reason, numbers left out."""
     shards = []
