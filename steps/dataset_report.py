@@ -8,8 +8,9 @@ images (same sha256 of the image member) across the whole dataset.
 Everything but the duplicates is a `Stats` of fixed size that adds up: each verify batch
 makes one over its shards and the last step sums them, so the result does not depend on how
 the shards were batched. Labels are counted up to MAX_LABELS distinct values (class ids stay
-well below; free text would not), reasons up to MAX_REASONS, the rest under "(other)". Duplicates need every hash at
-once; they are found by an external sort (spool_sort.py), never a dict of every hash.
+well below; free text would not), reasons up to MAX_REASONS, the rest under "(other)".
+Duplicates need every hash at once; they are found by an external sort (spool_sort.py), never
+a dict of every hash.
 
 Plots are drawn with Pillow, already a dependency: a bar chart is boxes and text, and
 matplotlib (tens of MB with its fonts and backends, in every pod image) would draw the same
