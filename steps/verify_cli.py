@@ -46,7 +46,13 @@ must have exactly one output.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
 
-exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was checked)."""
+In batches (the Argo fan-out): --task-index I checks batch I only and publishes its part in
+--parts; --merge then reads every part (no shard) and prints and writes what one process
+checking every shard would.
+
+exit status: 0 every shard passed (with --task-index: the part is written, whatever it
+found), 1 a shard failed (or the part could not be written or read), 2 usage error (nothing
+was checked)."""
 
 
 SUMMARY_SHARDS = 3  # shards named by a failed summary line
