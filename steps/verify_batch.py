@@ -34,6 +34,7 @@ from .contact_sheet import TILE, SheetRow, Tile, make_tile, wanted_extension
 from .cpus import io_threads
 from .dataset_report import Stats
 from .errors import ShardError
+from .manifest import manifest_url
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .sample_table import RowSink, RowStaging, duplicate_lines, write_table
 from .spool_sort import Opener, SortedSpool
@@ -166,8 +167,6 @@ def _known_missing(
 ) -> dict[int, ShardReport]:
     """Reports for the shards that their folders' listings show missing, with no manifest
     either: nothing to read, so no request per shard."""
-    from .manifest import manifest_url
-
     wanted = [outputs[p] for p in positions]
     absent = storage.absent(wanted + [manifest_url(url) for url in wanted], options)
     reports = {}
