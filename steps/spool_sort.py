@@ -6,7 +6,7 @@ the dataset (about 150 bytes a sample in Python: 150 GB for a billion samples); 
 on local disk keep memory flat at RUN_LINES lines plus one buffered line per merged run, and
 cost disk about the size of the lines plus a few passes over them. The same merge combines
 the sorted runs each verify batch publishes, FAN_IN at a time, so the last step never opens
-more than FAN_IN streams at once.
+more than FAN_IN streams at once (a workflow has fewer batches: no spill there).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from typing import BinaryIO
 
 RUN_LINES = 100_000  # lines sorted in memory at once
-FAN_IN = 64  # runs merged at once
+FAN_IN = 256  # runs merged at once (at least the verify batches of one workflow)
 
 Opener = Callable[[], AbstractContextManager[BinaryIO]]
 

@@ -247,10 +247,19 @@ def remove_part(parts: str, task: int, options: storage.StorageOptions) -> None:
         storage.remove(part_url(parts, task, suffix), options)
 
 
+# The merge reads every batch's hashes at once (MAX_VERIFY_TASKS <= spool_sort.FAN_IN, so in
+# one pass, with no spill to disk): small reads keep the buffers to a few MB in all.
+HASH_READ_BLOCK = 1 << 18
+
+
 def _remote_lines(url: str, options: storage.StorageOptions) -> Opener:
     @contextlib.contextmanager
     def opener() -> Iterator[BinaryIO]:
-        with storage.open_input(url, options, compression=None) as stream:
+        try:
+            stream = storage.open_ranged(url, options, block_size=HASH_READ_BLOCK)
+        except FileNotFoundError:
+            raise ShardError(url, "missing: the part's hashes are not there") from None
+        with stream:
             yield stream
 
     return opener

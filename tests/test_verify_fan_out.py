@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shardflow.steps import spool_sort
 from shardflow.workflows import argo_vars
 from shardflow.workflows.plan import MAX_NODES, plan_tasks
 
@@ -47,6 +48,7 @@ def test_a_workflow_stays_under_the_node_limit_whatever_its_size(shards: int) ->
     manifest = yaml.safe_load((ARGO / "workflow.yaml").read_text())
     nodes = _nodes(manifest, plan.parameters())
     assert nodes < MAX_NODES
+    assert plan.verify_tasks <= spool_sort.FAN_IN  # the merge reads every batch's hashes at once
     if shards == 100_000:
         assert (plan.tasks, plan.verify_tasks) == (800, 180)
         assert plan.verify_shards_per_task == 556  # no verify pod reads more than its batch

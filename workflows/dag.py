@@ -79,6 +79,7 @@ DEFAULT_PARALLELISM = 32
 USER_ID = 10001  # the image's non-root user (containers/Dockerfile)
 TMP = "/tmp"
 PLAN_DIR = f"{TMP}/plan"
+VERIFY_TMP = "32Gi"  # a verify batch's spooled rows and hashes
 SUMMARY_FILE = f"{TMP}/verify-summary.txt"
 CREDENTIALS_SECRET = "shardflow-credentials"
 
@@ -199,7 +200,7 @@ def _retry(
     )
 
 
-def _step(name: str, args: list[str], **options: Any) -> Container:
+def _step(name: str, args: list[str], tmp_size: str = "1Gi", **options: Any) -> Container:
     """A Container template running `shardflow ARGS` with the settings every pod shares."""
     return Container(
         name=name,
@@ -210,7 +211,7 @@ def _step(name: str, args: list[str], **options: Any) -> Container:
         env_from=[SecretEnvFrom(name=CREDENTIALS_SECRET, optional=True)],
         security_context=_container_security(),
         service_account_name="{{workflow.parameters.service-account}}",
-        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit="1Gi")],
+        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit=tmp_size)],
         **options,
     )
 
@@ -285,6 +286,9 @@ def _templates() -> tuple[Container, Container, Container, Container]:
             *(Parameter(name=name) for name in (*VERIFY_INPUTS, *PATCHED)),
         ],
         pod_spec_patch=_resources_patch("{{inputs.parameters.memory}}"),
+        # The batch's per-sample rows and image hashes are spooled to local disk, not held in
+        # memory: a few hundred bytes a sample (README: report).
+        tmp_size=VERIFY_TMP,
         active_deadline_seconds="43200",
         # A batch exits 0 once its part is written, whatever it found: 1 is storage.
         retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA),
