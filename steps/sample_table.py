@@ -62,7 +62,9 @@ class SampleRow:
     members: list[_Member] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        by_extension = {m.extension: m for m in self.members}
+        by_extension: dict[str, _Member] = {}
+        for member in self.members:  # the first of a repeated extension, whose head was kept
+            by_extension.setdefault(member.extension, member)
         image = next((e for e in IMAGE_EXTENSIONS if e in by_extension), None)
         header = image_header(by_extension[image].head, image) if image else None
         label = by_extension.get(LABEL_EXTENSION)
@@ -116,6 +118,8 @@ class RowBuilder:
             if extension == LABEL_EXTENSION
             else 0
         )
+        if any(m.extension == extension for m in self._row.members):
+            keep = 0  # a repeated member (verify reports it): one head per extension, bounded
         digest = hashlib.sha256()
         head = bytearray()
         for chunk in chunks:
@@ -135,7 +139,7 @@ class RowBuilder:
 
 class RowSink:
     """Rows of one shard, spooled to a temporary file as JSON lines (never a list in memory);
-    `lines()` reads them back in order."""
+    `copy_to` hands them on in order."""
 
     def __init__(self) -> None:
         self._file: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())

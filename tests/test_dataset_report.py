@@ -282,3 +282,13 @@ def test_parquet_table_has_the_documented_columns(tmp_path: Path, third_party) -
     assert tuple(table.column_names) == sample_table.COLUMNS
     jsonl = (tmp_path / "r" / "dataset-samples" / "part-000000.jsonl").read_text().splitlines()
     assert table.to_pylist() == [json.loads(line) for line in jsonl]
+
+
+def test_a_repeated_member_keeps_one_head_and_the_first_image(tmp_path: Path) -> None:
+    first, second = image_bytes(10, 12, "PNG", seed=1), image_bytes(20, 22, "PNG", seed=2)
+    write_tar(tmp_path / "s.tar", [("k.png", first), ("k.png", second), ("k.cls", b"2")])
+    result = run_cli("report", tmp_path / "s.tar", "--out", tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    row = json.loads((tmp_path / "r" / "dataset-samples" / "part-000000.jsonl").read_text())
+    assert [m["sha256"] for m in row["members"]] == [_sha(first), _sha(second), _sha(b"2")]
+    assert (row["image_sha256"], row["width"], row["height"]) == (_sha(first), 10, 12)
