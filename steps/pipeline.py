@@ -54,7 +54,7 @@ class Pipeline:
             following = ops[index + 1] if index + 1 < len(ops) else None
             if isinstance(op, DecodeImage):
                 position = index + 1
-                while isinstance(ops[position], Convert) and ops[position].field_name == op.target:
+                while isinstance(c := ops[position], Convert) and c.field_name == op.target:
                     position += 1
                 resize = ops[position]
                 if isinstance(resize, Resize) and resize.field_name == op.target:

@@ -169,10 +169,12 @@ def manifest_view(manifest: dict[str, Any]) -> ManifestView:
         if not condition:
             raise ManifestError(f"manifest is not valid: {what}")
 
-    size, sha256 = manifest.get("output_size"), manifest.get("output_sha256")
+    # JSON values, typed by the checks below (which mypy cannot follow through need()).
+    size: Any = manifest.get("output_size")
+    sha256: Any = manifest.get("output_sha256")
     need(isinstance(size, int) and size >= 0, "output_size is not a byte count")
     need(isinstance(sha256, str) and len(sha256) == 64, "output_sha256 is not a sha256")
-    samples = manifest.get("samples")
+    samples: Any = manifest.get("samples")
     need(isinstance(samples, list), "samples is not a list")
     members: list[tuple[str, int]] = []
     for sample in samples:
@@ -181,7 +183,7 @@ def manifest_view(manifest: dict[str, Any]) -> ManifestView:
             ok = isinstance(member, dict) and isinstance(member.get("name"), str)
             need(ok and isinstance(member.get("size"), int), "bad member in samples")
             members.append((member["name"], member["size"]))
-    counts = manifest.get("counts")
+    counts: Any = manifest.get("counts")
     names = ("read", "written", "dropped", "failed")
     need(
         isinstance(counts, dict) and all(isinstance(counts.get(n), int) for n in names),

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
     outputs, inputs = _shards(args.outputs, args.inputs)
     expect = parse_expect(args.expect)
-    written = [
+    writes = [
         Write(url, what)
         for url, what in (
             (args.report, "--report"),
@@ -134,10 +134,10 @@ def run(args: argparse.Namespace) -> int:
         )
         if url
     ]
-    for write in written:
+    for write in writes:
         storage.check_url(write.url, writing=True)
-    written += index_writes(outputs)  # written when every shard passes
-    refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
+    writes += index_writes(outputs)  # written when every shard passes
+    refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], writes)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
     if inputs:

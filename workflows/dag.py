@@ -188,7 +188,7 @@ def _step(name: str, args: list[str], **options: Any) -> Container:
         env_from=[SecretEnvFrom(name=CREDENTIALS_SECRET, optional=True)],
         security_context=_container_security(),
         service_account_name="{{workflow.parameters.service-account}}",
-        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit="1Gi")],
+        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit="1Gi")],  # type: ignore[arg-type]
         **options,
     )
 

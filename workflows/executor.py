@@ -88,7 +88,7 @@ class Node:
     template: dict[str, Any]
     inputs: dict[str, str]
     directory: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | _Exited | None = None
     exit_code: int | None = None
     phase: str | None = None
     seconds: float = 0.0
@@ -362,10 +362,13 @@ class _Exited:
     def poll(self) -> int:
         return self.returncode
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         return self.returncode
 
     def terminate(self) -> None:
+        pass
+
+    def kill(self) -> None:
         pass
 
 

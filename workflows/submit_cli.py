@@ -161,7 +161,7 @@ def _submit(model: Any, namespace: str | None) -> int:
         raise ShardflowError(f"the Argo server at {host} refused the workflow: {exc}") from None
     except RequestException as exc:
         raise ShardflowError(f"cannot reach the Argo server at {host}: {exc}") from None
-    name = created.metadata.name
+    name = created.metadata.name or ""  # the server always names what it creates
     print(f"submitted {name} to namespace {namespace}")
     print(service.get_workflow_link(name))
     return EXIT_OK
