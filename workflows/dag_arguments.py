@@ -1,16 +1,19 @@
 """The command-line form of the DAG's parameters, shared by `shardflow run` and `submit`.
 
 Both commands take the same parameters the Argo form shows: the patterns as positionals, the
-common ones as options, and any other as `-p NAME=VALUE` (as `argo submit -p` does).
+common ones as options, and any other as `-p NAME=VALUE` (as `argo submit -p` does); both
+resolve them against the rendered manifest as Argo would (`resolve_parameters`).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from shardflow.steps.errors import UsageError
 
-from .parameters import ON_ERROR_CHOICES
+from . import argo_vars
+from .parameters import ON_ERROR_CHOICES, refusal
 from .plan import AUTO
 
 _OPTIONS = ("recipe", "shards_per_task", "on_error")
@@ -45,3 +48,27 @@ def given_parameters(args: argparse.Namespace) -> dict[str, str]:
             raise UsageError(f"-p {item!r} is not NAME=VALUE")
         given[name] = value
     return given
+
+
+def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    """Workflow parameter values: defaults, overridden by `given`, checked as Argo checks them."""
+    declared = manifest["spec"].get("arguments", {}).get("parameters", [])
+    names = {p["name"] for p in declared}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise UsageError(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    values = {**argo_vars.parameter_values(declared), **given}
+    for parameter in declared:
+        name = parameter["name"]
+        if name not in values:
+            raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
+        bad = argo_vars.unsubstitutable(values[name])
+        if bad:
+            raise UsageError(
+                f"parameter {name} contains {bad!r}: Argo cannot substitute it (the template "
+                "would no longer be valid JSON)"
+            )
+        enum = parameter.get("enum")
+        if enum and values[name] not in enum:
+            raise UsageError(refusal(name, values[name], enum))
+    return values

@@ -33,8 +33,8 @@ from typing import Any
 from shardflow.steps.errors import EXIT_FAILED, UsageError
 
 from . import argo_vars
+from .dag_arguments import resolve_parameters
 from .depends import TaskOutcome, ancestors, evaluate, upstream
-from .parameters import refusal
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30  # as Kubernetes' default terminationGracePeriodSeconds
@@ -53,30 +53,6 @@ _ENTRY = (
     "sys.exit(main())"
 )
 SHARDFLOW = [sys.executable, "-c", _ENTRY]
-
-
-def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
-    """Workflow parameter values: defaults, overridden by `given`, checked as Argo checks them."""
-    declared = manifest["spec"].get("arguments", {}).get("parameters", [])
-    names = {p["name"] for p in declared}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise UsageError(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(names))})")
-    values = {**argo_vars.parameter_values(declared), **given}
-    for parameter in declared:
-        name = parameter["name"]
-        if name not in values:
-            raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
-        bad = argo_vars.unsubstitutable(values[name])
-        if bad:
-            raise UsageError(
-                f"parameter {name} contains {bad!r}: Argo cannot substitute it (the template "
-                "would no longer be valid JSON)"
-            )
-        enum = parameter.get("enum")
-        if enum and values[name] not in enum:
-            raise UsageError(refusal(name, values[name], enum))
-    return values
 
 
 @dataclass
