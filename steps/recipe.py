@@ -65,6 +65,12 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
         ],
     },
 }
+DEFAULT_RECIPE = "seed"
+# The one description of a recipe spec (recipe_form), for every command and the Argo form.
+RECIPE_HELP = (
+    f"a built-in recipe ({', '.join(BUILTIN_RECIPES)}), a .yaml or .json file or URL, or "
+    "inline JSON"
+)
 
 
 @dataclass

@@ -40,11 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_dag_arguments(
-        parser,
-        recipe_help="built-in name, inline JSON, a URL, or a local file (sent inline)",
-        more="image, cpu, memory, retries, service-account, ...",
-    )
+    add_dag_arguments(parser, recipe_note=" A local file is sent inline.")
     parser.add_argument(
         "--from-template",
         nargs="?",
