@@ -191,7 +191,9 @@ class Stats:
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> Stats:
-        stats = cls(**{name: int(document[name]) for name in _SCALARS})
+        stats = cls()
+        for name in _SCALARS:
+            setattr(stats, name, int(document[name]))
         for name, bins in (("widths", SIDE_BINS), ("heights", SIDE_BINS), ("aspects", ASPECT_BINS)):
             values = [int(v) for v in document[name]]
             if len(values) != len(bins):
@@ -290,7 +292,7 @@ def _reverse(text: str) -> str:
 
 
 def report_document(
-    stats: Stats, duplicates: DuplicateSummary, files: dict[str, str]
+    stats: Stats, duplicates: DuplicateSummary, files: dict[str, Any]
 ) -> dict[str, Any]:
     counts = stats.to_dict()
     return {
@@ -431,7 +433,10 @@ def write_dataset_report(
     base = directory.rstrip("/") or "."
     _remove_stale_tables(base, tables, options)
     duplicates = write_duplicates(sorted_duplicates, f"{base}/{DUPLICATES_NAME}", options)
-    files = {"duplicates": DUPLICATES_NAME, "tables": [_relative(t, base) for t in tables]}
+    files: dict[str, Any] = {
+        "duplicates": DUPLICATES_NAME,
+        "tables": [_relative(t, base) for t in tables],
+    }
     for name, png in plots(stats).items():
         storage.write_atomically(f"{base}/{PLOTS[name]}", png, options)
         files[name] = PLOTS[name]

@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     for shard, problem in problems:
         print(f"shardflow report: {redact_url(shard)}: {problem}", file=sys.stderr)
     if not (args.json or args.quiet):
-        for line in said:
-            print(line)
+        for text in said:
+            print(text)
     return EXIT_FAILED if problems else EXIT_OK
 
 

@@ -16,12 +16,17 @@ import heapq
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 RUN_LINES = 100_000  # lines sorted in memory at once
 FAN_IN = 256  # runs merged at once (at least the verify batches of one workflow)
 
-Opener = Callable[[], AbstractContextManager[BinaryIO]]
+
+class LineSource(Protocol):
+    def readline(self) -> bytes: ...
+
+
+Opener = Callable[[], AbstractContextManager[LineSource]]
 
 
 class SortedSpool:
@@ -58,7 +63,7 @@ class SortedSpool:
         """The sorted lines as a source for `merge_sorted` (opened once)."""
 
         @contextlib.contextmanager
-        def opened() -> Iterator[BinaryIO]:
+        def opened() -> Iterator[LineSource]:
             yield _LineStream(self.sorted_lines())
 
         return opened
@@ -104,8 +109,8 @@ def merge_sorted(sources: list[Opener], fan_in: int = FAN_IN) -> Iterator[bytes]
             sources = merged
         yield from _merge_open(sources)
     finally:
-        for spill in spills:
-            spill.close()
+        for done in spills:
+            done.close()
 
 
 def _merge_open(sources: list[Opener]) -> Iterator[bytes]:
