@@ -398,9 +398,9 @@ def plots(stats: Stats) -> dict[str, bytes]:
     """Plot name (PLOTS) -> PNG bytes."""
     top = sorted(stats.labels.items(), key=lambda item: (-item[1], item[0]))[:PLOTTED_LABELS]
     shown = (
-        f"{len(top)} most frequent of {len(stats.labels)}"
+        f"the {len(top)} most frequent of {len(stats.labels):,}"
         if len(stats.labels) > len(top)
-        else "all"
+        else f"{len(stats.labels):,} distinct"
     )
     return {
         "sizes": bar_chart(
