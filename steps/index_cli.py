@@ -13,9 +13,9 @@ from typing import Any
 
 from . import storage
 from .cli_common import (
+    add_batch_arguments,
     add_output_arguments,
     add_storage_arguments,
-    non_negative_int,
     positive_int,
     show_bar,
     storage_options,
@@ -90,14 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="directory of the batches' parts; with --task-index: index only batch I and write "
         "its part (and its .idx files); with --merge: write the index from every part",
     )
-    batch.add_argument("--task-index", type=non_negative_int, metavar="I", help="batch I (0-based)")
-    batch.add_argument(
-        "--shards-per-task",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="shards per batch (default: 1)",
-    )
+    add_batch_arguments(batch, what="index")
     batch.add_argument("--merge", action="store_true", help="merge the parts into the index")
     batch.add_argument(
         "--write-plan",

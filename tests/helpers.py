@@ -85,8 +85,8 @@ def run_cli(
     command = [*CLI, *map(str, args)]
     full_env = environment(env) if clean_env else {**os.environ, **(env or {})}
     if background:
-        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-        return subprocess.Popen(command, text=True, env=full_env, cwd=cwd, **pipes)
+        pipe = subprocess.PIPE
+        return subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=full_env, cwd=cwd)
     return subprocess.run(
         command,
         capture_output=True,
