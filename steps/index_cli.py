@@ -20,7 +20,7 @@ from .cli_common import (
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
+from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="shards indexed at once (default: twice the CPUs this process may use, at most 16)",
+        help=f"shards indexed at once {IO_THREADS_HELP}",
     )
     batch = parser.add_argument_group(
         "batches (the shardflow-index fan-out: each task writes a part, the last step merges)"
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.task_index is not None
                 else shards
             )
-            threads = args.threads or min(16, 2 * available_cpus())
+            threads = io_threads(args.threads)
             indexes, status = _index_or_report(batch, options, threads, args)
             if status != EXIT_OK:
                 return status
