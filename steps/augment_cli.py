@@ -31,6 +31,7 @@ from .failures import (
 from .images import rely_on_own_pixel_limit
 from .pairing import Batch, check_urls, pair_shards
 from .pipeline import Pipeline
+from .plugins import ENVIRONMENT_VARIABLE as PLUGINS_VARIABLE
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .recipe import DEFAULT_RECIPE, RECIPE_HELP, load_recipe
@@ -73,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--plugins",
         metavar="MODULES",
         help="comma-separated modules whose functions the recipe may call (also "
-        "$SHARDFLOW_PLUGINS); plugins are refused otherwise",
+        f"${PLUGINS_VARIABLE}); plugins are refused otherwise",
     )
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
