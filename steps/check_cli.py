@@ -22,7 +22,7 @@ from .cli_common import (
 )
 from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardError
-from .pairing import check_urls, pair_shards
+from .pairing import check_urls, pair_shards, shards_to_read
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .repair import repair_shard
 from .storage_faults import describe
@@ -81,9 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = storage.expand(args.shards)
-    for url in shards:
-        storage.check_url(url, writing=False)
+    shards = shards_to_read(args.shards)
     pairs = _repair_pairs(args.shards, args.repair) if args.repair else []
     started = time.monotonic()
     scans = check_all(shards, options, args)

@@ -24,7 +24,7 @@ from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
-from .pairing import Batch, index_writes, refuse_aliases, task_count
+from .pairing import Batch, index_writes, refuse_aliases, shards_to_read, task_count
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
     ShardIndex,
@@ -110,9 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = storage.expand(args.shards)
-    for url in shards:
-        storage.check_url(url, writing=False)
+    shards = shards_to_read(args.shards)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
     refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))

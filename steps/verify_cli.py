@@ -25,7 +25,7 @@ from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import Write, index_writes, refuse_aliases
+from .pairing import Write, index_writes, refuse_aliases, shards_to_read
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
 from .shard_index import index_outputs
@@ -242,9 +242,7 @@ def _known_missing(
 
 
 def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
-    outputs = storage.expand(output_pattern)
-    for url in outputs:
-        storage.check_url(url, writing=False)
+    outputs = shards_to_read(output_pattern)
     if input_pattern is None:
         return outputs, None
     inputs = storage.expand(input_pattern)
