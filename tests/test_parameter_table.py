@@ -4,6 +4,7 @@ run`/`submit` and the step commands read their defaults, choices and help from i
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 from hera.workflows import Workflow
@@ -48,3 +49,22 @@ def test_the_argo_form_is_the_table() -> None:
     for parameter in PARAMETERS:
         assert form[parameter.name]["description"] == parameter.description
         assert form[parameter.name].get("enum", []) == list(parameter.enum)
+
+
+def test_the_readme_lists_every_parameter_with_its_default() -> None:
+    """The README's table of the form is prose for people, checked against the table."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("| parameter | default | meaning |")
+    rows = {}
+    for line in readme[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip("| ").split(", ") for cell in line.split(" | ")[:2]]
+        names, defaults = cells[0], cells[1] * len(cells[0]) if len(cells[1]) == 1 else cells[1]
+        for name, default in zip(names, defaults, strict=True):
+            rows[name.strip("`")] = default.strip("`")
+    for parameter in PARAMETERS:
+        shown = rows.get(parameter.name)
+        assert shown is not None, f"README: no row for {parameter.name}"
+        expected = parameter.default if parameter.default is not None else "(required)"
+        assert shown == expected, (parameter.name, shown, expected)
