@@ -21,11 +21,11 @@ from .cli_common import (
     storage_options,
 )
 from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
-from .cpus import available_cpus
+from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import Write, index_writes, refuse_aliases
+from .pairing import Write, index_writes, refuse_aliases, shards_to_read
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
 from .shard_index import index_outputs
@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="shards checked at once (default: twice the CPUs this process may use, at most 16)",
+        help=f"shards checked at once {IO_THREADS_HELP}",
     )
     files = parser.add_argument_group("files written (any fsspec URL)")
     files.add_argument("--report", metavar="URL", help="write the JSON report here")
@@ -208,7 +208,7 @@ def _check_all(
     rows = {i: SheetRow(outputs[i], []) for i in reports if i in sheet_positions}
     for _ in reports:
         progress.shard_finished()
-    threads = args.threads or min(16, 2 * available_cpus())
+    threads = io_threads(args.threads)
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
             futures = {pool.submit(check, i): i for i in range(len(outputs)) if i not in reports}
@@ -242,9 +242,7 @@ def _known_missing(
 
 
 def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
-    outputs = storage.expand(output_pattern)
-    for url in outputs:
-        storage.check_url(url, writing=False)
+    outputs = shards_to_read(output_pattern)
     if input_pattern is None:
         return outputs, None
     inputs = storage.expand(input_pattern)
