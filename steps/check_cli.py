@@ -16,14 +16,13 @@ from .check import ShardScan, field_problems, scan_shard, usual_fields
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
-    add_threads_argument,
-    readable_shards,
+    positive_int,
     show_bar,
     storage_options,
 )
-from .cpus import io_threads
+from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardError
-from .pairing import check_urls, pair_shards
+from .pairing import check_urls, pair_shards, shards_to_read
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .repair import repair_shard
 from .storage_faults import describe
@@ -64,7 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write repaired shards here: a pattern expanding to as many URLs as SHARDS, or a "
         "directory ending in /",
     )
-    add_threads_argument(parser, "checked")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help=f"shards checked at once {IO_THREADS_HELP}",
+    )
     parser.add_argument(
         "--all-rows",
         action="store_true",
@@ -78,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = readable_shards(args.shards)
+    shards = shards_to_read(args.shards)
     pairs = _repair_pairs(args.shards, args.repair) if args.repair else []
     started = time.monotonic()
     scans = check_all(shards, options, args)

@@ -8,7 +8,6 @@ import os
 import sys
 from typing import Any
 
-from . import storage
 from .errors import UsageError
 from .storage import StorageOptions
 
@@ -85,6 +84,21 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_batch_arguments(group: argparse._ArgumentGroup, *, what: str) -> None:
+    """--task-index and --shards-per-task: one task of an Argo fan-out takes batch I of the
+    shards (pairing.Batch); `what` says what a task does with its batch."""
+    group.add_argument(
+        "--task-index", type=non_negative_int, metavar="I", help=f"{what} batch I only (0-based)"
+    )
+    group.add_argument(
+        "--shards-per-task",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="shards per batch, with --task-index (default: 1)",
+    )
+
+
 def show_bar(args: argparse.Namespace) -> bool:
     """A progress bar only for a person at a terminal."""
     return not (args.quiet or args.json) and sys.stderr.isatty()
@@ -108,20 +122,3 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0)
-
-
-def readable_shards(pattern: str) -> list[str]:
-    """The shards a pattern names, each a URL this process may read (UsageError if not)."""
-    shards = storage.expand(pattern)
-    for url in shards:
-        storage.check_url(url, writing=False)
-    return shards
-
-
-def add_threads_argument(parser: argparse.ArgumentParser, doing: str) -> None:
-    """--threads for a command reading several shards at once (cpus.io_threads)."""
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help=f"shards {doing} at once (default: twice the CPUs this process may use, at most 16)",
-    )

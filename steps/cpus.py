@@ -20,12 +20,6 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def io_threads(given: int | None = None) -> int:
-    """Shards read at once by a command whose work is I/O and hashing (both outside the GIL):
-    `given`, or twice the CPUs this process may use, at most 16."""
-    return given or min(16, 2 * available_cpus())
-
-
 def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     try:
         count = len(os.sched_getaffinity(0))
@@ -35,6 +29,17 @@ def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
+
+
+# Shards read at once by verify, check and index: the work waits on storage and hashes
+# outside the GIL, so twice the CPUs keeps them busy; more only queues on the network.
+MAX_IO_THREADS = 16
+IO_THREADS_HELP = f"(default: twice the CPUs this process may use, at most {MAX_IO_THREADS})"
+
+
+def io_threads(requested: int | None = None) -> int:
+    """`requested`, or the default for shards read at once (IO_THREADS_HELP)."""
+    return requested or min(MAX_IO_THREADS, 2 * available_cpus())
 
 
 def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:

@@ -14,12 +14,11 @@ from . import storage
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
-    add_threads_argument,
-    readable_shards,
+    positive_int,
     show_bar,
     storage_options,
 )
-from .cpus import io_threads
+from .cpus import IO_THREADS_HELP, io_threads
 from .dataset_report import (
     DUPLICATES_NAME,
     PLOTS,
@@ -31,7 +30,7 @@ from .dataset_report import (
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .images import rely_on_own_pixel_limit
 from .manifest import ManifestError, manifest_url, read_manifest
-from .pairing import Write, refuse_aliases
+from .pairing import Write, refuse_aliases, shards_to_read
 from .progress import Progress
 from .redact import redact_url
 from .sample_table import RowBuilder, RowSink, RowStaging, duplicate_lines, write_table
@@ -69,7 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="where to write the report (default: the folder of the first shard)",
     )
-    add_threads_argument(parser, "read")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help=f"shards read at once {IO_THREADS_HELP}",
+    )
     add_storage_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(func=run)
@@ -77,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = readable_shards(args.shards)
+    shards = shards_to_read(args.shards)
     out = (args.out or shards[0].rpartition("/")[0] or ".").rstrip("/")
     written = [Write(f"{out}/{name}", "the report") for name in (REPORT_NAME, DUPLICATES_NAME)]
     for write in written:

@@ -12,19 +12,19 @@ from . import storage
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
-    add_threads_argument,
     non_negative_int,
     positive_int,
     show_bar,
     storage_options,
 )
 from .contact_sheet import SheetRow, choose_shards, render_sheet
+from .cpus import IO_THREADS_HELP
 from .dataset_report import DUPLICATES_NAME, PLOTS, REPORT_NAME, Stats, write_dataset_report
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .manifest import manifest_url
-from .pairing import Batch, Write, index_writes, refuse_aliases, task_count
+from .pairing import Batch, Write, index_writes, refuse_aliases, shards_to_read, task_count
 from .redact import redact_url
 from .shard_index import ShardIndex, default_index_url, write_counts
 from .spool_sort import SortedSpool, merge_sorted
@@ -73,7 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="EXTS",
         help="members every sample must have, e.g. png,cls (default: the manifest's expect)",
     )
-    add_threads_argument(parser, "checked")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help=f"shards checked at once {IO_THREADS_HELP}",
+    )
     files = parser.add_argument_group("files written (any fsspec URL)")
     files.add_argument("--report", metavar="URL", help="write the JSON report here")
     files.add_argument(
@@ -321,9 +325,7 @@ def _write_dataset_report(
 
 
 def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
-    outputs = storage.expand(output_pattern)
-    for url in outputs:
-        storage.check_url(url, writing=False)
+    outputs = shards_to_read(output_pattern)
     if input_pattern is None:
         return outputs, None
     inputs = storage.expand(input_pattern)

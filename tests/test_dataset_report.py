@@ -17,7 +17,7 @@ from PIL import Image
 from shardflow.steps import dataset_report, sample_table, spool_sort
 from shardflow.steps.sample_table import image_header
 
-from conftest import image_bytes, run_cli, write_tar
+from helpers import image_bytes, run_cli, write_tar
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,7 @@ from hera.workflows import Workflow, WorkflowTemplate
 from shardflow.workflows import lint, render
 from shardflow.workflows.plan import MAX_TASKS
 
-from conftest import run_cli
+from helpers import run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 KINDS = {

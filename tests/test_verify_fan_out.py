@@ -16,7 +16,7 @@ from shardflow.steps import spool_sort
 from shardflow.workflows import argo_vars
 from shardflow.workflows.plan import MAX_NODES, plan_tasks
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 SHARDS = 5
