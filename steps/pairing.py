@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -137,12 +137,13 @@ def task_count(shards: int, per_task: int) -> int:
 
 @dataclass(frozen=True)
 class Batch:
-    """Task `index` of a run split into batches of `per_task` pairs."""
+    """Task `index` of a run split into batches of `per_task` pairs (augment), URLs (index,
+    reshard count) or output numbers (reshard write, a `range`: never a list of a million)."""
 
     index: int
     per_task: int
 
-    def of(self, shards: list[T]) -> list[T]:
+    def of(self, shards: Sequence[T]) -> Sequence[T]:
         """This task's shards (pairs, or URLs); UsageError when the run has no task `index`."""
         count = task_count(len(shards), self.per_task)
         if not 0 <= self.index < count:
