@@ -4,51 +4,20 @@ write killed with SIGKILL then finished with --skip-existing."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from reshard_helpers import keys_of, make_inputs, members_of, outputs, text_shard
 
 from conftest import good_shard, run_cli, write_tar
-
-
-def text_shard(path: Path, keys: list[str], *, size: int = 700) -> Path:
-    """A shard of `keys`, each a .txt of `size` seeded bytes and a .json."""
-    members = []
-    for key in keys:
-        body = hashlib.sha256(key.encode()).digest() * (size // 32 + 1)
-        members.append((f"{key}.txt", body[:size]))
-        members.append((f"{key}.json", json.dumps({"key": key}).encode()))
-    return write_tar(path, members)
-
-
-def make_inputs(root: Path, shards: int, per_shard: int, **kwargs) -> str:
-    for shard in range(shards):
-        keys = [f"s{shard:03d}-{i:05d}" for i in range(per_shard)]
-        text_shard(root / f"in-{shard:03d}.tar", keys, **kwargs)
-    return str(root / f"in-{{000..{shards - 1:03d}}}.tar")
-
-
-def members_of(path: Path) -> list[tuple[str, bytes]]:
-    with tarfile.open(path) as tar:
-        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
-
-
-def keys_of(path: Path) -> list[str]:
-    return list(dict.fromkeys(name.partition(".")[0] for name, _ in members_of(path)))
-
-
-def outputs(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.tar"))
 
 
 def reshard(*args, **kwargs):
