@@ -274,8 +274,17 @@ def _plan(
     keys = KeyFilter()
     if keys_url:
         listed = load_keys(keys_url, options, column=args.keys_column)
-        keys = KeyFilter(listed, keep=bool(args.keep_keys), url=redact_url(keys_url))
-    settings = PlanSettings(sizing, keys, args.shuffle, args.rename_duplicates)
+        keys = KeyFilter(
+            listed, keep=bool(args.keep_keys), url=redact_url(keys_url), column=args.keys_column
+        )
+    settings = PlanSettings(
+        sizing,
+        keys,
+        args.shuffle,
+        args.rename_duplicates,
+        input_pattern=args.inputs,
+        inputs_per_task=args.inputs_per_task,
+    )
 
     def inventory():
         return read_inventory(work, inputs, args.inputs_per_task, options)

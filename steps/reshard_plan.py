@@ -71,7 +71,8 @@ class KeyFilter:
 
     keys: set[str] | None = None
     keep: bool = True
-    url: str | None = None
+    url: str | None = None  # as shown (without credentials)
+    column: str | None = None  # of a Parquet list
 
     @property
     def mode(self) -> str | None:
@@ -87,6 +88,8 @@ class PlanSettings:
     keys: KeyFilter
     seed: int | None = None
     rename_duplicates: bool = False
+    input_pattern: str = ""  # recorded, so that verify can read the inventory again
+    inputs_per_task: int = 1
 
 
 def plan_urls(work: str) -> tuple[str, str, str]:
@@ -338,6 +341,8 @@ def make_plan(
         raise ShardError(lines_url, f"cannot write the plan: {exc}") from None
     summary = {
         "format": PLAN_FORMAT,
+        "input_pattern": settings.input_pattern,
+        "inputs_per_task": settings.inputs_per_task,
         "inputs": len(inputs),
         "outputs": len(outputs),
         "samples": survey.kept,
