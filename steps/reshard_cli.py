@@ -8,8 +8,10 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from . import storage
 from .augment import ShardResult, batch_exit_code
@@ -36,6 +38,7 @@ from .reshard_plan import KeyFilter, PlanSettings, Sizing, make_plan, read_summa
 from .reshard_write import WriteOptions, refuse_message, write_output
 
 STEPS = ("all", "count", "plan", "write")
+T = TypeVar("T")
 WORK_NAME = ".reshard"
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?")
 
@@ -71,44 +74,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sizing = parser.add_argument_group("sizing (one of)").add_mutually_exclusive_group()
     sizing.add_argument(
-        "--samples-per-shard", type=positive_int, metavar="N", help="N samples per output"
+        "--samples-per-shard",
+        type=_unset_or(positive_int),
+        metavar="N",
+        help="N samples per output",
     )
     sizing.add_argument(
         "--shards",
-        type=positive_int,
+        type=_unset_or(positive_int),
         metavar="M",
         help="M outputs whose sample counts differ by at most one",
     )
     sizing.add_argument(
         "--max-shard-bytes",
-        type=parse_size,
+        type=_unset_or(parse_size),
         metavar="SIZE",
         help="outputs of at most SIZE bytes (1GB, 500MiB, 1000000); a larger sample gets an "
         "output of its own",
     )
     keys = parser.add_argument_group("samples kept")
     which = keys.add_mutually_exclusive_group()
-    which.add_argument("--keep-keys", metavar="URL", help="keep only the keys of this list")
-    which.add_argument("--drop-keys", metavar="URL", help="keep every key but those listed")
+    which.add_argument(
+        "--keep-keys", type=_unset_or(str), metavar="URL", help="keep only the keys of this list"
+    )
+    which.add_argument(
+        "--drop-keys", type=_unset_or(str), metavar="URL", help="keep every key but those listed"
+    )
     keys.add_argument(
         "--keys-column",
+        type=_unset_or(str),
         metavar="NAME",
         help="the Parquet column of keys (default: the only one, else key, __key__ or uid)",
     )
     keys.add_argument(
         "--rename-duplicates",
-        action="store_true",
-        help="a key found twice keeps its name the first time; later copies become KEY_dupN",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=("yes", "no"),
+        help="a key found twice keeps its name the first time; later copies become KEY_dupN "
+        "(--rename-duplicates, or =yes|no as a workflow passes it)",
     )
     parser.add_argument(
         "--shuffle",
-        type=non_negative_int,
+        type=_unset_or(non_negative_int),
         metavar="SEED",
         help="a uniform permutation of all kept samples, reproducible from SEED",
     )
     recipe = parser.add_argument_group("recipe (default: members copied byte for byte)")
     recipe.add_argument(
         "--recipe",
+        type=_unset_or(str),
         metavar="RECIPE",
         help=f"apply a recipe on the way: a built-in name ({', '.join(BUILTIN_RECIPES)}), a "
         ".yaml/.json file or URL, or inline JSON",
@@ -131,6 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     behaviour.add_argument(
         "--work",
+        type=_unset_or(str),
         metavar="URL",
         help=f"folder of the inventory and the plan (default: {WORK_NAME}/ beside the outputs)",
     )
@@ -160,6 +177,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def _unset_or(kind: Callable[[str], T]) -> Callable[[str], T | None]:
+    """argparse type: `kind`, or None for an empty value (a workflow parameter left empty;
+    argparse counts None as not given, also in a mutually exclusive group)."""
+
+    def parse(text: str) -> T | None:
+        return None if text == "" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
 
 
 def parse_size(text: str) -> int:
@@ -281,7 +309,7 @@ def _plan(
         sizing,
         keys,
         args.shuffle,
-        args.rename_duplicates,
+        args.rename_duplicates == "yes",
         input_pattern=args.inputs,
         inputs_per_task=args.inputs_per_task,
     )

@@ -45,9 +45,16 @@ _LAST = ("spec", "dag", "container", "templates", "tasks")
 
 def model(kind: type[Workflow], settings: dag.RenderSettings | None = None) -> Any:
     """Hera's model of one manifest (what WorkflowsService submits)."""
-    built = dag.build(kind, settings or dag.RenderSettings()).build()
+    return with_display_names(
+        dag.build(kind, settings or dag.RenderSettings()).build(), dag.DISPLAY_NAMES
+    )
+
+
+def with_display_names(built: Any, names: dict[str, str]) -> Any:
+    """The built model with each named template's display name (dag.DISPLAY_NAMES: Hera's
+    Container sets only pod annotations)."""
     for template in built.spec.templates or []:
-        display_name = dag.DISPLAY_NAMES.get(template.name or "")
+        display_name = names.get(template.name or "")
         if display_name:
             template.annotations = {"workflows.argoproj.io/display-name": display_name}
     return built
@@ -72,8 +79,13 @@ def to_yaml(document: dict) -> str:
 
 
 def render_all(settings: dag.RenderSettings | None = None) -> dict[str, str]:
-    """File name -> YAML text, for every manifest in argo/."""
-    return {name: HEADER + to_yaml(manifest(kind, settings)) for name, kind in FILES.items()}
+    """File name -> YAML text, for every manifest `shardflow render` writes in argo/: the
+    augment WorkflowTemplate and Workflow, and the reshard WorkflowTemplate."""
+    from . import reshard_dag  # it builds on this module
+
+    texts = {name: HEADER + to_yaml(manifest(kind, settings)) for name, kind in FILES.items()}
+    texts[reshard_dag.FILE] = reshard_dag.HEADER + to_yaml(reshard_dag.manifest(settings))
+    return texts
 
 
 def _key(item: tuple[str, Any]) -> tuple[int, int, str]:

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--manifest",
         type=Path,
-        help="a rendered Workflow or WorkflowTemplate to run (default: argo/workflow.yaml as "
+        help="a rendered Workflow or WorkflowTemplate to run, e.g. "
+        "argo/reshard-workflowtemplate.yaml (default: argo/workflow.yaml as "
         "`shardflow render` makes it)",
     )
     parser.add_argument(
@@ -73,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     manifest = _manifest(args.manifest)
-    parameters = _parameters(args)
+    parameters = _for_manifest(_parameters(args), manifest)
     parallelism = manifest["spec"].get("parallelism") or available_cpus()
     workers = args.workers or max(1, min(available_cpus(), parallelism))
     directory = args.logs or Path(tempfile.mkdtemp(prefix="shardflow-run-"))
@@ -113,6 +114,16 @@ def _parameters(args: argparse.Namespace) -> dict[str, str]:
     given = given_parameters(args)
     if os.environ.get(STORAGE_OPTIONS_VARIABLE):  # the pods' variable must not undo the user's
         given.setdefault("storage-options", os.environ[STORAGE_OPTIONS_VARIABLE])
+    return given
+
+
+def _for_manifest(given: dict[str, str], manifest: dict) -> dict[str, str]:
+    """INPUTS and OUTPUTS as the manifest names them: `input`/`output` (augment) or
+    `inputs`/`outputs` (the reshard template, argo/reshard-workflowtemplate.yaml)."""
+    declared = {p.get("name") for p in manifest["spec"].get("arguments", {}).get("parameters", [])}
+    if "input" not in declared and {"inputs", "outputs"} <= declared:
+        given = dict(given)
+        given["inputs"], given["outputs"] = given.pop("input"), given.pop("output")
     return given
 
 
