@@ -26,7 +26,7 @@ from .parallel import ordered_map
 from .storage_faults import describe
 
 MERGE_GAP = 64 << 10  # bytes between two spans still read as one request
-MAX_REQUEST = 16 << 20  # a merged request stops growing here
+MAX_REQUEST = 4 << 20  # a merged request stops growing here (2 x threads are in flight)
 PROBE_BYTES = 512  # one tar header block
 
 
@@ -167,21 +167,41 @@ def merged(spans: Iterable[Span]) -> Iterator[tuple[Span, list[Span]]]:
         yield request, covered
 
 
-def fetch_spans(
-    spans: Iterable[Span], sources: list[Source], urls: list[str], *, threads: int
-) -> Iterator[bytes]:
-    """The bytes of each span, in order, read by `threads` requests in flight."""
+class RequestCount:
+    """Read requests made (threads add to it): what a run reports, and the benchmark."""
 
-    def fetch(item: tuple[Span, list[Span]]) -> list[bytes]:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+def fetch_spans(
+    spans: Iterable[Span],
+    sources: list[Source],
+    urls: list[str],
+    *,
+    threads: int,
+    requests: RequestCount | None = None,
+) -> Iterator[memoryview]:
+    """The bytes of each span (views of the request's buffer), in order, read by `threads`
+    requests in flight."""
+
+    def fetch(item: tuple[Span, list[Span]]) -> list[memoryview]:
         request, covered = item
+        if requests is not None:
+            requests.add()
         try:
             data = sources[request.source].read(request.start, request.end)
         except ShardError:
             raise
         except Exception as exc:  # any back-end's error names the input
             raise ShardError(urls[request.source], f"cannot read: {describe(exc)}") from None
-        view = memoryview(data)
-        return [bytes(view[s.start - request.start : s.end - request.start]) for s in covered]
+        view = memoryview(data)  # slices share the buffer: no copy per sample
+        return [view[s.start - request.start : s.end - request.start] for s in covered]
 
     for pieces in ordered_map(fetch, merged(spans), threads=threads):
         yield from pieces

@@ -40,6 +40,7 @@ from .reshard_write import WriteOptions, refuse_message, write_output
 STEPS = ("all", "count", "plan", "write")
 T = TypeVar("T")
 WORK_NAME = ".reshard"
+OUTPUTS_AT_ONCE = 3
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?")
 
 DESCRIPTION = """\
@@ -363,8 +364,9 @@ def _write_options(args: argparse.Namespace, options: storage.StorageOptions) ->
 
 def _write_all(args: argparse.Namespace, work: str, outputs: range, options: WriteOptions) -> int:
     results: list[ShardResult] = []
-    # Outputs two at a time: one waits on storage while the other writes.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="reshard") as pool:
+    # A few outputs at a time: while one waits on storage (a flush to disk, an upload), the
+    # others write.
+    with ThreadPoolExecutor(max_workers=OUTPUTS_AT_ONCE, thread_name_prefix="reshard") as pool:
         for result in pool.map(lambda index: write_output(work, index, options), outputs):
             results.append(result)
             _report(result, args)
@@ -375,14 +377,20 @@ def _write_all(args: argparse.Namespace, work: str, outputs: range, options: Wri
     if args.json:
         document = {
             "shards": [r.to_dict() for r in results],
-            "summary": {"written": written, "skipped": skipped, "failed": failed},
+            "summary": {
+                "written": written,
+                "skipped": skipped,
+                "failed": failed,
+                "samples": samples,
+                "read_requests": options.requests.value,
+            },
         }
         json.dump(document, sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif not args.quiet:
         print(
             f"{len(results)} output(s): {written} written, {skipped} skipped, {failed} failed; "
-            f"{samples} samples",
+            f"{samples} samples, {options.requests.value} read requests",
             flush=True,
         )
     return batch_exit_code(results)

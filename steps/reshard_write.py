@@ -31,7 +31,7 @@ from .input_identity import difference
 from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
 from .parallel import ordered_map
 from .pipeline import Outcome, Pipeline
-from .ranged_read import Source, Span, fetch_spans, open_source, serves_ranges
+from .ranged_read import RequestCount, Source, Span, fetch_spans, open_source, serves_ranges
 from .redact import redact_text
 from .reshard_plan import plan_urls, read_line, renamed
 from .samples import RawSample, split_member_name
@@ -51,6 +51,7 @@ class WriteOptions:
     on_error: OnError = "skip"
     need_ranges: bool = False  # --shuffle: an input that cannot serve ranges is refused
     checked: dict[str, bool] = field(default_factory=dict)  # input url -> serves ranges
+    requests: RequestCount = field(default_factory=RequestCount)  # read requests made
 
     @property
     def recipe_hash(self) -> str:
@@ -150,34 +151,37 @@ def _spans(samples: list[list[Any]]) -> Iterator[Span]:
 
 
 def _raw_samples(
-    samples: list[list[Any]], sources: list[Source], refs: list[dict[str, Any]], threads: int
-) -> Iterator[tuple[list[Any], list[tuple[str, bytes]]]]:
+    samples: list[list[Any]],
+    sources: list[Source],
+    refs: list[dict[str, Any]],
+    threads: int,
+    requests: RequestCount,
+) -> Iterator[tuple[list[Any], list[tuple[str, memoryview]]]]:
     """Each planned sample with its members' bytes, renamed as the plan says."""
     urls = [ref["url"] for ref in refs]
-    spans = fetch_spans(_spans(samples), sources, urls, threads=threads)
+    spans = fetch_spans(_spans(samples), sources, urls, threads=threads, requests=requests)
     for sample, data in zip(samples, spans, strict=True):
         _, key, new_key, members = sample
         start = members[0][1]
-        view = memoryview(data)
         yield (
             sample,
             [
-                (renamed(name, key, new_key), bytes(view[offset - start : offset - start + size]))
+                (renamed(name, key, new_key), data[offset - start : offset - start + size])
                 for name, offset, size in members
             ],
         )
 
 
-def _outcome(pipeline: Pipeline | None, key: str, members: list[tuple[str, bytes]]) -> Outcome:
+def _outcome(pipeline: Pipeline | None, key: str, members: list[tuple[str, memoryview]]) -> Outcome:
     if pipeline is None:
-        return Outcome(key, members=members)
+        return Outcome(key, members=members)  # type: ignore[arg-type]  (views, written as is)
     raw = RawSample(key)
     for name, data in members:
         parts = split_member_name(name)
         assert parts is not None
         raw.sizes[parts[1]] = len(data)
         if pipeline.wants(parts[1]):
-            raw.data[parts[1]] = data
+            raw.data[parts[1]] = bytes(data)
     return pipeline.process(raw)
 
 
@@ -205,9 +209,9 @@ def _write(
             sources.append(open_source(ref["url"], options.storage_options, ranged=can_range))
         with storage.publish_atomically(url, options.storage_options) as sink:
             writer = ShardWriter(sink, gzipped=storage.compression_of(url) == "gzip")
-            fetched = _raw_samples(line["samples"], sources, refs, threads)
+            fetched = _raw_samples(line["samples"], sources, refs, threads, options.requests)
 
-            def process(item: tuple[list[Any], list[tuple[str, bytes]]]) -> Outcome:
+            def process(item: tuple[list[Any], list[tuple[str, memoryview]]]) -> Outcome:
                 sample, members = item
                 return _outcome(pipeline, sample[2] or sample[1], members)
 

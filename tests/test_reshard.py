@@ -225,3 +225,29 @@ def test_a_write_killed_with_sigkill_is_finished_by_skip_existing(tmp_path: Path
     assert [p.read_bytes() for p in outputs(tmp_path / "out")] == [
         p.read_bytes() for p in outputs(tmp_path / "ref")
     ]
+
+
+def test_a_parquet_key_list(tmp_path: Path):
+    """A uid column of a Parquet table, as DataComp's filters write it (needs pyarrow, the
+    parquet extra); without pyarrow, a usage error saying which extra to install."""
+    inputs = make_inputs(tmp_path / "in", 2, 10)
+    keys = tmp_path / "keys.parquet"
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        keys.write_bytes(b"PAR1 not really")
+        done = reshard(inputs, tmp_path / "o" / "%d.tar", "--keep-keys", keys, "--shards", "1")
+        assert done.returncode == 2
+        assert "pip install 'shardflow[parquet]'" in done.stderr
+        return
+    table = pyarrow.table({"uid": ["s000-00003", "s001-00007"], "score": [0.5, 0.9]})
+    pyarrow.parquet.write_table(table, keys)
+    done = reshard(inputs, tmp_path / "o" / "%d.tar", "--keep-keys", keys, "--shards", "1")
+    assert done.returncode == 0, done.stderr
+    assert keys_of(outputs(tmp_path / "o")[0]) == ["s000-00003", "s001-00007"]
+    named = reshard(
+        inputs, tmp_path / "p" / "%d.tar", "--keep-keys", keys, "--keys-column", "score",
+        "--shards", "1",
+    )  # fmt: skip
+    assert named.returncode == 2 and "float values, not keys" in named.stderr
