@@ -32,7 +32,7 @@ from .images import convert_mode
 try:  # the `fast-png` extra
     from isal import isal_zlib as fast_deflate
 except ImportError:  # pragma: no cover - depends on the installed extras
-    fast_deflate = None
+    fast_deflate = None  # type: ignore[assignment]
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 FORMATS = ("png", "jpg", "webp", "cls", "json", "txt", "raw")

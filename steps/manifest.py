@@ -197,6 +197,13 @@ def read_manifest(url: str, options: storage.StorageOptions) -> dict[str, Any] |
     return manifest
 
 
+def remove_stale_manifest(output_url: str, options: storage.StorageOptions) -> None:
+    """Remove the manifest an earlier run left beside `output_url`; called just before the new
+    shard is published, so that an old manifest never vouches for it, even for the instant
+    between publishing the shard and writing its own manifest."""
+    storage.remove(manifest_url(output_url), options)
+
+
 def write_manifest(url: str, manifest: dict[str, Any], options: storage.StorageOptions) -> None:
     """Write the manifest as indented JSON; RecordSpool values are streamed from their files
     (and closed), so a manifest of any size is written with constant memory."""

@@ -6,12 +6,14 @@ Nothing else is ever decoded: no pickle, no torch.load, whatever the member's ex
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from . import images
 from .errors import SampleError
 from .operation import MODES, Operation, Sample, SampleContext, field_value
+from .ops_image import Convert, Resize
 from .params import Params, shown
 
 
@@ -42,6 +44,16 @@ class DecodeImage(Operation):
 
     def reads(self) -> set[str]:
         return set(self.sources)
+
+    def plan(self, following: Sequence[Operation]) -> None:
+        """A resize of the decoded field next (after converts, which keep the size): decode
+        a JPEG at reduced size (libjpeg's DCT scaling)."""
+        for op in following:
+            if isinstance(op, Convert) and op.field_name == self.target:
+                continue
+            if isinstance(op, Resize) and op.field_name == self.target:
+                self.draft = op.draft_target
+            return
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         for source in self.sources:

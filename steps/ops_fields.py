@@ -91,6 +91,9 @@ class Filter(Operation):
     def reads(self) -> set[str] | None:
         return None if self.predicate else set()
 
+    def plugins(self) -> tuple[Plugin, ...]:
+        return (self.predicate,) if self.predicate is not None else ()
+
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         if self.min_width or self.min_height:
             image = image_field(sample, self.field_name, ctx, "filter")
@@ -188,6 +191,9 @@ class Map(Operation):
 
     def reads(self) -> None:
         return None
+
+    def plugins(self) -> tuple[Plugin, ...]:
+        return (self.function,)
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         result = self.function.call(sample, ctx.key)

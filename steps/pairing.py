@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 from fsspec.implementations.local import LocalFileSystem
@@ -29,6 +29,7 @@ from .shard_index import SIZES_NAME, default_index_url
 
 Pair = tuple[str, str]
 T = TypeVar("T")
+Shards = TypeVar("Shards", bound=Sequence)  # a list gives a list, a range a range
 
 _SAME_STORE = {"s3a": "s3", "gcs": "gs"}  # fsspec's aliases for one back-end
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -143,7 +144,7 @@ class Batch:
     index: int
     per_task: int
 
-    def of(self, shards: Sequence[T]) -> Sequence[T]:
+    def of(self, shards: Shards) -> Shards:
         """This task's shards (pairs, or URLs); UsageError when the run has no task `index`."""
         count = task_count(len(shards), self.per_task)
         if not 0 <= self.index < count:
@@ -152,7 +153,7 @@ class Batch:
                 f"{self.per_task} make {count} tasks (0..{count - 1})"
             )
         start = self.index * self.per_task
-        return shards[start : start + self.per_task]
+        return cast(Shards, shards[start : start + self.per_task])
 
 
 def location(url: str, *, written: bool) -> str:

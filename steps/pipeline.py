@@ -1,5 +1,7 @@
-"""A recipe made ready to run: plugins resolved, JPEG draft decoding planned, and one
-function that turns a raw sample into an outcome (written, dropped or failed).
+"""A recipe made ready to run: plugins resolved, each operation's fusions with the ones
+after it planned (`Operation.plugins`, `Operation.plan`), and one function that turns a raw
+sample into an outcome (written, dropped or failed). It knows no concrete operation: adding
+one touches its own module and the registry (ops.py) only.
 
 `process` is called from several threads at once: it shares no mutable state between
 samples (each gets its own dict and its own seeded generator).
@@ -11,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import SampleError
-from .ops import CenterCrop, Convert, DecodeImage, Dropped, Resize, SampleContext
+from .ops import Dropped, SampleContext
 from .recipe import Recipe
 from .samples import RawSample
 
@@ -35,36 +37,14 @@ class Pipeline:
         self.canonical_recipe = recipe.canonical()
         self.recipe_hash = recipe.hash()
         allowed = list(allowed_plugins)
-        for op in recipe.ops:
-            for plugin in (getattr(op, "function", None), getattr(op, "predicate", None)):
-                if plugin is not None:
-                    plugin.resolve(allowed)
-        self._plan_fused_steps()
-        self._reads = recipe.reads()
-        self._steps = recipe.ops[:-1]
-        self._encoder = recipe.encoder
-
-    def _plan_fused_steps(self) -> None:
-        """Two look-ahead optimisations, each between adjacent steps on the same field:
-        an image step followed (after converts) by a resize decodes a JPEG at reduced size
-        (libjpeg's DCT scaling); a resize followed by a center crop resamples only the region
-        the crop keeps (the crop then cuts nothing)."""
-        ops = self.recipe.ops
+        ops = recipe.ops
         for index, op in enumerate(ops):
-            following = ops[index + 1] if index + 1 < len(ops) else None
-            if isinstance(op, DecodeImage):
-                position = index + 1
-                while isinstance(ops[position], Convert) and ops[position].field_name == op.target:
-                    position += 1
-                resize = ops[position]
-                if isinstance(resize, Resize) and resize.field_name == op.target:
-                    op.draft = resize.draft_target
-            elif (
-                isinstance(op, Resize)
-                and type(following) is CenterCrop
-                and following.field_name == op.field_name
-            ):
-                op.crop = (following.width, following.height)
+            for plugin in op.plugins():
+                plugin.resolve(allowed)
+            op.plan(ops[index + 1 :])  # fusions with the operations that follow
+        self._reads = recipe.reads()
+        self._steps = ops[:-1]
+        self._encoder = recipe.encoder
 
     def wants(self, extension: str) -> bool:
         """Whether an input member must be read into memory (the rest is skipped unread)."""

@@ -14,11 +14,12 @@ read as a stream from its start, skipping what is not needed (`StreamSource`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from . import storage
 from .errors import ShardError
@@ -87,8 +88,8 @@ class StreamSource:
         self._url = url
         self._options = options
         self._lock = threading.Lock()
-        self._context = None
-        self._stream = None
+        self._context: contextlib.AbstractContextManager[BinaryIO] | None = None
+        self._stream: BinaryIO | None = None
         self._position = 0
 
     def read(self, start: int, end: int) -> bytes:
@@ -103,8 +104,9 @@ class StreamSource:
 
     def _reopen(self) -> None:
         self.close()
-        self._context = storage.open_input(self._url, self._options, compression=None)
-        self._stream = self._context.__enter__()
+        context = storage.open_input(self._url, self._options, compression=None)
+        self._stream = context.__enter__()
+        self._context = context
         self._position = 0
 
     def _skip(self, count: int) -> None:

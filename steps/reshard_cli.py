@@ -8,7 +8,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     write_options = _write_options(args, options)
     if args.step == "write":
         summary = read_summary(work, options)
-        outputs = range(summary["outputs"])
+        outputs: Sequence[int] = range(summary["outputs"])
         if args.task_index is not None:
             outputs = Batch(args.task_index, args.shards_per_task).of(outputs)
         return _write_all(args, work, outputs, write_options)
@@ -362,7 +362,9 @@ def _write_options(args: argparse.Namespace, options: storage.StorageOptions) ->
     )
 
 
-def _write_all(args: argparse.Namespace, work: str, outputs: range, options: WriteOptions) -> int:
+def _write_all(
+    args: argparse.Namespace, work: str, outputs: Sequence[int], options: WriteOptions
+) -> int:
     results: list[ShardResult] = []
     # A few outputs at a time: while one waits on storage (a flush to disk, an upload), the
     # others write.

@@ -17,7 +17,7 @@ once"; each output's manifest listing exactly its plan line's samples, in order,
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import storage
@@ -110,7 +110,7 @@ def _held(manifest: dict[str, Any]) -> Iterator[tuple[str | None, str | None, st
         yield source.get("shard"), source.get("key"), sample.get("key")
 
 
-def _dropped(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+def _dropped(manifest: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
     for name in ("dropped", "failed"):
         for record in manifest.get(name) or []:
             if isinstance(record, dict):
@@ -140,7 +140,7 @@ def _kept_hashes(summary: dict[str, Any], work: str, options: storage.StorageOpt
     return numpy.frombuffer(hashes, dtype=numpy.uint64).copy()
 
 
-def _first(names: list[str | None]) -> str:
+def _first(names: Sequence[str | None]) -> str:
     if not names:
         return ""
     more = f" (+{len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""

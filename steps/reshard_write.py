@@ -174,7 +174,7 @@ def _raw_samples(
 
 def _outcome(pipeline: Pipeline | None, key: str, members: list[tuple[str, memoryview]]) -> Outcome:
     if pipeline is None:
-        return Outcome(key, members=members)  # type: ignore[arg-type]  (views, written as is)
+        return Outcome(key, members=members)  # type: ignore[arg-type]  # views: written as is
     raw = RawSample(key)
     for name, data in members:
         parts = split_member_name(name)

@@ -51,8 +51,8 @@ def model(kind: type[Workflow], settings: dag.RenderSettings | None = None) -> A
 
 
 def with_display_names(built: Any, names: dict[str, str]) -> Any:
-    """The built model with each named template's display name (dag.DISPLAY_NAMES: Hera's
-    Container sets only pod annotations)."""
+    """Template-level display names (Argo >= 3.7), by template name, on a built model: Hera
+    7.1's Container sets only pod annotations (dag.DISPLAY_NAMES says what lint checks)."""
     for template in built.spec.templates or []:
         display_name = names.get(template.name or "")
         if display_name:
