@@ -23,7 +23,7 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK, EXIT_USAGE, UsageError
 from .images import rely_on_own_pixel_limit
 from .key_lists import load_keys
 from .output_names import OutputNames
@@ -228,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
             _write_tasks(args.write_plan, task_count(summary["outputs"], args.shards_per_task))
         return EXIT_OK
     write_options = _write_options(args, options)
+    write_options.inputs = frozenset(inputs)
+    write_options.output_url = names.url
     if args.step == "write":
         summary = read_summary(work, options)
         outputs: Sequence[int] = range(summary["outputs"])
@@ -395,7 +397,8 @@ def _write_all(
             f"{samples} samples, {options.requests.value} read requests",
             flush=True,
         )
-    return batch_exit_code(results)
+    refused = {r.exit_code for r in results if r.status == "failed"} == {EXIT_USAGE}
+    return EXIT_USAGE if refused else batch_exit_code(results)  # a plan of another run: 2
 
 
 def _report(result: ShardResult, args: argparse.Namespace) -> None:

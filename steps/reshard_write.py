@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from . import storage
 from .augment import OnError, ShardResult, record_outcome
-from .errors import EXIT_FAILED, DataError, ShardError, UsageError
+from .errors import EXIT_FAILED, DataError, ShardError, ShardflowError, UsageError
 from .failures import every_sample_failed
 from .input_identity import difference
 from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
@@ -51,6 +51,10 @@ class WriteOptions:
     on_error: OnError = "skip"
     need_ranges: bool = False  # --shuffle: an input that cannot serve ranges is refused
     checked: dict[str, bool] = field(default_factory=dict)  # input url -> serves ranges
+    # The plan is a file anyone with write access to the work folder could edit: a line may
+    # name only outputs of OUTPUTS (at their own position) and inputs of INPUTS.
+    inputs: frozenset[str] | None = None
+    output_url: Callable[[int], str] | None = None
     requests: RequestCount = field(default_factory=RequestCount)  # read requests made
 
     @property
@@ -66,12 +70,13 @@ def write_output(work: str, index: int, options: WriteOptions) -> ShardResult:
         raw = read_line(work, index, options.storage_options)
         line = json.loads(raw)
         url = line["url"]
+        _check_line(line, index, options)
         entry = "sha256:" + hashlib.sha256(raw).hexdigest()
         done = _already_done(url, entry, options) if options.skip_existing else None
         if done is not None:
             return ShardResult(work, url, "skipped", counts=done[0], output_size=done[1])
         manifest = _write(work, line, entry, options, started)
-    except ShardError as exc:
+    except ShardflowError as exc:  # a shard's failure, or an input refused (usage)
         return ShardResult(
             work,
             url,
@@ -91,6 +96,22 @@ def write_output(work: str, index: int, options: WriteOptions) -> ShardResult:
         seconds=time.monotonic() - started,
         output_size=manifest["output_size"],
     )
+
+
+def _check_line(line: dict[str, Any], index: int, options: WriteOptions) -> None:
+    """UsageError for a plan line that names an output or an input this run was not given."""
+    if options.output_url is not None and line.get("url") != options.output_url(index):
+        raise UsageError(
+            f"plan line {index} names the output {line.get('url')!r}, not "
+            f"{options.output_url(index)!r} of OUTPUTS: the plan is of another run"
+        )
+    if options.inputs is not None:
+        for ref in line.get("inputs", []):
+            if ref.get("url") not in options.inputs:
+                raise UsageError(
+                    f"plan line {index} reads {ref.get('url')!r}, which is not one of INPUTS: "
+                    "the plan is of another run"
+                )
 
 
 def _already_done(url: str, entry: str, options: WriteOptions) -> tuple[dict, int] | None:

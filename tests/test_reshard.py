@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,40 @@ def test_a_parquet_key_list(tmp_path: Path):
         "--shards", "1",
     )  # fmt: skip
     assert named.returncode == 2 and "float values, not keys" in named.stderr
+
+
+def test_a_plan_edited_to_read_other_files_is_refused(tmp_path: Path):
+    """The plan is a file in the work folder: a line naming an input outside INPUTS (here a
+    secret beside them) or an output outside OUTPUTS is refused before anything is read."""
+    inputs = make_inputs(tmp_path / "in", 2, 4)
+    (tmp_path / "secret.tar").write_bytes(b"s" * 4096)
+    out = tmp_path / "out" / "o-%d.tar"
+    args = [inputs, out, "--samples-per-shard", "4"]
+    for step in ("count", "plan"):
+        assert reshard(*args, "--step", step).returncode == 0
+    work = tmp_path / "out" / ".reshard"
+    lines = [json.loads(line) for line in (work / "plan.jsonl").read_text().splitlines()]
+
+    def rewrite(edited: list[dict]) -> None:
+        data = [json.dumps(line).encode() + b"\n" for line in edited]
+        offsets = [0]
+        for piece in data:
+            offsets.append(offsets[-1] + len(piece))
+        (work / "plan.jsonl").write_bytes(b"".join(data))
+        (work / "plan.offsets").write_bytes(array("Q", offsets).tobytes())
+
+    edited = json.loads(json.dumps(lines))
+    edited[0]["inputs"][0]["url"] = str(tmp_path / "secret.tar")
+    rewrite(edited)
+    refused = reshard(*args, "--step", "write")
+    assert refused.returncode == 2, refused.stderr
+    assert "secret.tar" in refused.stderr and "not one of INPUTS" in refused.stderr
+    assert not (tmp_path / "out" / "o-0.tar").exists()
+    edited = json.loads(json.dumps(lines))
+    edited[1]["url"] = str(tmp_path / "elsewhere.tar")
+    rewrite(edited)
+    moved = reshard(*args, "--step", "write")
+    assert moved.returncode == 2 and "not " in moved.stderr and "of OUTPUTS" in moved.stderr
+    assert not (tmp_path / "elsewhere.tar").exists()
+    rewrite(lines)
+    assert reshard(*args, "--step", "write").returncode == 0
