@@ -9,7 +9,8 @@ requests are in flight at once (`fetch_spans`), order kept.
 
 A server that ignores `Range` answers with the whole object: such an input is found by
 asking for its first block (`serves_ranges`) and refused for `--shuffle`; unshuffled, it is
-read as a stream from its start, skipping what is not needed (`StreamSource`).
+read as a stream from its start, skipping what is not needed (`StreamSource`). A compressed
+input (`.tar.gz`) is the same: its offsets are those of the decompressed stream.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class StreamSource:
 
     def _reopen(self) -> None:
         self.close()
-        context = storage.open_input(self._url, self._options, compression=None)
+        context = storage.open_input(self._url, self._options)  # .tar.gz: decompressed
         self._stream = context.__enter__()
         self._context = context
         self._position = 0
@@ -131,6 +132,8 @@ class StreamSource:
 def serves_ranges(url: str, options: storage.StorageOptions) -> bool:
     """Whether the input answers a ranged read with just the range (local files and object
     stores always do; an HTTP server may ignore `Range` and send the whole object)."""
+    if storage.compression_of(url):
+        return False  # offsets are in the decompressed stream, which has no ranges
     if storage.scheme(url) not in ("http", "https"):
         return True
     try:
@@ -141,7 +144,9 @@ def serves_ranges(url: str, options: storage.StorageOptions) -> bool:
 
 
 def open_source(url: str, options: storage.StorageOptions, *, ranged: bool) -> Source:
-    if storage.scheme(url) == "file" and storage.compression_of(url) is None:
+    if storage.compression_of(url):
+        return StreamSource(url, options)
+    if storage.scheme(url) == "file":
         path = url[len("file://") :] if url.startswith("file://") else url
         return LocalSource(os.path.expanduser(path))
     return RangedSource(url, options) if ranged else StreamSource(url, options)

@@ -248,11 +248,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _refuse_unranged(inputs: list[str], options: storage.StorageOptions) -> None:
-    """--shuffle reads inputs by ranges: one probe per server (hosts serve alike)."""
-    probed: set[str] = set()
+    """--shuffle reads inputs by ranges: one probe per server (hosts serve alike) and kind
+    of compression (a compressed input has no ranges)."""
+    probed: set[tuple[str, str | None]] = set()
     for url in inputs:
-        host = url.split("/", 3)[:3]
-        where = "/".join(host)
+        where = ("/".join(url.split("/", 3)[:3]), storage.compression_of(url))
         if where in probed:
             continue
         probed.add(where)

@@ -157,11 +157,15 @@ def _check_inputs(refs: list[dict[str, Any]], options: WriteOptions) -> list[boo
 
 
 def refuse_message(url: str) -> str:
+    if storage.compression_of(url):
+        cause = "a compressed input has no byte ranges to read a sample from"
+    else:
+        cause = "the server does not serve byte ranges (it answers a Range request with the "
+        cause += "whole object)"
     return (
-        f"{url}: the server does not serve byte ranges (it answers a Range request with the "
-        "whole object), which --shuffle needs to fetch samples from many inputs; reshard "
-        "without --shuffle reads such inputs in order, or copy them to storage that serves "
-        "ranges"
+        f"{url}: {cause}, which --shuffle needs to fetch samples from many inputs; reshard "
+        "without --shuffle reads such inputs in order, or decompress or copy them to "
+        "storage that serves ranges"
     )
 
 

@@ -4,6 +4,7 @@ write killed with SIGKILL then finished with --skip-existing."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -289,3 +290,19 @@ def test_a_plan_edited_to_read_other_files_is_refused(tmp_path: Path):
     assert not (tmp_path / "elsewhere.tar").exists()
     rewrite(lines)
     assert reshard(*args, "--step", "write").returncode == 0
+
+
+def test_compressed_inputs_are_read_in_order_and_refused_for_shuffle(tmp_path: Path):
+    inputs = make_inputs(tmp_path / "in", 2, 6)
+    for path in sorted((tmp_path / "in").glob("*.tar")):
+        with open(path, "rb") as plain, gzip.open(f"{path}.gz", "wb") as packed:
+            packed.write(plain.read())
+    plain = reshard(inputs, tmp_path / "a" / "o-{0..1}.tar")
+    packed = reshard(inputs + ".gz", tmp_path / "b" / "o-{0..1}.tar")
+    assert plain.returncode == packed.returncode == 0, packed.stderr
+    assert [p.read_bytes() for p in outputs(tmp_path / "a")] == [
+        p.read_bytes() for p in outputs(tmp_path / "b")
+    ]
+    shuffled = reshard(inputs + ".gz", tmp_path / "c" / "o-{0..1}.tar", "--shuffle", "1")
+    assert shuffled.returncode == 2
+    assert "a compressed input has no byte ranges" in shuffled.stderr
