@@ -23,7 +23,8 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_OK, EXIT_USAGE, UsageError
+from .errors import EXIT_DATA, EXIT_OK, EXIT_USAGE, UsageError
+from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .key_lists import load_keys
 from .output_names import OutputNames
@@ -134,6 +135,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--plugins", metavar="MODULES", help="as in augment")
     recipe.add_argument("--on-error", choices=("skip", "fail"), default="skip")
     recipe.add_argument("--max-mpx", type=float, default=64.0, metavar="MPX")
+    add_max_failed_argument(recipe)
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
         "--skip-existing",
@@ -398,7 +400,14 @@ def _write_all(
             flush=True,
         )
     refused = {r.exit_code for r in results if r.status == "failed"} == {EXIT_USAGE}
-    return EXIT_USAGE if refused else batch_exit_code(results)  # a plan of another run: 2
+    code = EXIT_USAGE if refused else batch_exit_code(results)  # a plan of another run: 2
+    finished = [r.counts for r in results if r.status != "failed"]
+    read, failed_samples = (sum(c.get(n, 0) for c in finished) for n in ("read", "failed"))
+    problem = too_many_failed(read, failed_samples, args.max_failed)
+    if problem is not None:  # as augment: a recipe failing too many samples is the data's
+        print(f"shardflow reshard: error: {problem}", file=sys.stderr, flush=True)
+        code = EXIT_DATA if code == EXIT_OK else code
+    return code
 
 
 def _report(result: ShardResult, args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from reshard_helpers import make_inputs
 
-from conftest import run_cli
+from conftest import run_cli, sample_members, write_tar
 
 
 def resharded(tmp_path: Path, *args: str) -> tuple[str, Path]:
@@ -82,3 +82,28 @@ def test_verify_needs_outputs_or_a_plan(tmp_path: Path):
     assert "--plan" in refused.stderr
     missing = run_cli("verify", "--plan", tmp_path / "nothing")
     assert missing.returncode == 2, missing.stderr
+
+
+def test_samples_a_recipe_fails_are_accounted_for(tmp_path: Path):
+    """A recipe on the way: a sample it cannot decode is listed as failed by its (new) key,
+    which the lineage check counts as the plan's sample, not as one lost."""
+    members = []
+    for index in range(4):
+        members += sample_members(f"k{index}", seed=index)
+    members += [("broken.jpg", b"\xff\xd8 not a jpeg"), ("broken.json", b'{"cls": 1}')]
+    write_tar(tmp_path / "in" / "a.tar", members)
+    done = run_cli(
+        "reshard", tmp_path / "in" / "a.tar", tmp_path / "out" / "o-{0..1}.tar",
+        "--recipe", "seed",
+    )  # fmt: skip
+    assert done.returncode == 3  # 1 of 5 failed: more than --max-failed allows
+    assert "failed" in done.stderr
+    again = run_cli(
+        "reshard", tmp_path / "in" / "a.tar", tmp_path / "out" / "o-{0..1}.tar",
+        "--recipe", "seed", "--max-failed", "0.5", "--skip-existing",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    manifest = json.loads((tmp_path / "out" / "o-1.manifest.json").read_text())
+    assert [f["key"] for f in manifest["failed"]] == ["broken"]
+    checked = run_cli("verify", "--plan", tmp_path / "out" / ".reshard", "--max-failed", "0.5")
+    assert checked.returncode == 0, checked.stdout

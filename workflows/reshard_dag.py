@@ -41,7 +41,10 @@ FILE = "reshard-workflowtemplate.yaml"
 PLAN_DIR = f"{dag.TMP}/reshard-plan"
 SUMMARY_FILE = f"{dag.TMP}/verify-summary.txt"
 BACKOFF = "30s"
-SHARED_PARAMETERS = ("retries", "image", "service-account", "storage-options")
+SHARED_PARAMETERS = (
+    "on-error", "max-failed", "retries", "image", "service-account", "storage-options"
+)  # fmt: skip
+RECIPE_OPTIONS = ("on-error", "max-failed")  # the augment template's, passed to reshard too
 TITLE = "shardflow: reshard WebDataset shards"
 DESCRIPTION = """\
 Writes the samples of `inputs` into new shards `outputs`: split, merged, filtered by a key
@@ -95,7 +98,7 @@ def _reshard(step: str, *extra: str) -> list[str]:
     return [
         "reshard",
         f"--step={step}",
-        *(f"--{name}={{{{workflow.parameters.{name}}}}}" for name in _OPTIONS),
+        *(f"--{name}={{{{workflow.parameters.{name}}}}}" for name in (*_OPTIONS, *RECIPE_OPTIONS)),
         *extra,
         "--",
         "{{workflow.parameters.inputs}}",
@@ -143,6 +146,7 @@ def _templates() -> tuple[Any, Any, Any, Any, Any]:
         [
             "verify",
             "--plan={{inputs.parameters.work}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
             f"--summary-file={SUMMARY_FILE}",
         ],
         inputs=[Parameter(name="work")],
