@@ -139,21 +139,28 @@ def _check_inputs(refs: list[dict[str, Any]], options: WriteOptions) -> list[boo
     for ref in refs:
         url = ref["url"]
         if url not in options.checked:
-            try:
-                current = storage.current_identity(url, options.storage_options)
-            except Exception as exc:  # any back-end's error names the input
-                raise ShardError(url, f"cannot read the input: {describe(exc)}") from None
-            moved = difference(ref["identity"], current) if ref["identity"] else None
-            if moved is not None:
-                raise ShardError(
-                    url,
-                    f"the input changed since it was counted ({moved}): count and plan again",
-                )
+            confirm_unchanged(ref, options.storage_options)
             options.checked[url] = serves_ranges(url, options.storage_options)
         if options.need_ranges and not options.checked[url]:
             raise UsageError(refuse_message(url))
         ranged.append(options.checked[url])
     return ranged
+
+
+def confirm_unchanged(ref: dict[str, Any], options: storage.StorageOptions) -> None:
+    """DataError when the input is no longer the version counted: the plan's offsets are of
+    that version (a retry fails the same way; count and plan again), ShardError when it
+    cannot be asked."""
+    url = ref["url"]
+    try:
+        current = storage.current_identity(url, options)
+    except Exception as exc:  # any back-end's error names the input
+        raise ShardError(url, f"cannot read the input: {describe(exc)}") from None
+    moved = difference(ref["identity"], current) if ref["identity"] else None
+    if moved is not None:
+        raise DataError(
+            url, f"the input changed since it was counted ({moved}): count and plan again"
+        )
 
 
 def refuse_message(url: str) -> str:
@@ -247,6 +254,8 @@ def _write(
                 source = {"shard": refs[sample[0]]["url"], "key": sample[1]}
                 record_outcome(outcome, writer, builder, url, options.on_error, source)
                 read += sum(member[2] for member in sample[3])
+            for ref in refs:  # read whole from the versions counted, or not published
+                confirm_unchanged(ref, options.storage_options)
             if every_sample_failed(builder.counts):  # raised here: nothing is published
                 first = builder.failed.first or {}
                 raise DataError(url, f"every sample failed, the first: {first.get('reason')}")

@@ -306,3 +306,18 @@ def test_compressed_inputs_are_read_in_order_and_refused_for_shuffle(tmp_path: P
     shuffled = reshard(inputs + ".gz", tmp_path / "c" / "o-{0..1}.tar", "--shuffle", "1")
     assert shuffled.returncode == 2
     assert "a compressed input has no byte ranges" in shuffled.stderr
+
+
+def test_an_input_changed_after_counting_is_not_read_at_stale_offsets(tmp_path: Path):
+    inputs = make_inputs(tmp_path / "in", 2, 5)
+    args = [inputs, tmp_path / "out" / "o-{0..1}.tar"]
+    for step in ("count", "plan"):
+        assert reshard(*args, "--step", step).returncode == 0
+    text_shard(tmp_path / "in" / "in-001.tar", [f"other-{i}" for i in range(5)])
+    written = reshard(*args, "--step", "write")
+    assert written.returncode == 3, written.stderr
+    assert "in-001.tar" in written.stderr and "changed since it was counted" in written.stderr
+    assert [p.name for p in outputs(tmp_path / "out")] == ["o-0.tar"]  # from in-000 alone
+    again = reshard(*args)
+    assert again.returncode == 0, again.stderr
+    assert keys_of(outputs(tmp_path / "out")[1])[-1] == "other-4"
