@@ -220,9 +220,10 @@ def _shuffled(samples: Iterator[list[Any]], count: int, seed: int) -> Iterator[l
         offsets.append(spool.tell())
         assert len(offsets) == count + 1
         order = numpy.random.Generator(numpy.random.PCG64(seed)).permutation(count)
-        for position in order.tolist():
-            spool.seek(offsets[position])
-            yield json.loads(spool.read(offsets[position + 1] - offsets[position]))
+        for start in range(0, count, 1 << 16):  # Python ints for a slice at a time only
+            for position in order[start : start + (1 << 16)].tolist():
+                spool.seek(offsets[position])
+                yield json.loads(spool.read(offsets[position + 1] - offsets[position]))
 
 
 def _sizes(sizing: Sizing, count: int) -> Iterator[int] | None:
