@@ -23,6 +23,7 @@ from typing import Any
 from . import storage
 from .errors import ShardError
 from .index_cli import index_shard
+from .jsonl import read_json_lines
 from .pairing import Batch, task_count
 from .samples import split_member_name
 from .storage_faults import describe
@@ -99,22 +100,20 @@ def read_inventory(
     for task in range(task_count(len(inputs), per_task)):
         url = part_url(work, task)
         expected = inputs[task * per_task : (task + 1) * per_task]
-        data = storage.read_bytes(url, options)
-        if data is None:
+        if not storage.exists(url, options):
             raise ShardError(url, "missing: the count of this batch of inputs has not run")
-        lines = data.splitlines()
-        if len(lines) != len(expected):
+        described = 0
+        for line in read_json_lines(url, options):
+            if described >= len(expected) or line.get("url") != expected[described]:
+                wanted = expected[described] if described < len(expected) else "nothing more"
+                raise ShardError(
+                    url, f"describes {line.get('url')!r}, not {wanted!r}: a part of another run"
+                )
+            described += 1
+            yield line
+        if described != len(expected):
             raise ShardError(
                 url,
-                f"describes {len(lines)} inputs, not the {len(expected)} of "
-                "its batch: a part of another run",
+                f"describes {described} inputs, not the {len(expected)} of its batch: a part "
+                "of another run",
             )
-        for offset, raw in enumerate(lines):
-            line = json.loads(raw)
-            if line.get("url") != expected[offset]:
-                raise ShardError(
-                    url,
-                    f"describes {line.get('url')!r}, not {expected[offset]!r}: a part of "
-                    "another run",
-                )
-            yield line

@@ -42,6 +42,7 @@ from typing import Any
 
 from . import storage
 from .errors import DataError, ShardError, UsageError
+from .jsonl import read_json_lines
 from .output_names import OutputNames
 from .pairing import Write, refuse_aliases
 from .tarlayout import BLOCK, header_bytes
@@ -403,17 +404,4 @@ def read_line(work: str, index: int, options: storage.StorageOptions) -> bytes:
 
 def read_lines(work: str, options: storage.StorageOptions) -> Iterator[dict[str, Any]]:
     """Every plan line in order, streamed."""
-    with storage.open_input(plan_urls(work)[0], options, compression=None) as stream:
-        buffered = _lines(stream)
-        for raw in buffered:
-            yield json.loads(raw)
-
-
-def _lines(stream: Any) -> Iterator[bytes]:
-    pending = b""
-    while chunk := stream.read(1 << 20):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line)
-    if pending:
-        yield pending
+    return read_json_lines(plan_urls(work)[0], options)

@@ -321,3 +321,18 @@ def test_an_input_changed_after_counting_is_not_read_at_stale_offsets(tmp_path: 
     again = reshard(*args)
     assert again.returncode == 0, again.stderr
     assert keys_of(outputs(tmp_path / "out")[1])[-1] == "other-4"
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_json_lines_are_split_whatever_the_chunks(monkeypatch, chunk: int):
+    import io
+
+    from shardflow.steps import jsonl
+
+    monkeypatch.setattr(jsonl, "CHUNK", chunk)
+    text = b'{"a": 1}\n\n{"b": "' + b"x" * 50 + b'"}\n{"c": 3}'
+    assert list(jsonl.lines(io.BytesIO(text))) == [
+        b'{"a": 1}',
+        b'{"b": "' + b"x" * 50 + b'"}',
+        b'{"c": 3}',
+    ]
