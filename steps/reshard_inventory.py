@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import storage
@@ -25,6 +24,7 @@ from .errors import ShardError
 from .index_cli import index_shard
 from .jsonl import read_json_lines
 from .pairing import Batch, task_count
+from .parallel import ordered_map
 from .samples import split_member_name
 from .storage_faults import describe
 
@@ -78,17 +78,19 @@ def count_batch(
     first = task * per_task
     url = part_url(work, task)
     samples = 0
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="count") as pool:
-        lines = pool.map(
-            lambda item: count_input(first + item[0], item[1], options), enumerate(batch)
-        )
-        try:
-            with storage.publish_atomically(url, options) as stream:
-                for line in lines:
-                    samples += len(line["samples"])
-                    stream.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
-        except OSError as exc:
-            raise ShardError(url, f"cannot write the inventory part: {exc}") from None
+    # ordered_map keeps a few inputs' samples in memory at a time, whatever the batch size.
+    lines = ordered_map(
+        lambda item: count_input(first + item[0], item[1], options),
+        enumerate(batch),
+        threads=threads,
+    )
+    try:
+        with storage.publish_atomically(url, options) as stream:
+            for line in lines:
+                samples += len(line["samples"])
+                stream.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+    except OSError as exc:
+        raise ShardError(url, f"cannot write the inventory part: {exc}") from None
     return url, samples
 
 
