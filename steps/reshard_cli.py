@@ -9,12 +9,11 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from . import storage
-from .augment import ShardResult, batch_exit_code
+from .augment import ShardResult
 from .cli_common import (
     add_output_arguments,
     add_storage_arguments,
@@ -23,12 +22,13 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_DATA, EXIT_OK, EXIT_USAGE, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .key_lists import load_keys
 from .output_names import OutputNames
 from .pairing import Batch, Write, check_urls, refuse_aliases, task_count
+from .parallel import ordered_map
 from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .ranged_read import serves_ranges
@@ -369,45 +369,52 @@ def _write_options(args: argparse.Namespace, options: storage.StorageOptions) ->
 def _write_all(
     args: argparse.Namespace, work: str, outputs: Sequence[int], options: WriteOptions
 ) -> int:
-    results: list[ShardResult] = []
-    # A few outputs at a time: while one waits on storage (a flush to disk, an upload), the
-    # others write.
-    with ThreadPoolExecutor(max_workers=OUTPUTS_AT_ONCE, thread_name_prefix="reshard") as pool:
-        for result in pool.map(lambda index: write_output(work, index, options), outputs):
-            results.append(result)
-            _report(result, args)
-    written = sum(r.status == "written" for r in results)
-    skipped = sum(r.status == "skipped" for r in results)
-    failed = sum(r.status == "failed" for r in results)
-    samples = sum(r.counts.get("written", 0) for r in results if r.status != "failed")
+    """Write the outputs, a few at a time (while one waits on storage, a flush or an upload,
+    the others write), keeping counts rather than results: a million outputs cost no more
+    memory than ten (with --json, one small entry each)."""
+    status = {"written": 0, "skipped": 0, "failed": 0}
+    samples = {"written": 0, "read": 0, "failed": 0}
+    failed_codes: list[int] = []
+    entries = []
+    for result in ordered_map(
+        lambda index: write_output(work, index, options), outputs, threads=OUTPUTS_AT_ONCE
+    ):
+        _report(result, args)
+        status[result.status] += 1
+        if result.status == "failed":
+            failed_codes.append(result.exit_code)
+        else:
+            for name in samples:
+                samples[name] += result.counts.get(name, 0)
+        if args.json:
+            entries.append(result.to_dict())
     if args.json:
-        document = {
-            "shards": [r.to_dict() for r in results],
-            "summary": {
-                "written": written,
-                "skipped": skipped,
-                "failed": failed,
-                "samples": samples,
-                "read_requests": options.requests.value,
-            },
-        }
-        json.dump(document, sys.stdout, indent=1)
+        summary = {**status, "samples": samples["written"], "read_requests": options.requests.value}
+        json.dump({"shards": entries, "summary": summary}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif not args.quiet:
         print(
-            f"{len(results)} output(s): {written} written, {skipped} skipped, {failed} failed; "
-            f"{samples} samples, {options.requests.value} read requests",
+            f"{sum(status.values())} output(s): {status['written']} written, "
+            f"{status['skipped']} skipped, {status['failed']} failed; {samples['written']} "
+            f"samples, {options.requests.value} read requests",
             flush=True,
         )
-    refused = {r.exit_code for r in results if r.status == "failed"} == {EXIT_USAGE}
-    code = EXIT_USAGE if refused else batch_exit_code(results)  # a plan of another run: 2
-    finished = [r.counts for r in results if r.status != "failed"]
-    read, failed_samples = (sum(c.get(n, 0) for c in finished) for n in ("read", "failed"))
-    problem = too_many_failed(read, failed_samples, args.max_failed)
+    code = _exit_code(set(failed_codes))
+    problem = too_many_failed(samples["read"], samples["failed"], args.max_failed)
     if problem is not None:  # as augment: a recipe failing too many samples is the data's
         print(f"shardflow reshard: error: {problem}", file=sys.stderr, flush=True)
         code = EXIT_DATA if code == EXIT_OK else code
     return code
+
+
+def _exit_code(codes: set[int]) -> int:
+    """augment's rule (0; 3 when every failure is the data's; else 1), and 2 when every
+    failure is a refusal (a plan of another run, an input without ranges for --shuffle)."""
+    if not codes:
+        return EXIT_OK
+    if codes == {EXIT_USAGE}:
+        return EXIT_USAGE
+    return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILED
 
 
 def _report(result: ShardResult, args: argparse.Namespace) -> None:
