@@ -21,7 +21,7 @@ from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE, positive_int
 from shardflow.steps.cpus import available_cpus
 from shardflow.steps.errors import UsageError
 
-from .dag_arguments import add_dag_arguments, given_parameters
+from .dag_arguments import add_dag_arguments, given_parameters, patterns_named_for
 from .executor import Events, LocalExecutor, Node, RunResult
 
 DESCRIPTION = """\
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     manifest = _manifest(args.manifest)
-    parameters = _for_manifest(_parameters(args), manifest)
+    parameters = patterns_named_for(manifest, _parameters(args))
     parallelism = manifest["spec"].get("parallelism") or available_cpus()
     workers = args.workers or max(1, min(available_cpus(), parallelism))
     directory = args.logs or Path(tempfile.mkdtemp(prefix="shardflow-run-"))
@@ -110,16 +110,6 @@ def _parameters(args: argparse.Namespace) -> dict[str, str]:
     given = given_parameters(args)
     if os.environ.get(STORAGE_OPTIONS_VARIABLE):  # the pods' variable must not undo the user's
         given.setdefault("storage-options", os.environ[STORAGE_OPTIONS_VARIABLE])
-    return given
-
-
-def _for_manifest(given: dict[str, str], manifest: dict) -> dict[str, str]:
-    """INPUTS and OUTPUTS as the manifest names them: `input`/`output` (augment) or
-    `inputs`/`outputs` (the reshard template, argo/reshard-workflowtemplate.yaml)."""
-    declared = {p.get("name") for p in manifest["spec"].get("arguments", {}).get("parameters", [])}
-    if "input" not in declared and {"inputs", "outputs"} <= declared:
-        given = dict(given)
-        given["inputs"], given["outputs"] = given.pop("input"), given.pop("output")
     return given
 
 
