@@ -10,7 +10,7 @@ comes as whatever the filter wrote. Accepted, at any URL shardflow reads:
 - a Parquet column (`.parquet`, with the optional pyarrow): `--keys-column`, else the only
   column, else the first of `key`, `__key__`, `uid`.
 
-The keys are held in memory as a set: a list of 12 million uids is a few hundred MB.
+The keys are held in memory, as a Python set.
 """
 
 from __future__ import annotations
