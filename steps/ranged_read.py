@@ -136,9 +136,16 @@ def serves_ranges(url: str, options: storage.StorageOptions) -> bool:
         return False  # offsets are in the decompressed stream, which has no ranges
     if storage.scheme(url) not in ("http", "https"):
         return True
+    # Bytes 512-1023, through fsspec's HTTP file: a server that answers with the whole object
+    # is found from the response's headers, before its body is read (a probe of a 40 GB
+    # shard must not download it), and an object of unknown size cannot seek at all.
     try:
         fs, path = storage.filesystem(url, options)
-        return len(fs.cat_file(path, start=0, end=PROBE_BYTES)) == PROBE_BYTES
+        with fs.open(path, "rb", block_size=PROBE_BYTES) as stream:
+            stream.seek(PROBE_BYTES)
+            return len(stream.read(PROBE_BYTES)) == PROBE_BYTES
+    except ValueError:  # "doesn't appear to support range requests", "cannot seek"
+        return False
     except Exception as exc:  # any back-end's error: the input cannot be read at all
         raise ShardError(url, f"cannot read the input: {describe(exc)}") from None
 
