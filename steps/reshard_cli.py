@@ -22,7 +22,7 @@ from .cli_common import (
     storage_options,
 )
 from .cpus import available_cpus
-from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ShardError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .key_lists import load_keys
@@ -37,6 +37,7 @@ from .redact import redact_url
 from .reshard_inventory import count_batch, read_inventory
 from .reshard_plan import KeyFilter, PlanSettings, Sizing, make_plan, read_summary
 from .reshard_write import WriteOptions, refuse_message, write_output
+from .shard_index import index_outputs
 
 STEPS = ("all", "count", "plan", "write")
 T = TypeVar("T")
@@ -244,6 +245,17 @@ def run(args: argparse.Namespace) -> int:
         count_batch(inputs, task, args.inputs_per_task, work, options, threads=threads)
     summary = _plan(args, inputs, names, work, options)
     code = _write_all(args, work, range(summary["outputs"]), write_options)
+    if code == EXIT_OK:  # as augment: a whole run ends with the dataset index, from manifests
+        urls = [names.url(index) for index in range(summary["outputs"])]
+        try:
+            written = index_outputs(urls, options)
+        except (ShardError, OSError) as exc:
+            print(
+                f"shardflow reshard: error: cannot write the dataset index: {exc}", file=sys.stderr
+            )
+            return EXIT_FAILED
+        if not (args.quiet or args.json):
+            print("\n".join(f"index: {redact_url(url)}" for url in written), flush=True)
     if not (args.quiet or args.json):
         print(f"reshard: {time.monotonic() - started:.1f} s in all", flush=True)
     return code

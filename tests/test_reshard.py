@@ -39,6 +39,9 @@ def test_split_one_shard_copies_members_byte_for_byte(tmp_path: Path):
     assert manifest["recipe"] == {"name": "copy"}
     checked = run_cli("verify", tmp_path / "out" / "part-{0000..0006}.tar")
     assert checked.returncode == 0, checked.stdout
+    index = json.loads((tmp_path / "out" / "part.shardindex.json").read_text())
+    assert [entry["nsamples"] for entry in index["shardlist"]] == [8] * 6 + [2]
+    assert json.loads((tmp_path / "out" / "sizes.json").read_text())["part-0006.tar"] == 2
 
 
 def test_rerun_writes_identical_bytes(tmp_path: Path):

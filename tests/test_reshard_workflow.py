@@ -4,6 +4,7 @@ Argo's schema, and, run by the local executor `shardflow run` uses, it writes th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -55,6 +56,8 @@ def test_the_fan_out_writes_what_one_process_writes(tmp_path: Path) -> None:
     assert tasks.count("count") == 3 and tasks.count("write") == 2 and tasks[-1] == "verify"
     verify = next(n for n in result.nodes if n.task == "verify")
     assert "verify: OK: 4 of 4 shards passed" in verify.stdout.read_text()
+    sizes = json.loads((tmp_path / "dag" / "sizes.json").read_text())  # verify --write-index
+    assert sorted(sizes.values()) == [3, 4, 4, 4]
     alone = run_cli(
         "reshard", inputs, tmp_path / "one" / "o-%03d.tar", "--samples-per-shard", "4",
         "--keep-keys", keys, "--shuffle", "11",

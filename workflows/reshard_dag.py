@@ -18,7 +18,8 @@
 - **write** (`reshard --step write --task-index I --skip-existing`): each output of the batch
   from its plan line, published atomically with its manifest; a retry redoes only missing
   outputs.
-- **verify** (`verify --plan WORK`): every output against its manifest, and the lineage.
+- **verify** (`verify --plan WORK --write-index`): every output against its manifest, and the
+  lineage; when all pass, the dataset index beside the outputs (wids JSON, sizes.json).
 
 Pods share the augment DAG's settings (dag.py: image, credentials Secret, security context,
 retries by exit code; values bound as `--option=value`, positionals after `--`). Every step
@@ -147,6 +148,7 @@ def _templates() -> tuple[Any, Any, Any, Any, Any]:
             "verify",
             "--plan={{inputs.parameters.work}}",
             "--max-failed={{workflow.parameters.max-failed}}",
+            "--write-index",
             f"--summary-file={SUMMARY_FILE}",
         ],
         inputs=[Parameter(name="work")],
