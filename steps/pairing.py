@@ -120,13 +120,29 @@ def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
 
 def check_urls(pairs: Iterable[Pair], *, allow_pipe: bool = False) -> None:
     """storage.check_url once per scheme and direction: a pattern's URLs share their risks."""
+    directed = (each for read, written in pairs for each in ((read, False), (written, True)))
+    _check_once(directed, allow_pipe=allow_pipe)
+
+
+def shards_to_read(pattern: str) -> list[str]:
+    """The pattern's URLs, each of a scheme this process can read (UsageError, before any
+    byte is read, for one it cannot): what check, index and verify read."""
+    return shards_to_read_from(storage.expand(pattern))
+
+
+def shards_to_read_from(urls: list[str]) -> list[str]:
+    """`shards_to_read` for URLs listed elsewhere (a reshard's plan names its outputs)."""
+    _check_once((url, False) for url in urls)
+    return urls
+
+
+def _check_once(urls: Iterable[tuple[str, bool]], *, allow_pipe: bool = False) -> None:
     seen: set[tuple[str, bool]] = set()
-    for input_url, output_url in pairs:
-        for url, writing in ((input_url, False), (output_url, True)):
-            key = ("pipe" if url.startswith("pipe:") else storage.scheme(url), writing)
-            if key not in seen:
-                seen.add(key)
-                storage.check_url(url, writing=writing, allow_pipe=allow_pipe)
+    for url, writing in urls:
+        key = ("pipe" if url.startswith("pipe:") else storage.scheme(url), writing)
+        if key not in seen:
+            seen.add(key)
+            storage.check_url(url, writing=writing, allow_pipe=allow_pipe)
 
 
 def task_count(shards: int, per_task: int) -> int:

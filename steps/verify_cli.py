@@ -21,11 +21,11 @@ from .cli_common import (
     storage_options,
 )
 from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
-from .cpus import available_cpus
+from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import Write, index_writes, refuse_aliases
+from .pairing import Write, index_writes, refuse_aliases, shards_to_read, shards_to_read_from
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
 from .reshard_lineage import check_lineage, plan_outputs
@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="shards checked at once (default: twice the CPUs this process may use, at most 16)",
+        help=f"shards checked at once {IO_THREADS_HELP}",
     )
     files = parser.add_argument_group("files written (any fsspec URL)")
     files.add_argument("--report", metavar="URL", help="write the JSON report here")
@@ -234,7 +234,7 @@ def _check_all(
     rows = {i: SheetRow(outputs[i], []) for i in reports if i in sheet_positions}
     for _ in reports:
         progress.shard_finished()
-    threads = args.threads or min(16, 2 * available_cpus())
+    threads = io_threads(args.threads)
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
             futures = {pool.submit(check, i): i for i in range(len(outputs)) if i not in reports}
@@ -276,13 +276,11 @@ def _shards(
     if output_pattern is None:
         assert plan is not None
         try:
-            outputs = plan_outputs(plan, options)
+            outputs = shards_to_read_from(plan_outputs(plan, options))
         except ShardError as exc:
             raise UsageError(str(exc)) from None
     else:
-        outputs = storage.expand(output_pattern)
-    for url in outputs:
-        storage.check_url(url, writing=False)
+        outputs = shards_to_read(output_pattern)
     if input_pattern is None:
         return outputs, None
     inputs = storage.expand(input_pattern)

@@ -7,7 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from conftest import write_tar
+from helpers import write_tar
 
 
 def text_shard(path: Path, keys: list[str], *, size: int = 700) -> Path:

@@ -23,7 +23,7 @@ from kube_api import ARGO, KubeAPI, wait_for
 from kubelet import TestKubelet
 from servers import Fault, S3Proxy, S3Server
 
-from conftest import good_shard, write_tar
+from helpers import good_shard, write_tar
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "argo" / "workflow.yaml"

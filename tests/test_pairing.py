@@ -20,7 +20,7 @@ from shardflow.steps.pairing import (
 )
 from shardflow.workflows.plan import plan_tasks
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 
 @pytest.mark.parametrize("shards", [1, 2, 7, 10, 1000])

@@ -18,7 +18,7 @@ from hera.workflows import Workflow, WorkflowTemplate
 
 from shardflow.workflows import lint, render
 
-from conftest import run_cli
+from helpers import run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 KINDS = {"workflow.yaml": Workflow, "workflowtemplate.yaml": WorkflowTemplate}

@@ -9,8 +9,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from array import array
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 from reshard_helpers import keys_of, make_inputs, members_of, outputs, text_shard
 
-from conftest import good_shard, run_cli, write_tar
+from helpers import good_shard, run_cli, write_tar
 
 
 def reshard(*args, **kwargs):
@@ -209,8 +207,7 @@ def test_a_write_killed_with_sigkill_is_finished_by_skip_existing(tmp_path: Path
     inputs = make_inputs(tmp_path / "in", 4, 50, size=20_000)
     out = tmp_path / "out" / "o-%03d.tar"
     args = [inputs, out, "--samples-per-shard", "5", "--threads", "1"]
-    command = [sys.executable, "-m", "shardflow.workflows.cli", "reshard", *map(str, args)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = reshard(*args, background=True)
     deadline = time.monotonic() + 60
     while len(list((tmp_path / "out").glob("*.manifest.json"))) < 3:
         assert time.monotonic() < deadline and process.poll() is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from reshard_helpers import make_inputs
 
-from conftest import run_cli, sample_members, write_tar
+from helpers import run_cli, sample_members, write_tar
 
 
 def resharded(tmp_path: Path, *args: str) -> tuple[str, Path]:

@@ -13,7 +13,7 @@ from reshard_helpers import keys_of, make_inputs, outputs
 from shardflow.workflows import lint, reshard_dag
 from shardflow.workflows.executor import LocalExecutor
 
-from conftest import run_cli
+from helpers import run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 

@@ -13,7 +13,7 @@ import yaml
 
 from shardflow.workflows.cli import main
 
-from conftest import run_cli
+from helpers import run_cli
 
 TOKEN = "s3cr3t"
 NAMESPACE = "ml"
