@@ -216,7 +216,7 @@ def _write_shard(
             with storage.publish_atomically(output_url, options.storage_options) as sink:
                 writer = ShardWriter(sink, gzipped=storage.compression_of(output_url) == "gzip")
                 for outcome in ordered_map(pipeline.process, samples, threads=options.threads):
-                    _record(outcome, writer, builder, input_url, options.on_error)
+                    record_outcome(outcome, writer, builder, input_url, options.on_error)
                     if progress is not None:
                         progress.advance(tar.offset, 1)
                 if every_sample_failed(builder.counts):  # raised here: nothing is published
@@ -254,16 +254,23 @@ def _write_shard(
     return manifest
 
 
-def _record(
-    outcome: Outcome, writer: ShardWriter, builder: ManifestBuilder, shard: str, on_error: OnError
+def record_outcome(
+    outcome: Outcome,
+    writer: ShardWriter,
+    builder: ManifestBuilder,
+    shard: str,
+    on_error: OnError,
+    source: dict[str, str] | None = None,
 ) -> None:
+    """Write a sample's members and list it in the manifest (with `source`, its lineage), or
+    list it as dropped or failed; DataError when the shard must fail."""
     if outcome.members is not None:
         for name, data in outcome.members:
             try:
                 writer.add(name, data)
             except UnsafeMemberName as exc:
                 raise DataError(shard, str(exc), key=outcome.key) from None
-        builder.add_written(outcome.key, outcome.members)
+        builder.add_written(outcome.key, outcome.members, source)
     elif outcome.dropped is not None:
         builder.add_dropped(outcome.key, outcome.dropped)
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import tarfile
 from typing import BinaryIO
 
@@ -29,7 +28,7 @@ class HashingWriter:
         self._sha256 = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._sink.write(data)
         self._sha256.update(data)
         self.size += len(data)
@@ -69,9 +68,19 @@ class ShardWriter:
             copybufsize=1 << 20,
         )
 
-    def add(self, name: str, data: bytes) -> None:
-        self._tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
-        self._forget_members()
+    def add(self, name: str, data: bytes | memoryview) -> None:
+        """A member from bytes in memory, written straight through: what `TarFile.addfile`
+        writes (the header in the archive's format, the data, zeros to a whole block) without
+        its copies of the data and of the header object."""
+        tar = self._tar
+        header = _member_info(name, len(data)).tobuf(tar.format, tar.encoding, tar.errors)
+        padding = -len(data) % tarfile.BLOCKSIZE
+        out = self._gzip or self._out  # what the TarFile writes to
+        out.write(header)
+        out.write(data)
+        if padding:
+            out.write(bytes(padding))
+        tar.offset += len(header) + len(data) + padding
 
     def add_from(self, name: str, size: int, stream: BinaryIO) -> None:
         """A member of `size` bytes copied from `stream` in pieces, never held whole (tarfile

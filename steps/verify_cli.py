@@ -24,8 +24,17 @@ from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .manifest import manifest_url
-from .pairing import Batch, Write, index_writes, refuse_aliases, shards_to_read, task_count
+from .pairing import (
+    Batch,
+    Write,
+    index_writes,
+    refuse_aliases,
+    shards_to_read,
+    shards_to_read_from,
+    task_count,
+)
 from .redact import redact_url
+from .reshard_lineage import check_lineage, plan_outputs
 from .shard_index import ShardIndex, default_index_url, write_counts
 from .spool_sort import SortedSpool, merge_sorted
 from .verify import ShardReport, check_pairing
@@ -41,7 +50,10 @@ key repeats, the sample count is the manifest's written count, and not every sam
 over all shards, at most --max-failed of the samples read failed. With --inputs, outputs and
 inputs are paired by position: each output must come from its paired input, still the
 version the manifest records (ETag, version, size and modification time), and each input
-must have exactly one output.
+must have exactly one output. With --plan WORK (the outputs of `shardflow reshard`), the
+lineage each manifest records is checked against the plan and the inputs' inventory: every
+kept input sample is in exactly one output, none is invented, and each output holds what its
+plan line says.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
 
@@ -61,7 +73,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("outputs", metavar="OUTPUTS", help="output shard URL or brace pattern")
+    parser.add_argument(
+        "outputs",
+        metavar="OUTPUTS",
+        nargs="?",
+        help="output shard URL or brace pattern (with --plan: by default the plan's outputs)",
+    )
+    parser.add_argument(
+        "--plan",
+        metavar="WORK",
+        help="the work folder of a reshard (its .reshard/ beside the outputs): also check the "
+        "lineage: every kept input sample is in exactly one output, none is invented, each "
+        "output holds what its plan line says",
+    )
     parser.add_argument(
         "--inputs",
         metavar="INPUTS",
@@ -148,7 +172,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    outputs, inputs = _shards(args.outputs, args.inputs)
+    if args.outputs is None and args.plan is None:
+        raise UsageError("give OUTPUTS, or --plan WORK for the outputs of a reshard")
+    if args.plan and args.inputs:
+        raise UsageError("--inputs pairs outputs with inputs; a reshard's --plan says more")
+    outputs, inputs = _shards(args.outputs, args.inputs, args.plan, options)
     expect = parse_expect(args.expect)
     batched = _batch_mode(args)
     writes = [
@@ -281,9 +309,17 @@ def _finish(
     rows = [row for part in parts for row in part.sheet]
     if inputs:
         check_pairing(reports, inputs)
+    lineage = check_lineage(args.plan, reports, options) if args.plan else None
     seconds = sum(part.seconds for part in parts)
     read, failed = (sum(r.counts.get(name, 0) for r in reports) for name in ("read", "failed"))
-    failures = too_many_failed(read, failed, args.max_failed)
+    failures = (
+        "; ".join(
+            problem
+            for problem in (lineage, too_many_failed(read, failed, args.max_failed))
+            if problem is not None
+        )
+        or None
+    )
     summary = summary_line(reports, seconds, failures)
     document = report_document(args, expect, reports, summary, seconds)
     document["summary"].update(samples_read=read, samples_failed=failed, max_failed=args.max_failed)
@@ -324,8 +360,20 @@ def _write_dataset_report(
         raise ShardflowError(f"cannot write the dataset report: {exc}") from None
 
 
-def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
-    outputs = shards_to_read(output_pattern)
+def _shards(
+    output_pattern: str | None,
+    input_pattern: str | None,
+    plan: str | None,
+    options: storage.StorageOptions,
+) -> tuple[list[str], list[str] | None]:
+    if output_pattern is None:
+        assert plan is not None
+        try:
+            outputs = shards_to_read_from(plan_outputs(plan, options))
+        except ShardError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        outputs = shards_to_read(output_pattern)
     if input_pattern is None:
         return outputs, None
     inputs = storage.expand(input_pattern)

@@ -23,11 +23,12 @@ from kube_api import ARGO, KubeAPI, wait_for
 from kubelet import TestKubelet
 from servers import Fault, S3Proxy, S3Server
 
-from helpers import good_shard, write_tar
+from helpers import good_shard, sample_members, write_tar
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "argo" / "workflow.yaml"
 TEMPLATE = REPO / "argo" / "workflowtemplate.yaml"
+RESHARD_TEMPLATE = REPO / "argo" / "reshard-workflowtemplate.yaml"
 FINISHED = ("Succeeded", "Failed", "Error")
 RUN_TIMEOUT = 300.0
 
@@ -446,3 +447,48 @@ def test_a_value_outside_an_enum_is_refused_by_plan(cluster: Cluster) -> None:
     assert nodes(workflow, "Pod", "augment") == []
     assert not any("augment" in cluster.kubelet.runs[p].argv for p in cluster.pods_of(name))
     assert "explode" in cluster.kubelet.runs[cluster.pods_of(name)[0]].log.read_text()
+
+
+def test_the_reshard_template_splits_merges_and_shuffles(cluster: Cluster, tmp_path: Path) -> None:
+    """The reshard WorkflowTemplate (argo/reshard-workflowtemplate.yaml) by reference: 3 inputs
+    of 4 samples into 6 outputs of 2, shuffled; count, plan and write run as the controller
+    schedules them, verify checks the lineage; Succeeded, and every input sample is in exactly
+    one output."""
+    template = rendered(RESHARD_TEMPLATE)
+    cluster.api.create(f"{cluster.namespaced}/workflowtemplates", template)
+    bucket = cluster.s3.new_bucket()
+    keys = []
+    for shard in range(3):
+        members = []
+        for index in range(4):
+            key = f"s{shard}-{index:04d}"
+            keys.append(key)
+            members += sample_members(key, seed=shard * 4 + index, width=32, height=24)
+        tar = write_tar(tmp_path / f"in-{shard:06d}.tar", members)
+        cluster.s3.put(bucket, f"in/{tar.name}", tar.read_bytes())
+    reference = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": f"{template['metadata']['name']}-"},
+        "spec": {"workflowTemplateRef": {"name": template["metadata"]["name"]}},
+    }
+    name = cluster.submit(
+        reference,
+        inputs=f"s3://{bucket}/in/in-{{000000..000002}}.tar",
+        outputs=f"s3://{bucket}/re/out-%06d.tar",
+        **{"samples-per-shard": "2", "shuffle": "7", "storage-options": storage(cluster)},
+    )
+    workflow = cluster.wait_finished(name)
+    assert workflow["status"]["phase"] == "Succeeded", cluster.describe(name)
+    display = sorted(n["displayName"] for n in nodes(workflow, "Retry"))
+    assert [d for d in display if d.startswith("write-")], display
+    written = sorted(
+        k for k in cluster.s3.keys(bucket) if k.startswith("re/out-") and k.endswith(".tar")
+    )
+    assert written == [f"re/out-{index:06d}.tar" for index in range(6)]
+    lineage = []
+    for output in written:
+        manifest = json.loads(cluster.s3.get(bucket, output[: -len(".tar")] + ".manifest.json"))
+        lineage += [sample["from"]["key"] for sample in manifest["samples"]]
+    assert sorted(lineage) == sorted(keys)
+    assert lineage != keys, "shuffle=7 kept the input order"

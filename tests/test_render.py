@@ -26,6 +26,7 @@ KINDS = {
     "workflow.yaml": Workflow,
     "workflowtemplate.yaml": WorkflowTemplate,
     "index-workflowtemplate.yaml": WorkflowTemplate,
+    "reshard-workflowtemplate.yaml": WorkflowTemplate,
 }
 
 
@@ -247,11 +248,15 @@ def test_render_command_checks_writes_and_prints(tmp_path):
     assert diff.returncode == 1 and "-# edited" in diff.stdout
     printed = run_cli("render", "--out", "-", "--image", "registry.example/shardflow:1")
     documents = list(yaml.safe_load_all(printed.stdout))
-    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow", "WorkflowTemplate"]
-    assert documents[2]["metadata"]["name"] == "shardflow-index"
-    assert (tmp_path / "index-workflowtemplate.yaml").read_text() == (
-        ARGO / "index-workflowtemplate.yaml"
-    ).read_text()
+    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow"] + [
+        "WorkflowTemplate"
+    ] * 2
+    assert [d["metadata"]["name"] for d in documents[2:]] == [
+        "shardflow-index",
+        "shardflow-reshard",
+    ]
+    for name in ("index-workflowtemplate.yaml", "reshard-workflowtemplate.yaml"):
+        assert (tmp_path / name).read_text() == (ARGO / name).read_text()
     image = next(p for p in documents[1]["spec"]["arguments"]["parameters"] if p["name"] == "image")
     assert image["value"] == "registry.example/shardflow:1"
 

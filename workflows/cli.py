@@ -17,6 +17,7 @@ from shardflow.steps import (
     index_cli,
     recipe_cli,
     report_cli,
+    reshard_cli,
     synth_cli,
     verify_cli,
 )
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         run_cli,
         submit_cli,
         augment_cli,
+        reshard_cli,
         verify_cli,
         index_cli,
         check_cli,

@@ -13,7 +13,8 @@ from shardflow.steps.errors import EXIT_FAILED, EXIT_OK, ShardflowError
 DESCRIPTION = """\
 Render the Argo manifests from the Hera definitions (workflows/dag.py): the WorkflowTemplate
 shardflow-augment (workflowtemplate.yaml), the standalone Workflow (workflow.yaml) and the
-WorkflowTemplate shardflow-index (index-workflowtemplate.yaml, workflows/index_dag.py).
+WorkflowTemplates shardflow-index (index-workflowtemplate.yaml, workflows/index_dag.py)
+and shardflow-reshard (reshard-workflowtemplate.yaml, workflows/reshard_dag.py).
 Without --write, compare them with the files in --out and show the difference; --out - prints
 them. Every manifest is checked first: each {{...}} must resolve, each template and task named
 must exist.
@@ -40,20 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hera.workflows import Workflow, WorkflowTemplate
 
-    from . import dag, lint, render
+    from . import dag, index_dag, lint, render, reshard_dag
 
     settings = dag.RenderSettings(
         image=args.image or dag.DEFAULT_IMAGE,
         parallelism=args.parallelism or dag.DEFAULT_PARALLELISM,
     )
-    from . import index_dag
-
     checked = {
         kind.__name__: render.manifest(kind, settings) for kind in (WorkflowTemplate, Workflow)
     }
     checked[index_dag.NAME] = index_dag.manifest(settings)
-    for name, manifest in checked.items():
-        problems = lint.check_manifest(manifest)
+    checked[reshard_dag.NAME] = reshard_dag.manifest(settings)
+    for name, document in checked.items():
+        problems = lint.check_manifest(document)
         if problems:
             raise ShardflowError(f"{name} does not check: " + "; ".join(problems))
     texts = render.render_all(settings)
