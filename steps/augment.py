@@ -241,6 +241,7 @@ def _write_shard(
             "samples_per_second": round(builder.counts["read"] / seconds, 2) if seconds else None,
         },
         threads=options.threads,
+        png_encoders=pipeline.png_encoders,
     )
     try:
         write_manifest(manifest_at, manifest, options.storage_options)

@@ -11,12 +11,14 @@ sample (see image_integrity).
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import image_integrity
+from .image_integrity import simplejpeg
 
 Size = tuple[int, int]
 DraftPlanner = Callable[[Size], Size | None]  # oriented source size -> smallest useful size
@@ -37,14 +39,47 @@ class ImageDecodeError(Exception):
     """The member is not a usable image; the message says why in one line."""
 
 
+# Pixels decoded straight into numpy: (height, width, 3) uint8 for RGB, (height, width) for L.
+Pixels = np.ndarray
+# Modes a JPEG decodes to directly as pixels: (Pillow's mode from the header, mode wanted).
+# Gray to RGB is libjpeg's replication of the one band, as Pillow's convert does; RGB to L
+# is not here (libjpeg's would be the Y band, Pillow's convert a different weighting).
+_DIRECT_JPEG = {("RGB", "RGB"): "RGB", ("L", "L"): "GRAY", ("L", "RGB"): "RGB"}
+_SCRATCH_LIMIT = 64 << 20  # a buffer above this is not kept between samples
+
+
+class Scratch(threading.local):
+    """Per-thread buffers reused from one sample to the next: a fresh multi-megabyte array
+    per image is a fresh mapping from the kernel (page faults, system time) each time.
+    Whoever takes a buffer must be done with it before the same thread takes it again."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, size: int) -> np.ndarray:
+        """A 1-D uint8 buffer of `size` bytes (its contents are whatever was there)."""
+        if size > _SCRATCH_LIMIT:
+            return np.empty(size, np.uint8)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(size, np.uint8)
+        return buffer[:size]
+
+
 def decode_image(
     data: bytes,
     extension: str,
     *,
     max_pixels: int,
     draft: DraftPlanner | None = None,
-) -> Image.Image:
-    """Decode `data` as the format its extension names, upright, within `max_pixels`."""
+    pixels: tuple[str | None, Scratch] | None = None,
+) -> Image.Image | Pixels:
+    """Decode `data` as the format its extension names, upright, within `max_pixels`.
+
+    With `pixels` = (mode wanted or None for the image's own, scratch buffers), a JPEG that
+    libjpeg can decode straight to that mode is returned as a numpy array in a reused buffer
+    (see decode_jpeg_pixels); anything else is a Pillow image, as without it.
+    """
     pil_format = PIL_FORMATS.get(extension.rsplit(".", 1)[-1])
     if pil_format is None:
         raise ImageDecodeError(f"cannot decode .{extension} as an image (jpg, png, webp)")
@@ -75,6 +110,13 @@ def decode_image(
         if wanted is not None:
             request = (wanted[1], wanted[0]) if swapped else wanted
             image.draft(image.mode, request)
+    elif pixels is not None and pil_format == "JPEG" and simplejpeg is not None:
+        wanted = pixels[0] or image.mode
+        colorspace = _DIRECT_JPEG.get((image.mode, wanted))
+        if colorspace is not None:
+            return decode_jpeg_pixels(
+                data, extension, image.size, colorspace, orientation, pixels[1]
+            )
     try:
         if pil_format == "PNG":
             image_integrity.check_png(data)
@@ -86,6 +128,53 @@ def decode_image(
     if isinstance(orientation, int) and 2 <= orientation <= 8:
         ImageOps.exif_transpose(image, in_place=True)
     return image
+
+
+def decode_jpeg_pixels(
+    data: bytes, extension: str, size: Size, colorspace: str, orientation: object, scratch: Scratch
+) -> Pixels:
+    """A JPEG decoded by simplejpeg (libjpeg-turbo, as Pillow's wheels bundle, with the same
+    accurate DCT and smooth upsampling: the same pixels) into a reused buffer, upright.
+
+    The header was read and checked by Pillow (format, size limit, EXIF orientation), so the
+    errors and limits are those of the Pillow path. libjpeg's warnings are errors here
+    (strict), which makes image_integrity's second, reduced-scale decode unnecessary: a
+    damaged stream fails with the same message.
+    """
+    width, height = size
+    bands = 3 if colorspace == "RGB" else 1
+    buffer = scratch.take("decode", width * height * bands)
+    try:
+        decoded = simplejpeg.decode_jpeg(data, colorspace=colorspace, buffer=buffer, strict=True)
+    except ValueError as exc:
+        raise ImageDecodeError(
+            f".{extension} image data is corrupt: decoder warning: {' '.join(str(exc).split())}"
+        ) from None
+    if decoded.shape[:2] != (height, width):  # pragma: no cover - Pillow read the same header
+        raise ImageDecodeError(f".{extension} image decoded to an unexpected size")
+    if bands == 1:
+        decoded = decoded.reshape(height, width)
+    if isinstance(orientation, int) and 2 <= orientation <= 8:
+        decoded = np.ascontiguousarray(_ORIENT[orientation](decoded))
+    return decoded
+
+
+# EXIF orientation as numpy views, each equal to the Pillow transpose that
+# ImageOps.exif_transpose applies for it (checked against Pillow in the tests).
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # ROTATE_270
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # TRANSVERSE
+    8: lambda a: a.swapaxes(0, 1)[::-1],  # ROTATE_90
+}
+
+
+def pixels_mode(pixels: Pixels) -> str:
+    """The Pillow mode of decoded pixels."""
+    return "L" if pixels.ndim == 2 else "RGB"
 
 
 def convert_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -160,15 +249,21 @@ def minmax_lut(low: int, high: int) -> list[int]:
     return table.astype(np.uint8).tolist()
 
 
-def normalize_minmax(image: Image.Image) -> Image.Image:
+def normalize_minmax(image: Image.Image | Pixels) -> Image.Image | Pixels:
     """Per-image min-max normalisation over all bands, on 8-bit L or RGB images.
 
-    The extrema come from Pillow's histogram, which runs without the GIL: getextrema and
-    numpy's view of the pixels (a tobytes copy) both hold it, and with several threads the
-    GIL, not the cores, then sets the pace. Most photos already span 0..255, where the docs
-    arithmetic maps every level to itself: the table is then the identity and the image is
-    returned as is, saving the lookup pass.
+    Decoded pixels (numpy) are normalised in place: min and max are numpy reductions and the
+    table is applied with `np.take` into the same buffer. On a Pillow image, the extrema come
+    from Pillow's histogram, which runs without the GIL (getextrema and numpy's view of the
+    pixels, a tobytes copy, both hold it), and the table is Pillow's `point`. Most photos
+    already span 0..255, where the docs arithmetic maps every level to itself: the table is
+    then the identity and the image is returned as is, saving the lookup pass.
     """
+    if isinstance(image, np.ndarray):
+        table = minmax_lut(int(image.min()), int(image.max()))
+        if table != _IDENTITY:
+            np.take(np.array(table, np.uint8), image, out=image, mode="clip")
+        return image
     if image.mode not in ("L", "RGB"):
         raise ValueError(f"normalize needs an L or RGB image, got mode {image.mode}; add convert")
     counts = np.asarray(image.histogram()).reshape(-1, 256).sum(axis=0)

@@ -58,6 +58,7 @@ def versions() -> dict[str, str | None]:
         "numpy": numpy.__version__,
         "isal": _installed_version("isal"),
         "simplejpeg": _installed_version("simplejpeg"),
+        "fpng": _installed_version("fpng"),
     }
 
 
@@ -146,6 +147,7 @@ class ManifestBuilder:
         ignored_members: list[str],
         timings: dict[str, Any],
         threads: int,
+        png_encoders: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -165,6 +167,8 @@ class ManifestBuilder:
             "ignored_members": ignored_members,
             "samples": self.samples,
             "versions": versions(),
+            # Per PNG member: the encoder that wrote it and its version (see encoders.py).
+            **({"png_encoders": png_encoders} if png_encoders else {}),
             "timings": timings,
             "threads": threads,
         }

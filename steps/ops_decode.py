@@ -25,6 +25,9 @@ class DecodeImage(Operation):
     target: str = "image"
     mode: str | None = None
     draft: images.DraftPlanner | None = field(default=None, repr=False, compare=False)
+    # Set by the pipeline when every later step that sees the field takes numpy pixels:
+    # a JPEG is then decoded straight into a buffer reused by this thread's next sample.
+    scratch: images.Scratch | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, p: Params) -> DecodeImage:
@@ -52,11 +55,17 @@ class DecodeImage(Operation):
                 raise SampleError(ctx.key, f"field {source!r} was already decoded")
             try:
                 image = images.decode_image(
-                    data, source, max_pixels=ctx.max_pixels, draft=self.draft
+                    data,
+                    source,
+                    max_pixels=ctx.max_pixels,
+                    draft=self.draft,
+                    pixels=None if self.scratch is None else (self.mode, self.scratch),
                 )
             except images.ImageDecodeError as exc:
                 raise SampleError(ctx.key, str(exc)) from None
-            if self.mode and image.mode != self.mode:
+            if isinstance(image, images.Pixels):
+                pass  # already in the mode asked for
+            elif self.mode and image.mode != self.mode:
                 image = images.convert_mode(image, self.mode)
             del sample[source]
             sample[self.target] = image

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .encoders import DEFAULT_OPTIONS, FORMATS, EncodeError, MemberEncoder, infer_format
+from .encoders import (
+    DEFAULT_OPTIONS,
+    FORMATS,
+    PNG_ENCODERS,
+    EncodeError,
+    MemberEncoder,
+    infer_format,
+)
 from .errors import SampleError
 from .operation import Operation, Sample, SampleContext, field_value
 from .params import Params, shown
@@ -95,13 +102,16 @@ def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
     if fmt not in FORMATS:
         raise p.error(f"member {shown(extension)}: unknown format {shown(fmt)}")
     allowed = DEFAULT_OPTIONS.get(fmt, {})
-    unknown = sorted(set(options) - set(allowed))
+    known = [*allowed, *(["encoder"] if fmt == "png" else [])]
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise p.error(
             f"member {shown(extension)}: unknown option {shown(unknown[0])} for {fmt} "
-            f"(expected: {', '.join(allowed) or 'none'})"
+            f"(expected: {', '.join(known) or 'none'})"
         )
     merged = {**allowed, **options}
+    if merged.get("encoder") == "auto":
+        del merged["encoder"]  # the default: the recipe (and its hash) as if it were absent
     _check_encoder_options(fmt, merged, extension, p)
     return MemberEncoder(extension, source, fmt, merged)
 
@@ -109,7 +119,18 @@ def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
 def _check_encoder_options(fmt: str, options: dict[str, Any], ext: str, p: Params) -> None:
     ranges = {"compress_level": (0, 9), "quality": (1, 100), "method": (0, 6)}
     for name, value in options.items():
-        if name in ranges:
+        if name == "encoder":
+            if value not in PNG_ENCODERS:
+                raise p.error(
+                    f"member {shown(ext)}: encoder must be one of {', '.join(PNG_ENCODERS)}, "
+                    f"got {shown(value)}"
+                )
+            if value != "pillow" and options.get("compress_level") != 1:
+                raise p.error(
+                    f"member {shown(ext)}: encoder {value} writes at compress_level 1 only; "
+                    "other levels need encoder: pillow"
+                )
+        elif name in ranges:
             low, high = ranges[name]
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise p.error(f"member {shown(ext)}: {name} must be an integer in {low}..{high}")

@@ -242,7 +242,7 @@ class Normalize(Operation):
         return {"field": self.field_name}
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
-        image = image_field(sample, self.field_name, ctx, "normalize")
+        image = image_field(sample, self.field_name, ctx, "normalize", pixels=True)
         try:
             sample[self.field_name] = images.normalize_minmax(image)
         except ValueError as exc:

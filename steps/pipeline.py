@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import SampleError
-from .ops import CenterCrop, Convert, DecodeImage, Dropped, Resize, SampleContext
+from . import encoders, images
+from .errors import SampleError, UsageError
+from .ops import CenterCrop, Convert, DecodeImage, Dropped, Encode, Resize, SampleContext
+from .ops_decode import DecodeJson
+from .ops_fields import Label
+from .ops_image import Normalize
 from .recipe import Recipe
 from .samples import RawSample
 
@@ -24,6 +28,10 @@ class Outcome:
     members: list[tuple[str, bytes]] | None = None
     dropped: str | None = None
     failed: str | None = None
+
+
+_PIXEL_STEPS = (Normalize, Label, DecodeJson, DecodeImage, Encode)
+_EXTRAS = {"fpng": "fpng", "isal": "fast-png"}
 
 
 class Pipeline:
@@ -40,6 +48,8 @@ class Pipeline:
                 if plugin is not None:
                     plugin.resolve(allowed)
         self._plan_fused_steps()
+        self._plan_pixel_buffers()
+        self.png_encoders = self._png_encoders()
         self._reads = recipe.reads()
         self._steps = recipe.ops[:-1]
         self._encoder = recipe.encoder
@@ -65,6 +75,37 @@ class Pipeline:
                 and following.field_name == op.field_name
             ):
                 op.crop = (following.width, following.height)
+
+    def _plan_pixel_buffers(self) -> None:
+        """A JPEG is decoded straight into a reused numpy buffer when every later step takes
+        numpy pixels or leaves the image alone (normalize, label, json, encode, another image
+        step); any other step (a resize, a crop, a plugin...) gets a Pillow image as before."""
+        ops = self.recipe.ops
+        for index, op in enumerate(ops):
+            if isinstance(op, DecodeImage) and op.draft is None:
+                later = ops[index + 1 :]
+                if all(isinstance(o, _PIXEL_STEPS) for o in later):
+                    op.scratch = images.Scratch()
+
+    def _png_encoders(self) -> dict[str, dict[str, str | None]]:
+        """Per PNG member at compress_level 1: the encoder that writes it and its version, for
+        the manifest (bytes differ between encoders, pixels do not). A pinned encoder that is
+        not installed is a usage error, before any work."""
+        records = {}
+        for member in self.recipe.encoder.members:
+            if member.format != "png":
+                continue
+            if member.options.get("compress_level") != 1:
+                records[member.extension] = encoders.png_encoder_record("pillow")
+                continue
+            pinned = member.options.get("encoder", "auto")
+            if not encoders.png_encoder_installed(pinned):
+                raise UsageError(
+                    f"the recipe asks for the PNG encoder {pinned} for .{member.extension}, "
+                    f"which is not installed (pip install 'shardflow[{_EXTRAS[pinned]}]')"
+                )
+            records[member.extension] = encoders.png_encoder_record(pinned)
+        return records
 
     def wants(self, extension: str) -> bool:
         """Whether an input member must be read into memory (the rest is skipped unread)."""
