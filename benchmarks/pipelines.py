@@ -69,7 +69,9 @@ def docs(inputs: list[str], outputs: list[str], threads: int) -> int:
     return count
 
 
-def _shardflow(recipe_name: str, inputs: list[str], outputs: list[str], threads: int) -> int:
+def _shardflow(
+    recipe_name: str, inputs: list[str], outputs: list[str], threads: int, processes: bool = False
+) -> int:
     from shardflow.steps.augment import AugmentOptions, augment_all
     from shardflow.steps.images import rely_on_own_pixel_limit
     from shardflow.steps.pipeline import Pipeline
@@ -79,7 +81,8 @@ def _shardflow(recipe_name: str, inputs: list[str], outputs: list[str], threads:
     process = Pipeline(load_recipe(recipe_name), max_pixels=64_000_000, allowed_plugins=[])
     pairs = list(zip(inputs, outputs, strict=True))
     count = 0
-    for result in augment_all(pairs, process, AugmentOptions(threads=threads)):
+    options = AugmentOptions(threads=threads, processes=processes)
+    for result in augment_all(pairs, process, options):
         if result.status != "written":
             raise SystemExit(f"{result.input}: {result.error}")
         count += result.counts["written"]
@@ -105,6 +108,21 @@ def seed_fpng(inputs: list[str], outputs: list[str], threads: int) -> int:
     if encoders.fpng is None:
         raise SystemExit("seed-fpng needs the fpng extra")
     return _shardflow("seed", inputs, outputs, threads)
+
+
+@pipeline("seed-procs")
+def seed_procs(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """seed with its `threads` workers as processes (the CLI's default), ISA-L."""
+    from shardflow.steps import encoders
+
+    encoders.fpng = None
+    return _shardflow("seed", inputs, outputs, threads, processes=True)
+
+
+@pipeline("seed-fpng-procs")
+def seed_fpng_procs(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """seed-fpng with its `threads` workers as processes."""
+    return _shardflow("seed", inputs, outputs, threads, processes=True)
 
 
 @pipeline("seed-pillow")

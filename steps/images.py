@@ -252,8 +252,8 @@ def minmax_lut(low: int, high: int) -> list[int]:
 def normalize_minmax(image: Image.Image | Pixels) -> Image.Image | Pixels:
     """Per-image min-max normalisation over all bands, on 8-bit L or RGB images.
 
-    Decoded pixels (numpy) are normalised in place: min and max are numpy reductions and the
-    table is applied with `np.take` into the same buffer. On a Pillow image, the extrema come
+    On decoded pixels (numpy), min and max are numpy reductions and the table is Pillow's
+    `point` over the same memory seen as one 8-bit band. On a Pillow image, the extrema come
     from Pillow's histogram, which runs without the GIL (getextrema and numpy's view of the
     pixels, a tobytes copy, both hold it), and the table is Pillow's `point`. Most photos
     already span 0..255, where the docs arithmetic maps every level to itself: the table is
@@ -261,9 +261,13 @@ def normalize_minmax(image: Image.Image | Pixels) -> Image.Image | Pixels:
     """
     if isinstance(image, np.ndarray):
         table = minmax_lut(int(image.min()), int(image.max()))
-        if table != _IDENTITY:
-            np.take(np.array(table, np.uint8), image, out=image, mode="clip")
-        return image
+        if table == _IDENTITY:
+            return image
+        # Pillow's `point` on an 8-bit view of the same memory (no copy in): numpy's take
+        # first widens every index to 64 bits, which costs several times more.
+        height = image.shape[0]
+        view = Image.frombuffer("L", (image.size // height, height), image, "raw", "L", 0, 1)
+        return np.asarray(view.point(table)).reshape(image.shape)
     if image.mode not in ("L", "RGB"):
         raise ValueError(f"normalize needs an L or RGB image, got mode {image.mode}; add convert")
     counts = np.asarray(image.histogram()).reshape(-1, 256).sum(axis=0)
