@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .images import Pixels, Scratch, convert_mode, pixels_mode
+from .images import BY_EXTENSION, IMAGE_FORMATS, Pixels, Scratch, convert_mode, pixels_mode
 from .tarwrite import Pieces
 
 try:  # the `fast-png` extra
@@ -40,14 +40,9 @@ try:  # the `fpng` extra
 except ImportError:  # pragma: no cover - depends on the installed extras
     fpng = None
 
-IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
-FORMATS = ("png", "jpg", "webp", "cls", "json", "txt", "raw")
-_ALIASES = {"jpeg": "jpg"}
-
+FORMATS = (*IMAGE_FORMATS, "cls", "json", "txt", "raw")
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "png": {"compress_level": 1},
-    "jpg": {"quality": 90},
-    "webp": {"quality": 90, "lossless": False, "method": 4},
+    name: f.options for name, f in IMAGE_FORMATS.items()
 }
 
 
@@ -86,10 +81,15 @@ def png_encoder_record(name: str) -> dict[str, str | None]:
     return {"encoder": chosen, "version": version}
 
 
+def canonical_format(name: str) -> str:
+    """A format as recipes may spell it (`jpeg`) -> its name in FORMATS (`jpg`)."""
+    image = BY_EXTENSION.get(name)
+    return image.name if image is not None else name
+
+
 def infer_format(extension: str) -> str | None:
     """The format an output extension implies (`seg.png` -> png), or None if it implies none."""
-    last = extension.rsplit(".", 1)[-1].lower()
-    last = _ALIASES.get(last, last)
+    last = canonical_format(extension.rsplit(".", 1)[-1].lower())
     return last if last in FORMATS and last != "raw" else None
 
 
@@ -139,7 +139,7 @@ class MemberEncoder:
             return encode_png_fast(image, encoder)
         options = {k: v for k, v in self.options.items() if k != "encoder"}
         buffer = io.BytesIO()
-        image.save(buffer, IMAGE_FORMATS[self.format], **options)
+        image.save(buffer, IMAGE_FORMATS[self.format].pillow, **options)
         return buffer.getvalue()
 
 

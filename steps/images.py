@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,7 +25,34 @@ from .image_integrity import simplejpeg
 Size = tuple[int, int]
 DraftPlanner = Callable[[Size], Size | None]  # oriented source size -> smallest useful size
 
-PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One image format, everywhere it matters: the name a recipe writes (`format: jpg`), the
+    member extensions that name it, Pillow's name for it (decoding is restricted to it), and
+    the encoder's default options (what a recipe may set, and what the recipe hash covers)."""
+
+    name: str
+    pillow: str
+    extensions: tuple[str, ...]
+    options: dict[str, Any]
+
+
+# The one table of image formats; decoding, encoding and the recipe checks all read it.
+IMAGE_FORMATS: dict[str, ImageFormat] = {
+    f.name: f
+    for f in (
+        ImageFormat("png", "PNG", ("png",), {"compress_level": 1}),
+        ImageFormat("jpg", "JPEG", ("jpg", "jpeg"), {"quality": 90}),
+        ImageFormat("webp", "WEBP", ("webp",), {"quality": 90, "lossless": False, "method": 4}),
+    )
+}
+# Member extension (the last part: `seg.png` -> png) -> format.
+BY_EXTENSION: dict[str, ImageFormat] = {
+    extension: f for f in IMAGE_FORMATS.values() for extension in f.extensions
+}
+PIL_FORMATS = {extension: f.pillow for extension, f in BY_EXTENSION.items()}
 _ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 

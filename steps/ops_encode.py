@@ -11,6 +11,7 @@ from .encoders import (
     PNG_ENCODERS,
     EncodeError,
     MemberEncoder,
+    canonical_format,
     infer_format,
 )
 from .errors import SampleError
@@ -98,7 +99,7 @@ def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
             f"member {shown(extension)}: cannot infer a format; add format: raw or one of "
             f"{', '.join(FORMATS)}"
         )
-    fmt = "jpg" if fmt == "jpeg" else fmt
+    fmt = canonical_format(fmt) if isinstance(fmt, str) else fmt
     if fmt not in FORMATS:
         raise p.error(f"member {shown(extension)}: unknown format {shown(fmt)}")
     allowed = DEFAULT_OPTIONS.get(fmt, {})
