@@ -139,6 +139,9 @@ def decode_image(
         if wanted is not None:
             request = (wanted[1], wanted[0]) if swapped else wanted
             image.draft(image.mode, request)
+            # The resize computes its target from this, not from the drafted size: libjpeg
+            # rounds scaled sides up, which would move the target by a pixel on some images.
+            image.info[SOURCE_SIZE] = (height, width) if swapped else (width, height)
     elif pixels is not None and pil_format == "JPEG" and simplejpeg is not None:
         wanted = pixels[0] or image.mode
         colorspace = _DIRECT_JPEG.get((image.mode, wanted))
@@ -204,6 +207,14 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 def pixels_mode(pixels: Pixels) -> str:
     """The Pillow mode of decoded pixels."""
     return "L" if pixels.ndim == 2 else "RGB"
+
+
+SOURCE_SIZE = "shardflow.source_size"  # image.info key: the upright size before drafting
+
+
+def source_size(image: Image.Image) -> Size:
+    """The image's upright size as stored in its file, before any reduced-size decoding."""
+    return image.info.get(SOURCE_SIZE, image.size)
 
 
 def convert_mode(image: Image.Image, mode: str) -> Image.Image:

@@ -334,3 +334,16 @@ def test_a_step_that_needs_pillow_gets_a_pillow_image() -> None:
     jpeg = image_bytes(30, 20)
     outcome = pipeline.process(RawSample("k", {"jpg": jpeg}, {"jpg": len(jpeg)}))
     assert np.array_equal(np.asarray(png_out(outcome)), _pillow_decoded(jpeg, "RGB")[:, ::-1])
+
+
+def test_resize_target_comes_from_the_original_size_not_the_drafted_one() -> None:
+    """514x751 decoded at half size is 257x376 (libjpeg rounds up): the target of shorter 256
+    must be 256x374, as from the original, not 256x375 as from the drafted size."""
+    jpeg = image_bytes(514, 751, quality=90)
+    outcome = run([{"image": {}}, {"resize": {"shorter": 256}}, ENCODE_PNG], {"jpg": jpeg})
+    assert png_out(outcome).size == (256, 374)
+    cropped = run(
+        [{"image": {}}, {"resize": {"shorter": 256}}, {"center_crop": {"size": 224}}, ENCODE_PNG],
+        {"jpg": jpeg},
+    )
+    assert png_out(cropped).size == (224, 224)
