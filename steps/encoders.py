@@ -3,16 +3,21 @@
 Each output member names its format (inferred from the extension when obvious). Defaults
 favour speed where the cost is large and the size gain small.
 
-PNG at `compress_level` 1 (the default) is where the time goes, so it has a fast path. Pillow
-tries four filters on every row (about 20 ms of a 0.7 Mpx photo whatever the level) and has
-no option to skip that; measured on 0.7 Mpx photos, one core: Pillow level 6 (its default)
-159 ms, level 1 42 ms (1.12x the size), level 1 with zlib's Z_RLE strategy 37 ms (1.04x).
-Writing PNG's Up filter on every row (one vectorised subtraction) and deflating with ISA-L
-at level 1 takes 6.5 ms for 1.12x the size, releasing the GIL throughout. So, for 8-bit L,
-LA, RGB and RGBA images without an ICC profile or a transparency key: with the `fast-png`
-extra (isal) installed, level 1 uses Up + ISA-L; without it, Pillow at level 1 with Z_RLE.
-Both are lossless, so the pixels are the same either way; the bytes differ. Other levels
-and images go to Pillow with its defaults. benchmarks/README.md has the full measurements.
+PNG at `compress_level` 1 (the default) is where the time goes, so it has fast paths, chosen
+by the member's `encoder` option (`auto` by default: the fastest installed):
+- `fpng` (the `fpng` extra): the fastest encoder packaged. Its binding holds the GIL and
+  returns an empty or partial result instead of raising, so every PNG it writes is checked
+  (signature, header, every chunk's length and CRC) before anything uses it; `auto` then
+  falls back to the next encoder, a pinned `fpng` fails the sample. RGB and RGBA only.
+- `isal` (the `fast-png` extra): PNG's Up filter on every row (one vectorised subtraction into
+  a reused buffer) deflated by ISA-L at level 1; releases the GIL; written as three pieces
+  (header, ISA-L's output, trailer) that the tar writer writes without joining them.
+- `pillow`: Pillow at level 1 with zlib's Z_RLE strategy (Pillow tries four filters on every
+  row whatever the level, and exposes no filter option; Z_RLE is faster and smaller there).
+Images that need what only Pillow writes (an ICC profile, a transparency key, modes other
+than 8-bit L, LA, RGB, RGBA) and other levels go to Pillow. All are lossless: the pixels are
+the same whichever encoder ran, the bytes are not, so the manifest records the encoder and
+its version. benchmarks/README.md has the measurements.
 """
 
 from __future__ import annotations

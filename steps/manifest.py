@@ -21,6 +21,8 @@ Format (version 1):
     input_identity   the version of the input read: {size, and etag, version_id or
                      last_modified (remote), mtime_ns (local)}; null for pipe: inputs
     versions, timings, threads
+    png_encoders     per PNG member extension: {encoder: fpng|isal|pillow, version} (absent
+                     when the recipe writes no PNG); bytes differ between encoders, pixels do not
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def manifest_url(output_url: str) -> str:
 
 
 def versions() -> dict[str, str | None]:
-    """What produced the bytes. isal is listed because PNG output at level 1 takes a faster
-    path when it is installed: the same pixels, other bytes (null: not installed); simplejpeg
-    because with it a JPEG damaged mid-stream fails its sample instead of being written."""
+    """What produced the bytes. isal and fpng are listed because PNG output at level 1 takes
+    a faster path when one is installed: the same pixels, other bytes (null: not installed);
+    simplejpeg because with it a JPEG damaged mid-stream fails its sample instead of being
+    written (and JPEGs are decoded by it, to the same pixels as Pillow's)."""
     import numpy
     import PIL
 
