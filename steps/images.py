@@ -5,7 +5,10 @@ Decoding goes through Pillow restricted to the one format the member's extension
 header before any pixel is decoded (a 17 kB PNG can declare 400 Mpx); EXIF orientation is
 applied; JPEGs that will be shrunk are decoded at reduced size by libjpeg's DCT scaling;
 damage Pillow would decode into garbage (PNG chunk CRCs, libjpeg's warnings) fails the
-sample (see image_integrity).
+sample (see image_integrity). When every later step of the recipe takes numpy pixels (the
+seed recipe: normalize, encode), a JPEG is decoded by simplejpeg straight into a buffer that
+the thread (or worker process) reuses for its next sample, after the same header checks:
+no Pillow image, no copy, no fresh multi-megabyte mapping per sample.
 """
 
 from __future__ import annotations
