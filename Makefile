@@ -8,7 +8,7 @@ DEMO_SHARDS := 4
 DEMO_SAMPLES := 24
 LAST := $(shell printf '%06d' $$(($(DEMO_SHARDS) - 1)))
 
-.PHONY: demo test lint fuzz bench render image constraints clean argo-lint controlplane
+.PHONY: demo test lint typecheck fuzz bench render image constraints clean argo-lint controlplane
 
 # pip -qq: errors only (-q still prints setuptools' notice about editable installs).
 PIP := $(BIN)/python -m pip install -qq
@@ -40,6 +40,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test argo-lint controlplane
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check .
+	$(MAKE) typecheck
 
 # The real control plane the Argo scenarios run under (tests/test_argo_controller.py): etcd,
 # kube-apiserver and Argo's workflow-controller, built from their Go modules (versions in
@@ -68,8 +69,18 @@ $(CONTROLPLANE_BIN)/workflow-controller: $(ARGO_MODULE)/go.mod $(ARGO_MODULE)/go
 	$(call GO_BUILD,$(ARGO_MODULE),$@,github.com/argoproj/argo-workflows/v3/cmd/workflow-controller,\
 		-X github.com/argoproj/argo-workflows/v3.version=$(ARGO_VERSION))
 
-lint: $(VENV)/.installed-test
+lint: $(VENV)/.installed-test typecheck
 	$(BIN)/ruff check .
+
+# mypy ([tool.mypy] in pyproject.toml) reads the package as it is installed, shardflow.steps
+# being steps/: the links below give it that layout (the editable install's import hook is
+# invisible to a static checker).
+TYPING := $(VENV)/typing/shardflow
+typecheck: $(VENV)/.installed-test
+	mkdir -p $(TYPING)
+	ln -sfn $(CURDIR)/steps $(TYPING)/steps
+	ln -sfn $(CURDIR)/workflows $(TYPING)/workflows
+	$(BIN)/mypy
 
 # The long fuzz run, outside `make test`: FUZZ_CASES mutated shards (and as many damaged
 # outputs) and as many recipes, with a fresh seed each time; a failure names its seed and
@@ -84,9 +95,9 @@ fuzz: $(VENV)/.installed-test
 # Benchmarks, never part of `make test` (benchmarks/README.md). Add the 2 GB shard's memory
 # row with: make bench BENCH_ARGS="--big-gb 2"
 BENCH_ARGS ?=
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-bench: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	@echo "installing shardflow with its benchmark extras into $(VENV)"
-	$(PIP) -e '.[bench]'
+	$(PIP) -c $(CONSTRAINTS) -e '.[bench]'
 	touch $@ $(VENV)/.installed
 
 bench: $(VENV)/.installed-bench
@@ -116,4 +127,4 @@ constraints: $(VENV)/.installed-test
 	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache build *.egg-info tests/.bin
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache .mypy_cache build *.egg-info tests/.bin

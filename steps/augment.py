@@ -20,7 +20,14 @@ from . import storage
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError
 from .failures import every_sample_failed
 from .input_identity import difference
-from .manifest import ManifestBuilder, ManifestError, manifest_url, read_manifest, write_manifest
+from .manifest import (
+    ManifestBuilder,
+    ManifestError,
+    manifest_url,
+    read_manifest,
+    remove_stale_manifest,
+    write_manifest,
+)
 from .parallel import Transfer, ordered_map
 from .pipeline import Outcome, Pipeline
 from .progress import Progress
@@ -232,9 +239,7 @@ def _write_shard(
                     )
                 size, sha256 = writer.close()
                 opened.confirm_unchanged(input_url)  # read whole from one version: publish
-                # A manifest from an earlier run must not sit beside the new shard, even for
-                # the instant between publishing the shard and writing its own manifest.
-                storage.remove(manifest_at, options.storage_options)
+                remove_stale_manifest(output_url, options.storage_options)
         except OSError as exc:
             raise ShardError(input_url, f"cannot write {output_url}: {exc}") from None
     seconds = time.monotonic() - started

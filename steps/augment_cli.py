@@ -21,13 +21,19 @@ from .cli_common import (
 )
 from .cpus import available_cpus, threads_for_memory
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, UsageError
-from .failures import add_max_failed_argument, too_many_failed
+from .failures import (
+    DEFAULT_ON_ERROR,
+    ON_ERROR_CHOICES,
+    ON_ERROR_HELP,
+    add_max_failed_argument,
+    too_many_failed,
+)
 from .images import rely_on_own_pixel_limit
 from .pairing import Batch, check_urls, pair_shards
 from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
-from .recipe import BUILTIN_RECIPES, load_recipe
+from .recipe import DEFAULT_RECIPE, RECIPE_HELP, load_recipe
 from .redact import redact_url
 from .shard_index import index_outputs
 
@@ -56,10 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument(
         "--recipe",
-        default="seed",
+        default=DEFAULT_RECIPE,
         metavar="RECIPE",
-        help=f"built-in name ({', '.join(BUILTIN_RECIPES)}), a .yaml/.json file or URL, or "
-        "inline JSON (default: seed)",
+        help=f"{RECIPE_HELP} (default: {DEFAULT_RECIPE})",
     )
     recipe.add_argument(
         "--label-field", metavar="PATH", help="JSON path of the class label in label steps"
@@ -73,10 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
         "--on-error",
-        choices=("skip", "fail"),
-        default="skip",
-        help="a sample that cannot be decoded or processed: skip it (counted and listed in the "
-        "manifest) or fail its shard (default: skip)",
+        choices=ON_ERROR_CHOICES,
+        default=DEFAULT_ON_ERROR,
+        help=f"{ON_ERROR_HELP} (default: {DEFAULT_ON_ERROR})",
     )
     add_max_failed_argument(behaviour)
     behaviour.add_argument(

@@ -125,6 +125,7 @@ def scan_shard(
             scan.examples.setdefault(fields, current_key)
             scan.samples += 1
 
+    damage: Problem | None
     try:
         for member in reader:
             if member.is_directory:

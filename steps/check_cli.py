@@ -27,7 +27,7 @@ from .progress import ARGO_PROGRESS_FILE, Progress
 from .repair import repair_shard
 from .storage_faults import describe
 from .verify import Problem, ShardReport
-from .verify_cli import TABLE_ROWS, format_table, summary_line
+from .verify_report import TABLE_ROWS, format_table, summary_line
 
 REPORT_FORMAT = "shardflow.check/1"
 

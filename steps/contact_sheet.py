@@ -111,7 +111,11 @@ def render_sheet(rows: list[SheetRow]) -> bytes:
 
 
 def _fit(
-    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int, keep_end: bool
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    width: int,
+    keep_end: bool,
 ) -> str:
     """`text` shortened with an ellipsis to fit `width` pixels (keys keep their end)."""
     if draw.textlength(text, font=font) <= width:

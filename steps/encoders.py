@@ -38,7 +38,7 @@ from .tarwrite import Pieces
 try:  # the `fast-png` extra
     from isal import isal_zlib as fast_deflate
 except ImportError:  # pragma: no cover - depends on the installed extras
-    fast_deflate = None
+    fast_deflate = None  # type: ignore[assignment]
 
 try:  # the `fpng` extra
     import fpng
@@ -123,7 +123,7 @@ class MemberEncoder:
             return value.encode("utf-8")
         raise EncodeError(f"cannot write a {type(value).__name__} as {self.format}")
 
-    def _encode_image(self, value: Any) -> bytes:
+    def _encode_image(self, value: Any) -> bytes | Pieces:
         if isinstance(value, bytes | bytearray):
             raise EncodeError(
                 f"field {self.source!r} holds undecoded bytes; decode it with an image step "
@@ -234,7 +234,7 @@ def _well_formed_png(png: bytes, header: bytes) -> bool:
     view = memoryview(png)
     if bytes(view[:8]) != _PNG_SIGNATURE:
         return False
-    offset, kinds = 8, []
+    offset, kinds = 8, list[bytes]()
     while offset + 12 <= len(png):
         (length,) = struct.unpack_from(">I", png, offset)
         end = offset + 8 + length

@@ -13,6 +13,16 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_MAX_FAILED = 0.01
+MAX_FAILED_HELP = (
+    "fail the run when more than this fraction of the samples read failed, e.g. 0.05 or 5%; "
+    "a shard whose every sample failed always fails"
+)
+ON_ERROR_CHOICES = ("skip", "fail")
+DEFAULT_ON_ERROR = "skip"
+ON_ERROR_HELP = (
+    "a sample that cannot be decoded or processed: skip it (counted and listed by key in the "
+    "shard's manifest) or fail its shard"
+)
 
 
 def every_sample_failed(counts: dict[str, int]) -> bool:
@@ -47,7 +57,5 @@ def add_max_failed_argument(parser: argparse.ArgumentParser | argparse._Argument
         type=fraction,
         default=DEFAULT_MAX_FAILED,
         metavar="FRACTION",
-        help="fail the run when more than this fraction of the samples read failed, e.g. 0.05 "
-        f"or 5%% (default: {DEFAULT_MAX_FAILED:g}); a shard whose every sample failed always "
-        "fails",
+        help=f"{MAX_FAILED_HELP} (default: {DEFAULT_MAX_FAILED:g})".replace("%", "%%"),
     )

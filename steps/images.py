@@ -17,7 +17,7 @@ import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -98,6 +98,28 @@ class Scratch(threading.local):
         return buffer[:size]
 
 
+@overload
+def decode_image(
+    data: bytes,
+    extension: str,
+    *,
+    max_pixels: int,
+    draft: DraftPlanner | None = None,
+    pixels: None = None,
+) -> Image.Image: ...
+
+
+@overload
+def decode_image(
+    data: bytes,
+    extension: str,
+    *,
+    max_pixels: int,
+    draft: DraftPlanner | None = None,
+    pixels: tuple[str | None, Scratch] | None,
+) -> Image.Image | Pixels: ...
+
+
 def decode_image(
     data: bytes,
     extension: str,
@@ -146,8 +168,8 @@ def decode_image(
             # rounds scaled sides up, which would move the target by a pixel on some images.
             image.info[SOURCE_SIZE] = (height, width) if swapped else (width, height)
     elif pixels is not None and pil_format == "JPEG" and simplejpeg is not None:
-        wanted = pixels[0] or image.mode
-        colorspace = _DIRECT_JPEG.get((image.mode, wanted))
+        mode_wanted = pixels[0] or image.mode
+        colorspace = _DIRECT_JPEG.get((image.mode, mode_wanted))
         if colorspace is not None:
             return decode_jpeg_pixels(
                 data, extension, image.size, colorspace, orientation, pixels[1]

@@ -165,10 +165,10 @@ def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> 
     directory, _, name = index_url.rpartition("/")
     parts = args.parts or (f"{directory}/" if directory else "") + f".{name}.parts/"
     storage.check_url(parts, writing=True)
-    directory = Path(args.write_plan)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tasks").write_text(str(tasks))
-    (directory / "parts").write_text(parts)
+    plan_directory = Path(args.write_plan)
+    plan_directory.mkdir(parents=True, exist_ok=True)
+    (plan_directory / "tasks").write_text(str(tasks))
+    (plan_directory / "parts").write_text(parts)
     if not (args.quiet or args.json):
         print(f"index plan: {len(shards)} shards in {tasks} batches; parts in {parts}")
     return EXIT_OK

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import platform
 import tempfile
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, BinaryIO
@@ -119,7 +120,7 @@ class ManifestBuilder:
     dropped: RecordSpool = field(default_factory=RecordSpool)
     failed: RecordSpool = field(default_factory=RecordSpool)
 
-    def add_written(self, key: str, members: list[tuple[str, bytes]]) -> None:
+    def add_written(self, key: str, members: Sequence[tuple[str, Sized]]) -> None:
         self.samples.append(
             {"key": key, "members": [{"name": n, "size": len(d)} for n, d in members]}
         )
@@ -193,6 +194,13 @@ def read_manifest(url: str, options: storage.StorageOptions) -> dict[str, Any] |
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ManifestError(f"{url}: not a {FORMAT} manifest")
     return manifest
+
+
+def remove_stale_manifest(output_url: str, options: storage.StorageOptions) -> None:
+    """Remove the manifest an earlier run left beside `output_url`; called just before the new
+    shard is published, so that an old manifest never vouches for it, even for the instant
+    between publishing the shard and writing its own manifest."""
+    storage.remove(manifest_url(output_url), options)
 
 
 def write_manifest(url: str, manifest: dict[str, Any], options: storage.StorageOptions) -> None:

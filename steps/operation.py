@@ -9,14 +9,18 @@ raising `Dropped` and fails it by raising `SampleError`; operations never touch 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from .errors import SampleError
 from .params import Params
+
+if TYPE_CHECKING:
+    from .plugins import Plugin
 
 Sample = dict[str, Any]
 MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "P", "1")  # Pillow modes an image step may ask for
@@ -59,6 +63,9 @@ class Operation:
 
     name: ClassVar[str]
     accepted: ClassVar[tuple[str, ...]] = ()
+    # Whether this operation takes decoded numpy pixels (images.Pixels) in an image field, or
+    # never touches image fields: then an image step before it may decode to numpy.
+    takes_pixels: ClassVar[bool] = False
 
     @classmethod
     def parse(cls, p: Params) -> Operation:
@@ -71,6 +78,16 @@ class Operation:
     def reads(self) -> set[str] | None:
         """Input members this operation may read; None means any member."""
         return set()
+
+    def plugins(self) -> Sequence[Plugin]:
+        """The user functions this operation calls: the pipeline resolves them (and refuses
+        a module not allowed) before the first sample."""
+        return ()
+
+    def plan(self, following: Sequence[Operation]) -> None:
+        """Called once before the first sample with the operations after this one: an
+        operation that can do less work knowing what comes next (fuse with it) sets itself up
+        here. Parameters and the recipe hash must not change."""
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         raise NotImplementedError

@@ -17,14 +17,10 @@ from .params import Params, RecipeError, shown
 
 __all__ = [  # what recipe.py and pipeline.py import from here
     "OPERATIONS",
-    "CenterCrop",
-    "Convert",
-    "DecodeImage",
     "Dropped",
     "Encode",
     "Label",
     "Operation",
-    "Resize",
     "SampleContext",
     "parse_operation",
 ]

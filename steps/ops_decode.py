@@ -6,12 +6,14 @@ Nothing else is ever decoded: no pickle, no torch.load, whatever the member's ex
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from . import images
 from .errors import SampleError
 from .operation import MODES, Operation, Sample, SampleContext, field_value
+from .ops_image import Convert, Resize
 from .params import Params, shown
 
 
@@ -21,12 +23,13 @@ class DecodeImage(Operation):
 
     name: ClassVar[str] = "image"
     accepted: ClassVar[tuple[str, ...]] = ("from", "to", "mode")
+    takes_pixels: ClassVar[bool] = True  # writes its own field only
     sources: list[str]
     target: str = "image"
     mode: str | None = None
     draft: images.DraftPlanner | None = field(default=None, repr=False, compare=False)
-    # Set by the pipeline when every later step that sees the field takes numpy pixels:
-    # a JPEG is then decoded straight into a buffer reused by this thread's next sample.
+    # Set by plan() when every later step takes numpy pixels: a JPEG is then decoded
+    # straight into a buffer reused by this thread's (or worker process's) next sample.
     scratch: images.Scratch | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -45,6 +48,24 @@ class DecodeImage(Operation):
 
     def reads(self) -> set[str]:
         return set(self.sources)
+
+    def plan(self, following: Sequence[Operation]) -> None:
+        """A resize of the decoded field next (after converts, which keep the size): decode
+        a JPEG at reduced size (libjpeg's DCT scaling). Otherwise, when every later step
+        takes numpy pixels or leaves images alone (`takes_pixels`: normalize, label, json,
+        encode, another image step), decode a JPEG straight into a reused numpy buffer; any
+        other step (a resize, a crop, a plugin...) gets a Pillow image."""
+        self._plan_draft(following)
+        if self.draft is None and all(op.takes_pixels for op in following):
+            self.scratch = images.Scratch()
+
+    def _plan_draft(self, following: Sequence[Operation]) -> None:
+        for op in following:
+            if isinstance(op, Convert) and op.field_name == self.target:
+                continue
+            if isinstance(op, Resize) and op.field_name == self.target:
+                self.draft = op.draft_target
+            return
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         for source in self.sources:
@@ -80,6 +101,7 @@ class DecodeJson(Operation):
 
     name: ClassVar[str] = "json"
     accepted: ClassVar[tuple[str, ...]] = ("from", "to")
+    takes_pixels: ClassVar[bool] = True
     source: str = "json"
     target: str = "json"
 

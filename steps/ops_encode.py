@@ -13,11 +13,16 @@ from .encoders import (
     MemberEncoder,
     canonical_format,
     infer_format,
+    png_encoder_installed,
+    png_encoder_record,
 )
-from .errors import SampleError
+from .errors import SampleError, UsageError
 from .operation import Operation, Sample, SampleContext, field_value
 from .params import Params, shown
 from .samples import extension_reason
+from .tarwrite import MemberData
+
+_EXTRAS = {"fpng": "fpng", "isal": "fast-png"}  # the extra that installs each encoder
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Encode(Operation):
 
     name: ClassVar[str] = "encode"
     accepted: ClassVar[tuple[str, ...]] = ("members", "passthrough")
+    takes_pixels: ClassVar[bool] = True
     members: list[MemberEncoder]
     passthrough: bool = False
 
@@ -51,9 +57,28 @@ class Encode(Operation):
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         return sample
 
-    def encode(self, sample: Sample, ctx: SampleContext) -> list[tuple[str, bytes]]:
+    def png_encoders(self) -> dict[str, dict[str, str | None]]:
+        """Per PNG member: the encoder that writes it and its version, for the manifest (bytes
+        differ between encoders, pixels do not). A pinned encoder that is not installed is a
+        usage error, before any work."""
+        records = {}
+        for member in self.members:
+            if member.format != "png":
+                continue
+            pinned = member.options.get("encoder", "auto")
+            if member.options.get("compress_level") != 1:
+                pinned = "pillow"  # other levels: Pillow's own
+            elif not png_encoder_installed(pinned):
+                raise UsageError(
+                    f"the recipe asks for the PNG encoder {pinned} for .{member.extension}, "
+                    f"which is not installed (pip install 'shardflow[{_EXTRAS[pinned]}]')"
+                )
+            records[member.extension] = png_encoder_record(pinned)
+        return records
+
+    def encode(self, sample: Sample, ctx: SampleContext) -> list[tuple[str, MemberData]]:
         """[(member name, bytes)] in a stable order: the recipe's, then passthrough fields."""
-        written: list[tuple[str, bytes]] = []
+        written: list[tuple[str, MemberData]] = []
         for member in self.members:
             value = field_value(sample, member.source, ctx, f"the .{member.extension} member")
             try:

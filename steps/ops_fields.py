@@ -19,6 +19,7 @@ class Label(Operation):
 
     name: ClassVar[str] = "label"
     accepted: ClassVar[tuple[str, ...]] = ("from", "path", "to", "classes")
+    takes_pixels: ClassVar[bool] = True  # reads a JSON field only
     source: str = "json"
     path: str = "cls"
     target: str = "cls"
@@ -90,6 +91,9 @@ class Filter(Operation):
 
     def reads(self) -> set[str] | None:
         return None if self.predicate else set()
+
+    def plugins(self) -> tuple[Plugin, ...]:
+        return (self.predicate,) if self.predicate is not None else ()
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         if self.min_width or self.min_height:
@@ -188,6 +192,9 @@ class Map(Operation):
 
     def reads(self) -> None:
         return None
+
+    def plugins(self) -> tuple[Plugin, ...]:
+        return (self.function,)
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         result = self.function.call(sample, ctx.key)

@@ -6,6 +6,7 @@ run is reproducible whatever the threads do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,7 +79,7 @@ class Resize(Operation):
     upscale: bool = True
     resample: str = "bicubic"
     field_name: str = "image"
-    # Set by the pipeline when a center crop follows: resize only the region the crop keeps.
+    # Set by plan() when a center crop follows: resize only the region the crop keeps.
     crop: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -117,6 +118,13 @@ class Resize(Operation):
         if not self.upscale and (target[0] > size[0] or target[1] > size[1]):
             return size
         return target
+
+    def plan(self, following: Sequence[Operation]) -> None:
+        """A center crop of the same field right after: resample only the region it keeps
+        (the crop then cuts nothing)."""
+        crop = following[0] if following else None
+        if type(crop) is CenterCrop and crop.field_name == self.field_name:
+            self.crop = (crop.width, crop.height)
 
     def draft_target(self, size: images.Size) -> images.Size | None:
         """For JPEG DCT-scaled decoding: the size to decode at, when this resize shrinks."""
@@ -235,6 +243,7 @@ class Normalize(Operation):
 
     name: ClassVar[str] = "normalize"
     accepted: ClassVar[tuple[str, ...]] = ("field",)
+    takes_pixels: ClassVar[bool] = True
     field_name: str = "image"
 
     @classmethod

@@ -7,6 +7,7 @@ error naming the operation and listing what it accepts.
 
 from __future__ import annotations
 
+import builtins  # the methods int and str shadow the types in the class body
 import reprlib
 from typing import Any
 
@@ -70,8 +71,8 @@ class Params:
         return value
 
     def optional_int(
-        self, name: str, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int | None:
+        self, name: str, *, minimum: builtins.int | None = None, maximum: builtins.int | None = None
+    ) -> builtins.int | None:
         return self.int(name, minimum=minimum, maximum=maximum) if name in self._raw else None
 
     def float(self, name: str, default: float, *, low: float, high: float) -> float:
@@ -90,7 +91,7 @@ class Params:
             raise self.error(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
         return value
 
-    def field(self, name: str, default: str) -> str:
+    def field(self, name: builtins.str, default: builtins.str) -> builtins.str:
         """The name of a field the operation sets: never one webdataset reserves."""
         value = self.str(name, default)
         reason = reserved_field_reason(value)
@@ -98,13 +99,15 @@ class Params:
             raise self.error(f"{name}: {reason}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         value = self._raw.get(name, default)
         if not isinstance(value, bool):
             raise self.error(f"{name} must be true or false, got {shown(value)}")
         return value
 
-    def str_list(self, name: str, default: list[str] | None = None) -> list[str]:
+    def str_list(
+        self, name: builtins.str, default: list[builtins.str] | None = None
+    ) -> list[builtins.str]:
         value = self._raw.get(name, default)
         if isinstance(value, str):
             value = [part for part in value.replace(";", ",").split(",") if part]
@@ -112,11 +115,11 @@ class Params:
             raise self.error(f"{name} must be a list of names, got {shown(value)}")
         return value
 
-    def mapping(self, name: str) -> dict[str, Any]:
+    def mapping(self, name: builtins.str) -> dict[builtins.str, Any]:
         value = self._raw.get(name)
         if not isinstance(value, dict) or not value:
             raise self.error(f"{name} must be a non-empty mapping, got {shown(value)}")
         return value
 
-    def raw(self, name: str, default: Any = None) -> Any:
+    def raw(self, name: builtins.str, default: Any = None) -> Any:
         return self._raw.get(name, default)

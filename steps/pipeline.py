@@ -1,5 +1,7 @@
-"""A recipe made ready to run: plugins resolved, JPEG draft decoding planned, and one
-function that turns a raw sample into an outcome (written, dropped or failed).
+"""A recipe made ready to run: plugins resolved, each operation's fusions with the ones
+after it planned (`Operation.plugins`, `Operation.plan`), and one function that turns a raw
+sample into an outcome (written, dropped or failed). It knows no concrete operation: adding
+one touches its own module and the registry (ops.py) only.
 
 `process` is called from several threads at once: it shares no mutable state between
 samples (each gets its own dict and its own seeded generator).
@@ -10,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import encoders, images
-from .errors import SampleError, UsageError
-from .ops import CenterCrop, Convert, DecodeImage, Dropped, Encode, Resize, SampleContext
-from .ops_decode import DecodeJson
-from .ops_fields import Label
-from .ops_image import Normalize
+from .errors import SampleError
+from .ops import Dropped, SampleContext
 from .recipe import Recipe
 from .samples import RawSample
+from .tarwrite import MemberData
 
 
 @dataclass(frozen=True)
@@ -25,13 +24,9 @@ class Outcome:
     """What became of one sample; exactly one of members, dropped or failed is set."""
 
     key: str
-    members: list[tuple[str, bytes]] | None = None
+    members: list[tuple[str, MemberData]] | None = None  # bytes, or pieces of them
     dropped: str | None = None
     failed: str | None = None
-
-
-_PIXEL_STEPS = (Normalize, Label, DecodeJson, DecodeImage, Encode)
-_EXTRAS = {"fpng": "fpng", "isal": "fast-png"}
 
 
 class Pipeline:
@@ -43,69 +38,16 @@ class Pipeline:
         self.canonical_recipe = recipe.canonical()
         self.recipe_hash = recipe.hash()
         allowed = list(allowed_plugins)
-        for op in recipe.ops:
-            for plugin in (getattr(op, "function", None), getattr(op, "predicate", None)):
-                if plugin is not None:
-                    plugin.resolve(allowed)
-        self._plan_fused_steps()
-        self._plan_pixel_buffers()
-        self.png_encoders = self._png_encoders()
+        ops = recipe.ops
+        for index, op in enumerate(ops):
+            for plugin in op.plugins():
+                plugin.resolve(allowed)
+            op.plan(ops[index + 1 :])  # fusions with the operations that follow
         self._reads = recipe.reads()
-        self._steps = recipe.ops[:-1]
+        self._steps = ops[:-1]
         self._encoder = recipe.encoder
-
-    def _plan_fused_steps(self) -> None:
-        """Two look-ahead optimisations, each between adjacent steps on the same field:
-        an image step followed (after converts) by a resize decodes a JPEG at reduced size
-        (libjpeg's DCT scaling); a resize followed by a center crop resamples only the region
-        the crop keeps (the crop then cuts nothing)."""
-        ops = self.recipe.ops
-        for index, op in enumerate(ops):
-            following = ops[index + 1] if index + 1 < len(ops) else None
-            if isinstance(op, DecodeImage):
-                position = index + 1
-                while isinstance(ops[position], Convert) and ops[position].field_name == op.target:
-                    position += 1
-                resize = ops[position]
-                if isinstance(resize, Resize) and resize.field_name == op.target:
-                    op.draft = resize.draft_target
-            elif (
-                isinstance(op, Resize)
-                and type(following) is CenterCrop
-                and following.field_name == op.field_name
-            ):
-                op.crop = (following.width, following.height)
-
-    def _plan_pixel_buffers(self) -> None:
-        """A JPEG is decoded straight into a reused numpy buffer when every later step takes
-        numpy pixels or leaves the image alone (normalize, label, json, encode, another image
-        step); any other step (a resize, a crop, a plugin...) gets a Pillow image as before."""
-        ops = self.recipe.ops
-        for index, op in enumerate(ops):
-            if isinstance(op, DecodeImage) and op.draft is None:
-                later = ops[index + 1 :]
-                if all(isinstance(o, _PIXEL_STEPS) for o in later):
-                    op.scratch = images.Scratch()
-
-    def _png_encoders(self) -> dict[str, dict[str, str | None]]:
-        """Per PNG member at compress_level 1: the encoder that writes it and its version, for
-        the manifest (bytes differ between encoders, pixels do not). A pinned encoder that is
-        not installed is a usage error, before any work."""
-        records = {}
-        for member in self.recipe.encoder.members:
-            if member.format != "png":
-                continue
-            if member.options.get("compress_level") != 1:
-                records[member.extension] = encoders.png_encoder_record("pillow")
-                continue
-            pinned = member.options.get("encoder", "auto")
-            if not encoders.png_encoder_installed(pinned):
-                raise UsageError(
-                    f"the recipe asks for the PNG encoder {pinned} for .{member.extension}, "
-                    f"which is not installed (pip install 'shardflow[{_EXTRAS[pinned]}]')"
-                )
-            records[member.extension] = encoders.png_encoder_record(pinned)
-        return records
+        # For the manifest; a PNG encoder the recipe pins but is not installed: UsageError.
+        self.png_encoders = self._encoder.png_encoders()
 
     def wants(self, extension: str) -> bool:
         """Whether an input member must be read into memory (the rest is skipped unread)."""

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -65,6 +65,12 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
         ],
     },
 }
+DEFAULT_RECIPE = "seed"
+# The one description of a recipe spec (recipe_form), for every command and the Argo form.
+RECIPE_HELP = (
+    f"a built-in recipe ({', '.join(BUILTIN_RECIPES)}), a .yaml or .json file or URL, or "
+    "inline JSON"
+)
 
 
 @dataclass
@@ -126,16 +132,50 @@ class RecipeUnavailable(ShardflowError):
     """The recipe URL could not be read for a reason another try may mend (exit 1)."""
 
 
+RecipeForm = Literal["builtin", "inline", "url", "file"]
+
+
+def recipe_form(spec: str) -> RecipeForm:
+    """Which form a recipe spec takes: a built-in name, inline JSON (`{...}` or `[...]`), a
+    URL (`scheme://...`) or a local path. The one place this grammar is written."""
+    text = spec.strip()
+    if text in BUILTIN_RECIPES:
+        return "builtin"
+    if text.startswith(("{", "[")):
+        return "inline"
+    return "url" if "://" in text else "file"
+
+
+def portable_recipe(spec: str) -> str:
+    """The spec as a pod can read it: built-ins, inline JSON and URLs as given (a URL is read
+    by the plan pod, with the pods' credentials); a local file as inline JSON, read within the
+    same bounds as everywhere else. Raises RecipeError for a recipe that does not load."""
+    text = spec.strip()
+    form = recipe_form(text)
+    if form == "url":
+        return text
+    if form != "file":
+        load_recipe(text)
+        return text
+    stem, document = read_document(text, {})
+    if isinstance(document, dict):
+        document.setdefault("name", stem)  # the same recipe hash as a local run
+    inline = json.dumps(document, separators=(",", ":"))
+    load_recipe(inline)
+    return inline
+
+
 def read_document(spec: str, options: storage.StorageOptions) -> tuple[str, Any]:
     """(default name, parsed document) for a recipe spec, bounded as recipe_text explains."""
     text = spec.strip()
-    if text in BUILTIN_RECIPES:
+    form = recipe_form(text)
+    if form == "builtin":
         return text, BUILTIN_RECIPES[text]
-    if text.startswith(("{", "[")):
+    if form == "inline":
         return "inline", recipe_text.parse_json(text, "inline recipe")
-    if "://" in text:
+    if form == "url":
         storage.check_url(text, writing=False)  # an unknown scheme or a missing extra: exit 2
-    path = urlsplit(text).path if "://" in text else text  # a signed URL ends with its query
+    path = urlsplit(text).path if form == "url" else text  # a signed URL ends with its query
     if path.endswith((".yaml", ".yml", ".json")):
         where = f"recipe file {shown(redact_url(text))}"
         data = _read_file(text, options, where)

@@ -22,7 +22,7 @@ from typing import Any
 from . import storage
 from .check import Located, ShardScan
 from .errors import ShardError
-from .manifest import ManifestBuilder, manifest_url, write_manifest
+from .manifest import ManifestBuilder, manifest_url, remove_stale_manifest, write_manifest
 from .samples import split_member_name
 from .tarwrite import ShardWriter
 
@@ -93,7 +93,7 @@ def repair_shard(scan: ShardScan, output_url: str, options: storage.StorageOptio
             if storage.current_identity(scan.url, options) != scan.identity:
                 raise ShardError(scan.url, "changed while it was checked and repaired")
             size, sha256 = writer.close()
-            storage.remove(manifest_at, options)
+            remove_stale_manifest(output_url, options)
         manifest = builder.build(
             output_size=size,
             output_sha256=sha256,

@@ -10,8 +10,9 @@ invalid: webdataset would silently accept all of them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .errors import DataError, ShardError
 from .tarstream import TarFormatError, TarMember, TarReader
@@ -92,6 +93,65 @@ def written_name_reason(name: str) -> str | None:
     return extension_reason(name.rpartition("/")[2].partition(".")[2])
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A member in its sample; `new_sample` when it starts one (its key is not the previous
+    placed member's)."""
+
+    member: TarMember
+    key: str
+    extension: str
+    new_sample: bool
+
+
+Fault = Literal["unsafe_name", "not_regular", "no_extension", "repeated_key", "duplicate_member"]
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A member that breaks the grouping rule, and how. An unsafe, non-regular or
+    extension-less member belongs to no sample; a repeated key or a duplicate member is
+    placed all the same (a `Placed` follows it), for a checker that goes on counting."""
+
+    fault: Fault
+    member: TarMember
+    key: str | None = None
+    extension: str | None = None
+    reason: str = ""  # for unsafe_name: what is unsafe
+
+
+def group_members(members: Iterable[TarMember]) -> Iterator[Placed | Broken]:
+    """webdataset's grouping rule, written once: `SampleReader` raises at what breaks it,
+    verify collects every break. Lazy: a member is placed before the next one is read, so
+    a streaming reader can read its data in between."""
+    seen: set[str] = set()
+    current: str | None = None
+    extensions: set[str] = set()
+    for member in members:
+        reason = unsafe_name_reason(member.name)
+        if reason:
+            yield Broken("unsafe_name", member, reason=reason)
+            continue
+        if not member.is_regular:
+            yield Broken("not_regular", member)
+            continue
+        parts = split_member_name(member.name)
+        if parts is None:
+            yield Broken("no_extension", member)
+            continue
+        key, extension = parts
+        new_sample = key != current
+        if new_sample:
+            if key in seen:
+                yield Broken("repeated_key", member, key, extension)
+            seen.add(key)
+            current, extensions = key, set()
+        elif extension in extensions:
+            yield Broken("duplicate_member", member, key, extension)
+        extensions.add(extension)
+        yield Placed(member, key, extension, new_sample)
+
+
 class SampleReader:
     """Iterates `RawSample`s from a tar stream, reading only the members `wants` asks for."""
 
@@ -114,34 +174,18 @@ class SampleReader:
         self.ignored_members: list[str] = []  # names with no extension, as webdataset skips
 
     def __iter__(self) -> Iterator[RawSample]:
-        finished: set[str] = set()
         current: RawSample | None = None
-        for member in self._members():
-            parts = split_member_name(member.name)
-            if parts is None:
-                self.ignored_members.append(member.name)
+        for placed in group_members(self._members()):
+            if isinstance(placed, Broken):
+                self._refuse(placed)
                 continue
-            key, extension = parts
-            reserved = reserved_field_reason(extension)
-            if reserved is not None:
-                raise DataError(self._shard, f"member {member.name!r}: {reserved}", key=key)
-            if current is not None and key != current.key:
-                finished.add(current.key)
-                yield current
-                current = None
-            if current is None:
-                if key in finished:
-                    raise DataError(
-                        self._shard,
-                        f"duplicate key: member {member.name!r} repeats a key seen earlier "
-                        "with other samples in between",
-                        key=key,
-                    )
+            member, key, extension = placed.member, placed.key, placed.extension
+            self._check_field(member, key, extension)
+            if placed.new_sample:
+                if current is not None:
+                    yield current
                 current = RawSample(key)
-            if extension in current.sizes:
-                raise DataError(
-                    self._shard, f"duplicate member {member.name!r} in one sample", key=key
-                )
+            assert current is not None
             current.sizes[extension] = member.size
             if not self._wants(extension):
                 continue
@@ -155,6 +199,38 @@ class SampleReader:
         if current is not None:
             yield current
 
+    def _refuse(self, broken: Broken) -> None:
+        """Raise DataError for what breaks the grouping rule (a member without an extension
+        is ignored, as webdataset skips it)."""
+        member, key = broken.member, broken.key
+        if broken.fault == "no_extension":
+            self.ignored_members.append(member.name)
+            return
+        if broken.fault == "unsafe_name":
+            reason = f"{broken.reason}: {member.name!r}"
+            raise DataError(self._shard, reason, key=_key_of(member.name))
+        if broken.fault == "not_regular":
+            raise DataError(
+                self._shard,
+                f"member {member.name!r} is {member.kind()}, not a regular file",
+                key=_key_of(member.name),
+            )
+        assert key is not None and broken.extension is not None
+        self._check_field(member, key, broken.extension)
+        if broken.fault == "repeated_key":
+            raise DataError(
+                self._shard,
+                f"duplicate key: member {member.name!r} repeats a key seen earlier "
+                "with other samples in between",
+                key=key,
+            )
+        raise DataError(self._shard, f"duplicate member {member.name!r} in one sample", key=key)
+
+    def _check_field(self, member: TarMember, key: str, extension: str) -> None:
+        reserved = reserved_field_reason(extension)
+        if reserved is not None:
+            raise DataError(self._shard, f"member {member.name!r}: {reserved}", key=key)
+
     def _members(self) -> Iterator[TarMember]:
         iterator = iter(self._reader)
         while True:
@@ -164,20 +240,8 @@ class SampleReader:
                 return
             except TarFormatError as exc:
                 raise self._format_error(exc, _key_of(exc.member)) from None
-            if member.is_directory:
-                continue
-            parts = split_member_name(member.name)
-            key = parts[0] if parts else None
-            reason = unsafe_name_reason(member.name)
-            if reason:
-                raise DataError(self._shard, f"{reason}: {member.name!r}", key=key)
-            if not member.is_regular:
-                raise DataError(
-                    self._shard,
-                    f"member {member.name!r} is {member.kind()}, not a regular file",
-                    key=key,
-                )
-            yield member
+            if not member.is_directory:
+                yield member
 
     def _read(self, member: TarMember, key: str) -> bytes:
         try:

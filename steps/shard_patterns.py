@@ -45,7 +45,8 @@ def count_expansions(pattern: str) -> int:
 def _expression_count(expression: str) -> int | None:
     """The count of a brace group's content, or None when it is neither a range nor a
     sequence (braceexpand then keeps the braces and expands the content)."""
-    match = braceexpand.int_range_re.match(expression)
+    # braceexpand's own patterns (not in its __all__): the count follows its grammar exactly.
+    match = braceexpand.int_range_re.match(expression)  # type: ignore[attr-defined]
     if match:
         first, last, step = match.groups()
         increment = (int(step) or 1) if step else 1
@@ -53,10 +54,10 @@ def _expression_count(expression: str) -> int | None:
         if low < high:
             return len(range(low, high + 1, increment))
         return len(range(low, high - 1, -increment))
-    match = braceexpand.char_range_re.match(expression)
+    match = braceexpand.char_range_re.match(expression)  # type: ignore[attr-defined]
     if match:
         first, last, step = match.groups()
-        return len(braceexpand.make_char_range(first, last, step))
+        return len(braceexpand.make_char_range(first, last, step))  # type: ignore[attr-defined]
     return _sequence_count(expression)
 
 

@@ -19,7 +19,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import braceexpand
 import fsspec
@@ -207,10 +207,11 @@ def open_pinned_input(
     raw = ResumingReader(pinned.open, url, open_streaming=lambda: pinned.open(block_size=0))
     if compression == "infer":
         compression = compression_of(url)
-    stream = (
+    stream = cast(
+        BinaryIO,
         _DecompressionErrors(fsspec.compression.compr[compression](raw, mode="rb"), url)
         if compression
-        else raw
+        else raw,
     )
     try:
         yield OpenInput(stream, pinned)

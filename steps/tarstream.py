@@ -344,7 +344,7 @@ def _member_size(pax_size: str | None, header_size: int, offset: int) -> int:
         size = int(pax_size) if pax_size is not None else header_size
     except ValueError:
         raise TarFormatError(
-            f"corrupt PAX header before byte {offset}: size {pax_size[:20]!r} is not a number",
+            f"corrupt PAX header before byte {offset}: size {str(pax_size)[:20]!r} is not a number",
             offset=offset,
         ) from None
     if size < 0:

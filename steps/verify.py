@@ -28,7 +28,7 @@ from .errors import ShardError
 from .failures import every_sample_failed
 from .manifest import ManifestError, manifest_url, read_manifest
 from .redact import redact_text, redact_url
-from .samples import split_member_name, unsafe_name_reason
+from .samples import Placed, group_members, split_member_name
 from .tarstream import TarFormatError, TarMember, TarReader
 
 Status = Literal["ok", "failed", "incomplete", "missing"]
@@ -169,10 +169,12 @@ def manifest_view(manifest: dict[str, Any]) -> ManifestView:
         if not condition:
             raise ManifestError(f"manifest is not valid: {what}")
 
-    size, sha256 = manifest.get("output_size"), manifest.get("output_sha256")
+    # JSON values, typed by the checks below (which mypy cannot follow through need()).
+    size: Any = manifest.get("output_size")
+    sha256: Any = manifest.get("output_sha256")
     need(isinstance(size, int) and size >= 0, "output_size is not a byte count")
     need(isinstance(sha256, str) and len(sha256) == 64, "output_sha256 is not a sha256")
-    samples = manifest.get("samples")
+    samples: Any = manifest.get("samples")
     need(isinstance(samples, list), "samples is not a list")
     members: list[tuple[str, int]] = []
     for sample in samples:
@@ -181,7 +183,7 @@ def manifest_view(manifest: dict[str, Any]) -> ManifestView:
             ok = isinstance(member, dict) and isinstance(member.get("name"), str)
             need(ok and isinstance(member.get("size"), int), "bad member in samples")
             members.append((member["name"], member["size"]))
-    counts = manifest.get("counts")
+    counts: Any = manifest.get("counts")
     names = ("read", "written", "dropped", "failed")
     need(
         isinstance(counts, dict) and all(isinstance(counts.get(n), int) for n in names),
@@ -211,40 +213,32 @@ class Sample:
 
 
 def group_samples(members: Iterable[TarMember]) -> tuple[list[Sample], list[Problem]]:
-    """Samples by webdataset's rule (adjacent members sharing a key), and what breaks it:
-    unsafe names, non-regular members, names without an extension, repeated keys."""
+    """Samples by webdataset's rule (samples.group_members), and what breaks it: unsafe
+    names, non-regular members, names without an extension, repeated keys."""
     samples: list[Sample] = []
     problems: list[Problem] = []
-    seen: set[str] = set()
-    for member in members:
-        reason = unsafe_name_reason(member.name)
-        if reason:
-            problems.append(Problem("names", f"unsafe member name: {reason}: {member.name!r}"))
+    for event in group_members(members):
+        if isinstance(event, Placed):
+            if event.new_sample:
+                samples.append(Sample(event.key, []))
+            samples[-1].extensions.append(event.extension)
             continue
-        if not member.is_regular:
-            problems.append(Problem("names", f"{member.name!r} is {member.kind()}"))
-            continue
-        parts = split_member_name(member.name)
-        if parts is None:
-            problems.append(Problem("names", f"member {member.name!r} has no extension"))
-            continue
-        key, extension = parts
-        if samples and samples[-1].key == key:
-            if extension in samples[-1].extensions:
-                problems.append(
-                    Problem("duplicate", f"duplicate member {member.name!r} in sample {key!r}")
-                )
-            samples[-1].extensions.append(extension)
-            continue
-        if key in seen:
+        name, key = event.member.name, event.key
+        if event.fault == "unsafe_name":
+            problems.append(Problem("names", f"unsafe member name: {event.reason}: {name!r}"))
+        elif event.fault == "not_regular":
+            problems.append(Problem("names", f"{name!r} is {event.member.kind()}"))
+        elif event.fault == "no_extension":
+            problems.append(Problem("names", f"member {name!r} has no extension"))
+        elif event.fault == "duplicate_member":
+            problems.append(Problem("duplicate", f"duplicate member {name!r} in sample {key!r}"))
+        else:
             problems.append(
                 Problem(
                     "duplicate",
-                    f"duplicate key {key!r}: member {member.name!r} repeats it after other samples",
+                    f"duplicate key {key!r}: member {name!r} repeats it after other samples",
                 )
             )
-        seen.add(key)
-        samples.append(Sample(key, [extension]))
     return samples, problems
 
 

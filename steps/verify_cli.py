@@ -31,8 +31,8 @@ from .redact import redact_url
 from .shard_index import index_outputs
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
 from .verify_identity import check_input_identity
+from .verify_report import TABLE_ROWS, format_table, report_document, summary_line
 
-REPORT_FORMAT = "shardflow.verify/1"
 MAX_SHEET_PIXELS = 64_000_000
 
 DESCRIPTION = """\
@@ -51,8 +51,6 @@ Prints a table (one row per shard) and, as the last line, a one-line summary.
 exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was checked)."""
 
 
-SUMMARY_SHARDS = 3  # shards named by a failed summary line
-TABLE_ROWS = 50  # above this many shards, the table lists only shards with problems
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
     outputs, inputs = _shards(args.outputs, args.inputs)
     expect = parse_expect(args.expect)
-    written = [
+    writes = [
         Write(url, what)
         for url, what in (
             (args.report, "--report"),
@@ -134,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
         )
         if url
     ]
-    for write in written:
+    for write in writes:
         storage.check_url(write.url, writing=True)
-    written += index_writes(outputs)  # written when every shard passes
-    refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], written)
+    writes += index_writes(outputs)  # written when every shard passes
+    refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], writes)
     started = time.monotonic()
     reports, rows = _check_all(outputs, inputs, expect, options, args)
     if inputs:
@@ -270,118 +268,6 @@ def parse_expect(text: str | None) -> list[str] | None:
     return extensions
 
 
-def summary_line(
-    reports: list[ShardReport],
-    seconds: float,
-    failures: str | None = None,
-    command: str = "verify",
-) -> str:
-    """One line for people and for an Argo output parameter: "verify: OK: ..." or FAILED.
-    `failures` says why the run failed more samples than --max-failed allows."""
-    total = len(reports)
-    passed = sum(r.status == "ok" for r in reports)
-    samples = sum(r.samples for r in reports)
-    size = sum(r.bytes for r in reports)
-    checked = f"{samples} samples, {_human(size)} checked in {seconds:.1f} s"
-    if passed == total and failures is None:
-        return f"{command}: OK: {total} of {total} shards passed; {checked}"
-    if passed == total:
-        return f"{command}: FAILED: {failures}; {total} of {total} shards passed; {checked}"
-    by_status = [
-        f"{count} {status}"
-        for status in ("missing", "incomplete", "failed")
-        if (count := sum(r.status == status for r in reports))
-    ]
-    return (
-        f"{command}: FAILED: {total - passed} of {total} shards did not pass "
-        f"({', '.join(by_status)}){f'; {failures}' if failures else ''}; {passed} passed; "
-        f"{checked}; {_not_passing(reports)}"
-    )
-
-
-def _not_passing(reports: list[ShardReport]) -> str:
-    """The first shards that did not pass, by URL: the summary is often all a person sees of a
-    run (the Argo UI shows the output parameter), and it should say where to look."""
-    urls = [r.output for r in reports if r.status != "ok"]
-    more = f" and {len(urls) - SUMMARY_SHARDS} more" if len(urls) > SUMMARY_SHARDS else ""
-    return f"not passing: {', '.join(urls[:SUMMARY_SHARDS])}{more}"
-
-
-def format_table(reports: list[ShardReport], *, passing_rows_up_to: int | None = None) -> str:
-    """shard, samples, members, bytes, status, first problem; then every problem of shards
-    that have more than one. Above `passing_rows_up_to` shards, passing shards are counted,
-    not listed: with 555 shards, the three that failed must not scroll out of sight."""
-    header = ("shard", "samples", "members", "bytes", "status", "problem")
-    listed = reports
-    if passing_rows_up_to is not None and len(reports) > passing_rows_up_to:
-        listed = [report for report in reports if report.problems]
-    rows = []
-    for report in listed:
-        first = str(report.problems[0]) if report.problems else ""
-        if len(report.problems) > 1:
-            first += f" (+{len(report.problems) - 1} more, below)"
-        rows.append(
-            (
-                redact_url(report.output),
-                str(report.samples),
-                str(report.members),
-                _human(report.bytes),
-                report.status,
-                first,
-            )
-        )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    right = {1, 2, 3}
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row[:-1])
-        ]
-        return "  ".join([*cells, row[-1]]).rstrip()
-
-    lines = [line(header), *map(line, rows)]
-    if len(listed) < len(reports):
-        lines.append(
-            f"({len(reports) - len(listed)} passing shards not listed; --all-rows lists them)"
-        )
-    for report in reports:
-        if len(report.problems) > 1:
-            lines.append(f"{redact_url(report.output)}:")
-            lines += [f"  - {problem}" for problem in report.problems]
-    return "\n".join(lines)
-
-
-def report_document(
-    args: argparse.Namespace,
-    expect: list[str] | None,
-    reports: list[ShardReport],
-    summary: str,
-    seconds: float,
-) -> dict[str, Any]:
-    """The JSON report (format shardflow.verify/1): the run, a summary, one entry per shard
-    with its problems as {kind, message}."""
-    statuses = ("ok", "failed", "incomplete", "missing")
-    by_status = {s: sum(r.status == s for r in reports) for s in statuses}
-    return {
-        "format": REPORT_FORMAT,
-        "outputs": redact_url(args.outputs),
-        "inputs": redact_url(args.inputs) if args.inputs else args.inputs,
-        "expect": expect,
-        "passed": all(r.status == "ok" for r in reports),
-        "summary": {
-            "line": summary,
-            "shards": len(reports),
-            "status": by_status,
-            "samples": sum(r.samples for r in reports),
-            "members": sum(r.members for r in reports),
-            "bytes": sum(r.bytes for r in reports),
-            "seconds": round(seconds, 3),
-        },
-        "shards": [r.to_dict() for r in reports],
-    }
-
-
 def _write_files(
     args: argparse.Namespace,
     options: storage.StorageOptions,
@@ -417,11 +303,3 @@ def _write_index(
         return [f"index: {url}" for url in index_outputs(outputs, options)]
     except (ShardflowError, OSError) as exc:
         raise ShardflowError(f"cannot write the dataset index: {exc}") from None
-
-
-def _human(size: int) -> str:
-    if size < 1_000_000:
-        return f"{size / 1e3:.1f} kB"
-    if size < 1_000_000_000:
-        return f"{size / 1e6:.1f} MB"
-    return f"{size / 1e9:.2f} GB"

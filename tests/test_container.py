@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from shardflow.workflows import argo_vars, dag
-from shardflow.workflows.executor import resolve_parameters
+from shardflow.workflows.dag_arguments import resolve_parameters
 
 from conftest import good_shard
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from shardflow.steps.errors import UsageError
-from shardflow.workflows.executor import LocalExecutor, resolve_parameters
+from shardflow.workflows.dag_arguments import resolve_parameters
+from shardflow.workflows.executor import LocalExecutor
 
 from conftest import good_shard, run_cli
 

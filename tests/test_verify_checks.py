@@ -38,7 +38,7 @@ from shardflow.steps.verify import (
     member_difference,
     verify_shard,
 )
-from shardflow.steps.verify_cli import format_table
+from shardflow.steps.verify_report import format_table
 
 from conftest import good_shard
 

@@ -64,6 +64,7 @@ from hera.workflows.models import (
 )
 
 from shardflow.steps import __version__
+from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE
 
 from . import yamltext
 from .parameters import DEFAULT_IMAGE, PARAMETERS, PATCHED, PLAN_CHECKED
@@ -184,11 +185,11 @@ def _step(name: str, args: list[str], **options: Any) -> Container:
         image="{{workflow.parameters.image}}",
         command=["shardflow"],
         args=args,
-        env={"SHARDFLOW_STORAGE_OPTIONS": "{{workflow.parameters.storage-options}}"},
+        env={STORAGE_OPTIONS_VARIABLE: "{{workflow.parameters.storage-options}}"},
         env_from=[SecretEnvFrom(name=CREDENTIALS_SECRET, optional=True)],
         security_context=_container_security(),
         service_account_name="{{workflow.parameters.service-account}}",
-        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit="1Gi")],
+        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit="1Gi")],  # type: ignore[arg-type]
         **options,
     )
 

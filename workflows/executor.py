@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from shardflow.steps.errors import EXIT_FAILED, UsageError
+from shardflow.steps.progress import ARGO_PROGRESS_FILE, INTERVAL_VARIABLE
 
 from . import argo_vars
+from .dag_arguments import resolve_parameters
 from .depends import TaskOutcome, ancestors, evaluate, upstream
-from .parameters import refusal
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30  # as Kubernetes' default terminationGracePeriodSeconds
@@ -55,30 +56,6 @@ _ENTRY = (
 SHARDFLOW = [sys.executable, "-c", _ENTRY]
 
 
-def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
-    """Workflow parameter values: defaults, overridden by `given`, checked as Argo checks them."""
-    declared = manifest["spec"].get("arguments", {}).get("parameters", [])
-    names = {p["name"] for p in declared}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise UsageError(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(names))})")
-    values = {**argo_vars.parameter_values(declared), **given}
-    for parameter in declared:
-        name = parameter["name"]
-        if name not in values:
-            raise UsageError(f"parameter {name!r} is required: {parameter.get('description', '')}")
-        bad = argo_vars.unsubstitutable(values[name])
-        if bad:
-            raise UsageError(
-                f"parameter {name} contains {bad!r}: Argo cannot substitute it (the template "
-                "would no longer be valid JSON)"
-            )
-        enum = parameter.get("enum")
-        if enum and values[name] not in enum:
-            raise UsageError(refusal(name, values[name], enum))
-    return values
-
-
 @dataclass
 class Node:
     """One pod: a template invoked with its inputs resolved."""
@@ -88,15 +65,15 @@ class Node:
     template: dict[str, Any]
     inputs: dict[str, str]
     directory: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | _Exited | None = None
     exit_code: int | None = None
     phase: str | None = None
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    mounts: dict[str, Path] = field(default_factory=dict)  # emptyDir mount path -> local dir
+    cpu_slot: int | None = None  # the share of the CPUs it runs on, while it runs
     _started: float = 0.0
-    _mounts: dict[str, Path] = field(default_factory=dict)
-    _slot: int | None = None
 
     @property
     def progress_file(self) -> Path:
@@ -109,6 +86,29 @@ class Node:
     @property
     def stderr(self) -> Path:
         return self.directory / "stderr"
+
+    def launch(self, command: list[str], env: dict[str, str], cpus: list[int]) -> None:
+        """Start the pod's process on `cpus`, its output in the node's directory."""
+        (self.directory / "command.json").write_text(json.dumps(command))
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self._started = time.monotonic()
+            try:
+                with _pinned(cpus):
+                    self.process = subprocess.Popen(
+                        command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env
+                    )
+            except OSError as exc:
+                self.error = f"cannot start {command[0]}: {exc}"
+                self.process = _Exited(127)
+
+    def exited(self) -> None:
+        """Record the exit of its process: code, duration and phase (as Argo names them)."""
+        assert self.process is not None
+        self.exit_code = self.process.wait()
+        self.seconds = time.monotonic() - self._started
+        self.phase = "Succeeded" if self.exit_code == 0 else "Failed"
+        if self.error:
+            self.phase = "Errored"
 
     def progress(self) -> float:
         """Fraction done, from the node's ARGO_PROGRESS_FILE (`N/M`), as Argo reads it."""
@@ -142,6 +142,23 @@ class Events:
     def progress(self, done: float, total: int, running: list[Node]) -> None: ...
 
 
+@dataclass
+class _RunState:
+    """Where a run stands: tasks not yet scheduled, nodes queued and running, and what the
+    finished ones produced."""
+
+    pending: list[dict[str, Any]]
+    queue: deque[Node] = field(default_factory=deque)
+    running: list[Node] = field(default_factory=list)
+    outcomes: dict[str, TaskOutcome] = field(default_factory=dict)
+    task_outputs: dict[str, str] = field(default_factory=dict)
+    task_nodes: dict[str, list[Node]] = field(default_factory=dict)
+    global_outputs: dict[str, str] = field(default_factory=dict)
+
+    def nodes(self) -> list[Node]:
+        return [n for nodes in self.task_nodes.values() for n in nodes]
+
+
 class LocalExecutor:
     def __init__(
         self,
@@ -165,55 +182,24 @@ class LocalExecutor:
         self.tasks = entry["dag"]["tasks"]
 
     def run(self) -> RunResult:
-        outcomes: dict[str, TaskOutcome] = {}
-        task_outputs: dict[str, str] = {}
-        task_nodes: dict[str, list[Node]] = {}
-        global_outputs: dict[str, str] = {}
-        pending = list(self.tasks)
-        queue: deque[Node] = deque()
-        running: list[Node] = []
+        """Poll as the controller does: schedule the tasks whose dependencies are done, start
+        nodes while workers are free, collect the finished ones, settle the tasks."""
+        state = _RunState(pending=list(self.tasks))
         try:
-            while pending or queue or running:
-                for task in [t for t in pending if upstream(t) <= set(outcomes)]:
-                    pending.remove(task)
-                    name = task["name"]
-                    if "depends" in task and not evaluate(task["depends"], outcomes):
-                        outcomes[name] = TaskOutcome("Omitted")
-                        self.events.task_omitted(name)
-                        continue
-                    nodes = self._expand(task, task_outputs)
-                    task_nodes[name] = nodes
-                    queue.extend(nodes)
-                    self.events.task_planned(name, nodes)
-                while queue and len(running) < self.workers:
-                    node = queue.popleft()
-                    self._start(node)
-                    running.append(node)
-                for node in [n for n in running if n.process and n.process.poll() is not None]:
-                    running.remove(node)
-                    self._finish(node, global_outputs)
-                    self.events.node_finished(node)
-                for name, nodes in task_nodes.items():
-                    if name not in outcomes and all(n.phase for n in nodes):
-                        outcomes[name] = _group_outcome(self._task(name), nodes)
-                        if len(nodes) == 1 and not _loops(self._task(name)):
-                            for key, value in nodes[0].outputs.items():
-                                task_outputs[f"tasks.{name}.outputs.parameters.{key}"] = value
-                if (
-                    pending
-                    and not (queue or running)
-                    and not any(upstream(t) <= set(outcomes) for t in pending)
-                ):
-                    names = ", ".join(t["name"] for t in pending)
-                    raise UsageError(f"tasks {names} wait for tasks that never run")
-                all_nodes = [n for nodes in task_nodes.values() for n in nodes]
+            while state.pending or state.queue or state.running:
+                self._schedule_ready(state)
+                self._start_queued(state)
+                self._collect_finished(state)
+                self._settle_tasks(state)
+                self._refuse_stall(state)
+                nodes = state.nodes()
                 self.events.progress(
-                    sum(n.progress() for n in all_nodes), len(all_nodes), list(running)
+                    sum(n.progress() for n in nodes), len(nodes), list(state.running)
                 )
-                if queue or running:
+                if state.queue or state.running:
                     time.sleep(POLL_SECONDS)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks as pods are stopped
-            killed = _stop([n for nodes in task_nodes.values() for n in nodes])
+            killed = _stop(state.nodes())
             if killed:
                 exc.left_behind = (  # type: ignore[attr-defined]
                     f"{', '.join(killed)} did not stop within {STOP_GRACE_SECONDS} s and were "
@@ -221,10 +207,53 @@ class LocalExecutor:
                 )
             raise
         finally:
-            _stop(running)
-        nodes = [n for nodes in task_nodes.values() for n in nodes]
-        phase, exit_code = self._result(outcomes, task_nodes)
-        return RunResult(phase, exit_code, outcomes, nodes, global_outputs)
+            _stop(state.running)
+        phase, exit_code = self._result(state.outcomes, state.task_nodes)
+        return RunResult(phase, exit_code, state.outcomes, state.nodes(), state.global_outputs)
+
+    def _schedule_ready(self, state: _RunState) -> None:
+        """Tasks whose upstream tasks all finished: omitted (depends false) or expanded into
+        nodes and queued."""
+        for task in [t for t in state.pending if upstream(t) <= set(state.outcomes)]:
+            state.pending.remove(task)
+            name = task["name"]
+            if "depends" in task and not evaluate(task["depends"], state.outcomes):
+                state.outcomes[name] = TaskOutcome("Omitted")
+                self.events.task_omitted(name)
+                continue
+            nodes = self._expand(task, state.task_outputs)
+            state.task_nodes[name] = nodes
+            state.queue.extend(nodes)
+            self.events.task_planned(name, nodes)
+
+    def _start_queued(self, state: _RunState) -> None:
+        while state.queue and len(state.running) < self.workers:
+            node = state.queue.popleft()
+            self._start(node)
+            state.running.append(node)
+
+    def _collect_finished(self, state: _RunState) -> None:
+        for node in [n for n in state.running if n.process and n.process.poll() is not None]:
+            state.running.remove(node)
+            self._finish(node, state.global_outputs)
+            self.events.node_finished(node)
+
+    def _settle_tasks(self, state: _RunState) -> None:
+        """A task whose nodes all finished gets its outcome; a task without a loop publishes
+        its output parameters for the tasks after it."""
+        for name, nodes in state.task_nodes.items():
+            if name not in state.outcomes and all(n.phase for n in nodes):
+                state.outcomes[name] = _group_outcome(self._task(name), nodes)
+                if len(nodes) == 1 and not _loops(self._task(name)):
+                    for key, value in nodes[0].outputs.items():
+                        state.task_outputs[f"tasks.{name}.outputs.parameters.{key}"] = value
+
+    def _refuse_stall(self, state: _RunState) -> None:
+        """Nothing runs or waits, yet tasks remain that can never start."""
+        ready = any(upstream(t) <= set(state.outcomes) for t in state.pending)
+        if state.pending and not (state.queue or state.running) and not ready:
+            names = ", ".join(t["name"] for t in state.pending)
+            raise UsageError(f"tasks {names} wait for tasks that never run")
 
     def _task(self, name: str) -> dict[str, Any]:
         return next(t for t in self.tasks if t["name"] == name)
@@ -253,7 +282,8 @@ class LocalExecutor:
                 inputs[declared["name"]] = str(value)
             directory = self.directory / node_name
             directory.mkdir(parents=True, exist_ok=True)
-            nodes.append(Node(node_name, name, template, inputs, directory))
+            mounts = self._empty_dirs(directory, template)
+            nodes.append(Node(node_name, name, template, inputs, directory, mounts=mounts))
         return nodes
 
     def _workflow_scope(self) -> dict[str, str]:
@@ -265,11 +295,10 @@ class LocalExecutor:
             **{f"inputs.parameters.{k}": v for k, v in node.inputs.items()},
         }
         raw = node.template["container"]
-        node._mounts = self._empty_dirs(node, raw)
         # Map the manifest's own paths before substituting: parameter values (the user's
         # input and output paths) are host paths here and must stay as given.
         mapped = [
-            _map_path(arg, node._mounts) for arg in raw.get("command", []) + raw.get("args", [])
+            _map_path(arg, node.mounts) for arg in raw.get("command", []) + raw.get("args", [])
         ]
         command = argo_vars.substitute_all(mapped, scope, node.name)
         container = argo_vars.substitute_all({"env": raw.get("env", [])}, scope, node.name)
@@ -277,47 +306,33 @@ class LocalExecutor:
             command = SHARDFLOW + command[1:]
         env = dict(os.environ)
         env.update({e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e})
-        env["ARGO_PROGRESS_FILE"] = str(node.progress_file)
-        env["SHARDFLOW_PROGRESS_INTERVAL"] = PROGRESS_INTERVAL
-        if "/tmp" in node._mounts:
-            env["TMPDIR"] = str(node._mounts["/tmp"])
-        (node.directory / "command.json").write_text(json.dumps(command))
-        node._slot, cpus = self.cpus.acquire()
-        with node.stdout.open("wb") as out, node.stderr.open("wb") as err:
-            node._started = time.monotonic()
-            try:
-                with _pinned(cpus):
-                    node.process = subprocess.Popen(
-                        command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env
-                    )
-            except OSError as exc:
-                node.error = f"cannot start {command[0]}: {exc}"
-                node.process = _Exited(127)
+        env[ARGO_PROGRESS_FILE] = str(node.progress_file)
+        env[INTERVAL_VARIABLE] = PROGRESS_INTERVAL
+        if "/tmp" in node.mounts:
+            env["TMPDIR"] = str(node.mounts["/tmp"])
+        node.cpu_slot, cpus = self.cpus.acquire()
+        node.launch(command, env, cpus)
 
-    def _empty_dirs(self, node: Node, container: dict[str, Any]) -> dict[str, Path]:
+    def _empty_dirs(self, directory: Path, template: dict[str, Any]) -> dict[str, Path]:
         volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
-        volumes.update({v["name"]: v for v in node.template.get("volumes", [])})
+        volumes.update({v["name"]: v for v in template.get("volumes", [])})
         mounts = {}
-        for mount in container.get("volumeMounts", []):
+        for mount in template.get("container", {}).get("volumeMounts", []):
             volume = volumes.get(mount["name"], {})
             if "emptyDir" in volume:
-                local = node.directory / "volumes" / mount["name"]
+                local = directory / "volumes" / mount["name"]
                 local.mkdir(parents=True, exist_ok=True)
                 mounts[mount["mountPath"].rstrip("/") or "/"] = local
         return mounts
 
     def _finish(self, node: Node, global_outputs: dict[str, str]) -> None:
-        assert node.process is not None
-        node.exit_code = node.process.wait()
-        node.seconds = time.monotonic() - node._started
-        self.cpus.release(node._slot)
-        node.phase = "Succeeded" if node.exit_code == 0 else "Failed"
-        if node.error:
-            node.phase = "Errored"
+        node.exited()
+        self.cpus.release(node.cpu_slot)
+        node.cpu_slot = None
         for parameter in node.template.get("outputs", {}).get("parameters", []):
             source = parameter.get("valueFrom", {})
             try:
-                value = Path(_map_path(source["path"], node._mounts)).read_text()
+                value = Path(_map_path(source["path"], node.mounts)).read_text()
                 value = value[:-1] if value.endswith("\n") else value
             except (KeyError, OSError):
                 if "default" not in source:
@@ -362,10 +377,13 @@ class _Exited:
     def poll(self) -> int:
         return self.returncode
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         return self.returncode
 
     def terminate(self) -> None:
+        pass
+
+    def kill(self) -> None:
         pass
 
 

@@ -176,13 +176,8 @@ def build(settings: dag.RenderSettings | None = None) -> WorkflowTemplate:
 
 def manifest(settings: dag.RenderSettings | None = None) -> dict:
     """The WorkflowTemplate as the plain dict written to argo/."""
-    built = build(settings).build()
-    for template in built.spec.templates or []:
-        if template.name == "index":
-            template.annotations = {
-                "workflows.argoproj.io/display-name": "index-{{inputs.parameters.task-index}}"
-            }
-    return render.to_dict(built)
+    names = {"index": "index-{{inputs.parameters.task-index}}"}
+    return render.to_dict(render.with_display_names(build(settings).build(), names))
 
 
 HEADER = (

@@ -89,7 +89,7 @@ def _samples(
     """
     scope, _, rest = reference.partition(".parameters.")
     if scope == "workflow":
-        parameter = next(
+        parameter: dict[str, Any] = next(
             (p for p in spec.get("arguments", {}).get("parameters", []) if p["name"] == rest), {}
         )
         return [str(v) for v in parameter.get("enum", [])]

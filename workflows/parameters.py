@@ -19,8 +19,15 @@ from dataclasses import dataclass
 
 from shardflow.steps import __version__
 from shardflow.steps.errors import UsageError
-from shardflow.steps.failures import DEFAULT_MAX_FAILED, fraction
-from shardflow.steps.recipe import BUILTIN_RECIPES
+from shardflow.steps.failures import (
+    DEFAULT_MAX_FAILED,
+    DEFAULT_ON_ERROR,
+    MAX_FAILED_HELP,
+    ON_ERROR_CHOICES,
+    ON_ERROR_HELP,
+    fraction,
+)
+from shardflow.steps.recipe import DEFAULT_RECIPE, RECIPE_HELP
 
 from .plan import AUTO, MAX_TASKS
 
@@ -42,10 +49,14 @@ class DagParameter:
     checked_by_plan: bool = False  # the plan pod refuses bad values (it reaches a pod spec)
 
 
+def _sentence(help_text: str) -> str:
+    """A command's help phrase as a sentence for the Argo form."""
+    return help_text[:1].upper() + help_text[1:] + "."
+
+
 CPU_CHOICES = ("1", "2", "4", "8", "16")
 MEMORY_CHOICES = ("1Gi", "2Gi", "4Gi", "8Gi", "16Gi", "32Gi")
 RETRY_CHOICES = ("0", "1", "2", "3", "5", "10")
-ON_ERROR_CHOICES = ("skip", "fail")
 DEFAULT_BACKOFF = "30s"
 DEFAULT_IMAGE = f"shardflow:{__version__}"
 
@@ -60,11 +71,7 @@ PARAMETERS: tuple[DagParameter, ...] = (
         "Output shards: a pattern that expands to as many URLs as input, or a directory "
         "ending in / for shards of the same names.",
     ),
-    DagParameter(
-        "recipe",
-        f"Built-in recipe ({', '.join(BUILTIN_RECIPES)}), a .yaml or .json URL, or inline JSON.",
-        default="seed",
-    ),
+    DagParameter("recipe", _sentence(RECIPE_HELP), default=DEFAULT_RECIPE),
     DagParameter(
         "shards-per-task",
         f"Shards per augment pod, or {AUTO}: one per pod unless that makes more than "
@@ -73,16 +80,14 @@ PARAMETERS: tuple[DagParameter, ...] = (
     ),
     DagParameter(
         "on-error",
-        "A sample that cannot be decoded or processed: skip it (counted and listed by key in "
-        "the shard's manifest) or fail its shard.",
-        default="skip",
+        _sentence(ON_ERROR_HELP),
+        default=DEFAULT_ON_ERROR,
         enum=ON_ERROR_CHOICES,
         checked_by_plan=True,
     ),
     DagParameter(
         "max-failed",
-        "Fail the run when more than this fraction of the samples read failed (e.g. 0.05 or "
-        "5%); a shard whose every sample failed always fails.",
+        _sentence(MAX_FAILED_HELP),
         default=f"{DEFAULT_MAX_FAILED:g}",
         checked_by_plan=True,
     ),

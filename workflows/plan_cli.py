@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shardflow.steps.cli_common import add_storage_arguments, positive_int, storage_options
 from shardflow.steps.errors import UsageError
-from shardflow.steps.recipe import load_recipe
+from shardflow.steps.recipe import DEFAULT_RECIPE, RECIPE_HELP, load_recipe
 from shardflow.steps.redact import redact_url
 
 from .parameters import check_values
@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"shards per augment task, or {AUTO} (default): one per task unless that makes "
         "more than --max-tasks tasks",
     )
-    parser.add_argument("--recipe", default="seed", help="recipe to check (default: seed)")
+    parser.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        help=f"the recipe to check: {RECIPE_HELP} (default: {DEFAULT_RECIPE})",
+    )
     parser.add_argument(
         "--max-tasks",
         type=positive_int,

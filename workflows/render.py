@@ -45,9 +45,16 @@ _LAST = ("spec", "dag", "container", "templates", "tasks")
 
 def model(kind: type[Workflow], settings: dag.RenderSettings | None = None) -> Any:
     """Hera's model of one manifest (what WorkflowsService submits)."""
-    built = dag.build(kind, settings or dag.RenderSettings()).build()
+    return with_display_names(
+        dag.build(kind, settings or dag.RenderSettings()).build(), dag.DISPLAY_NAMES
+    )
+
+
+def with_display_names(built: Any, names: dict[str, str]) -> Any:
+    """Template-level display names (Argo >= 3.7), by template name, on a built model: Hera
+    7.1's Container sets only pod annotations (dag.DISPLAY_NAMES says what lint checks)."""
     for template in built.spec.templates or []:
-        display_name = dag.DISPLAY_NAMES.get(template.name or "")
+        display_name = names.get(template.name or "")
         if display_name:
             template.annotations = {"workflows.argoproj.io/display-name": display_name}
     return built

@@ -43,11 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_dag_arguments(
-        parser,
-        recipe_help="built-in name, .yaml/.json file or URL, inline JSON",
-        more="cpu, retries, storage-options, ...",
-    )
+    add_dag_arguments(parser)
     parser.add_argument(
         "--workers",
         type=positive_int,

@@ -8,16 +8,15 @@ ARGO_SECURE, ARGO_INSECURE_SKIP_VERIFY, ARGO_BASE_HREF.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 from shardflow.steps.cli_common import positive_int
 from shardflow.steps.errors import EXIT_OK, ShardflowError, UsageError
-from shardflow.steps.recipe import BUILTIN_RECIPES, load_recipe, read_document
+from shardflow.steps.recipe import portable_recipe
 
-from .dag_arguments import add_dag_arguments, given_parameters
+from .dag_arguments import add_dag_arguments, given_parameters, resolve_parameters
 from .plan import plan_tasks
 
 DESCRIPTION = """\
@@ -41,11 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_dag_arguments(
-        parser,
-        recipe_help="built-in name, inline JSON, a URL, or a local file (sent inline)",
-        more="image, cpu, memory, retries, service-account, ...",
-    )
+    add_dag_arguments(parser, recipe_note=" A local file is sent inline.")
     parser.add_argument(
         "--from-template",
         nargs="?",
@@ -69,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     from hera.workflows import Workflow
 
     from . import dag, render
-    from .executor import resolve_parameters
 
     if args.from_template and args.parallelism:
         # Argo refuses to override parallelism over a workflowTemplateRef under the
@@ -102,25 +96,8 @@ def run(args: argparse.Namespace) -> int:
 def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
     given = given_parameters(args)
     if "recipe" in given:
-        given["recipe"] = _portable_recipe(given["recipe"])
+        given["recipe"] = portable_recipe(given["recipe"])
     return given
-
-
-def _portable_recipe(spec: str) -> str:
-    """A recipe pods can read: built-ins, inline JSON and URLs as given; a local file inline."""
-    text = spec.strip()
-    if text in BUILTIN_RECIPES or text.startswith(("{", "[")):
-        load_recipe(text)
-        return text
-    if "://" in text:
-        return text  # read by the plan pod, with the pods' credentials
-    # Read within the same bounds as everywhere else (size, depth, aliases, duplicate keys).
-    stem, document = read_document(text, {})
-    if isinstance(document, dict):
-        document.setdefault("name", stem)  # the same recipe hash as a local run
-    inline = json.dumps(document, separators=(",", ":"))
-    load_recipe(inline)
-    return inline
 
 
 def _template_reference(name: str, given: dict[str, str]) -> Any:
@@ -161,7 +138,7 @@ def _submit(model: Any, namespace: str | None) -> int:
         raise ShardflowError(f"the Argo server at {host} refused the workflow: {exc}") from None
     except RequestException as exc:
         raise ShardflowError(f"cannot reach the Argo server at {host}: {exc}") from None
-    name = created.metadata.name
+    name = created.metadata.name or ""  # the server always names what it creates
     print(f"submitted {name} to namespace {namespace}")
     print(service.get_workflow_link(name))
     return EXIT_OK
