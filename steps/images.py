@@ -17,7 +17,7 @@ import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -98,29 +98,16 @@ class Scratch(threading.local):
         return buffer[:size]
 
 
-@overload
 def decode_image(
-    data: bytes,
-    extension: str,
-    *,
-    max_pixels: int,
-    draft: DraftPlanner | None = None,
-    pixels: None = None,
-) -> Image.Image: ...
+    data: bytes, extension: str, *, max_pixels: int, draft: DraftPlanner | None = None
+) -> Image.Image:
+    """Decode `data` as the format its extension names, upright, within `max_pixels`."""
+    image = decode_image_or_pixels(data, extension, max_pixels=max_pixels, draft=draft)
+    assert isinstance(image, Image.Image)
+    return image
 
 
-@overload
-def decode_image(
-    data: bytes,
-    extension: str,
-    *,
-    max_pixels: int,
-    draft: DraftPlanner | None = None,
-    pixels: tuple[str | None, Scratch] | None,
-) -> Image.Image | Pixels: ...
-
-
-def decode_image(
+def decode_image_or_pixels(
     data: bytes,
     extension: str,
     *,
@@ -128,11 +115,9 @@ def decode_image(
     draft: DraftPlanner | None = None,
     pixels: tuple[str | None, Scratch] | None = None,
 ) -> Image.Image | Pixels:
-    """Decode `data` as the format its extension names, upright, within `max_pixels`.
-
-    With `pixels` = (mode wanted or None for the image's own, scratch buffers), a JPEG that
-    libjpeg can decode straight to that mode is returned as a numpy array in a reused buffer
-    (see decode_jpeg_pixels); anything else is a Pillow image, as without it.
+    """decode_image; with `pixels` = (mode wanted or None for the image's own, scratch
+    buffers), a JPEG that libjpeg can decode straight to that mode is returned as a numpy
+    array in a reused buffer (see decode_jpeg_pixels); anything else is a Pillow image.
     """
     pil_format = PIL_FORMATS.get(extension.rsplit(".", 1)[-1])
     if pil_format is None:

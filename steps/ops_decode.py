@@ -75,7 +75,7 @@ class DecodeImage(Operation):
             if not isinstance(data, bytes):
                 raise SampleError(ctx.key, f"field {source!r} was already decoded")
             try:
-                image = images.decode_image(
+                image = images.decode_image_or_pixels(
                     data,
                     source,
                     max_pixels=ctx.max_pixels,
