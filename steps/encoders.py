@@ -167,12 +167,13 @@ def encode_png_fast(image: Image.Image | Pixels, encoder: str = "auto") -> bytes
             return _pillow_png(image, 1)
         pixels = np.asarray(image)
     chosen = resolve_png_encoder(encoder)
-    if chosen == "fpng" and pixels.ndim == 3 and pixels.shape[2] in (3, 4):
-        png = fpng_checked(pixels)
-        if png is not None:
-            return png
-        if encoder == "fpng":
-            raise EncodeError("fpng failed to encode the image (its output did not check)")
+    if chosen == "fpng":
+        if pixels.ndim == 3 and pixels.shape[2] in (3, 4):  # fpng writes RGB and RGBA only
+            png = fpng_checked(pixels)
+            if png is not None:
+                return png
+            if encoder == "fpng":
+                raise EncodeError("fpng failed to encode the image (its output did not check)")
         chosen = resolve_png_encoder("auto", fpng_too=False)
     if chosen == "pillow":
         return _pillow_png(Image.fromarray(pixels), 1)

@@ -144,6 +144,15 @@ def test_fpng_output_is_checked_before_it_is_used(monkeypatch: pytest.MonkeyPatc
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(fallback))), np.asarray(image))
 
 
+def test_fpng_pinned_for_gray_falls_back_without_isal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fpng writes RGB and RGBA only: a gray image goes to the next encoder installed."""
+    pytest.importorskip("fpng")
+    monkeypatch.setattr(encoders, "fast_deflate", None)
+    image = photo("L")
+    png = bytes(encoders.encode_png_fast(np.asarray(image), "fpng"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), np.asarray(image))
+
+
 def test_a_recipe_may_pin_the_png_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     from shardflow.steps.errors import UsageError
     from shardflow.steps.params import RecipeError
