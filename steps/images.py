@@ -143,16 +143,23 @@ def decode_image_or_pixels(
             f"above the limit of {max_pixels / 1e6:g} Mpx (--max-mpx)"
         )
     orientation = _orientation(image)
+    # simplejpeg decodes (and checks, strictly) in one pass what Pillow + image_integrity
+    # decode twice; an ICC profile stays on the Pillow path, whose PNG writer keeps it.
+    direct = (
+        simplejpeg is not None and pil_format == "JPEG" and not image.info.get("icc_profile")
+    )
     if draft is not None and pil_format == "JPEG":
         swapped = orientation in _SWAPS_AXES
         wanted = draft((height, width) if swapped else (width, height))
         if wanted is not None:
             request = (wanted[1], wanted[0]) if swapped else wanted
-            image.draft(image.mode, request)
+            image.draft(image.mode, request)  # sets the reduced size; decodes nothing yet
             # The resize computes its target from this, not from the drafted size: libjpeg
             # rounds scaled sides up, which would move the target by a pixel on some images.
             image.info[SOURCE_SIZE] = (height, width) if swapped else (width, height)
-    elif pixels is not None and pil_format == "JPEG" and simplejpeg is not None:
+            if direct and image.mode in ("RGB", "L"):
+                return _drafted_by_simplejpeg(data, extension, image, (width, height), orientation)
+    elif pixels is not None and direct:
         mode_wanted = pixels[0] or image.mode
         colorspace = _DIRECT_JPEG.get((image.mode, mode_wanted))
         if colorspace is not None:
@@ -172,8 +179,35 @@ def decode_image_or_pixels(
     return image
 
 
+def _drafted_by_simplejpeg(
+    data: bytes, extension: str, image: Image.Image, stored: Size, orientation: object
+) -> Image.Image:
+    """The JPEG at the reduced size Pillow's draft chose (1/2, 1/4 or 1/8: libjpeg's scaled
+    IDCT, the same pixels as Pillow's), decoded by simplejpeg, upright, as a Pillow image
+    carrying the header's info but the EXIF (whose orientation is applied)."""
+    width, height = stored
+    factor = next(f for f in (8, 4, 2, 1) if (-(-width // f), -(-height // f)) == image.size)
+    colorspace = "RGB" if image.mode == "RGB" else "GRAY"
+    pixels = decode_jpeg_pixels(
+        data, extension, image.size, colorspace, orientation, None, factor=factor
+    )
+    result = Image.fromarray(pixels, image.mode)
+    result.info = {k: v for k, v in image.info.items() if k not in _EXIF_KEYS}
+    return result
+
+
+_EXIF_KEYS = ("exif", "xmp", "XML:com.adobe.xmp")  # orientation lives there
+
+
 def decode_jpeg_pixels(
-    data: bytes, extension: str, size: Size, colorspace: str, orientation: object, scratch: Scratch
+    data: bytes,
+    extension: str,
+    size: Size,
+    colorspace: str,
+    orientation: object,
+    scratch: Scratch | None,
+    *,
+    factor: int = 1,
 ) -> Pixels:
     """A JPEG decoded by simplejpeg (libjpeg-turbo, as Pillow's wheels bundle, with the same
     accurate DCT and smooth upsampling: the same pixels) into a reused buffer, upright.
@@ -183,11 +217,14 @@ def decode_jpeg_pixels(
     (strict), which makes image_integrity's second, reduced-scale decode unnecessary: a
     damaged stream fails with the same message.
     """
-    width, height = size
+    width, height = size  # after scaling by 1/factor
     bands = 3 if colorspace == "RGB" else 1
-    buffer = scratch.take("decode", width * height * bands)
+    buffer = None if scratch is None else scratch.take("decode", width * height * bands)
+    scaling = {"min_width": width, "min_height": height, "min_factor": factor} if factor > 1 else {}
     try:
-        decoded = simplejpeg.decode_jpeg(data, colorspace=colorspace, buffer=buffer, strict=True)
+        decoded = simplejpeg.decode_jpeg(
+            data, colorspace=colorspace, buffer=buffer, strict=True, **scaling
+        )
     except ValueError as exc:
         raise ImageDecodeError(
             f".{extension} image data is corrupt: decoder warning: {' '.join(str(exc).split())}"

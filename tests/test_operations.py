@@ -347,3 +347,26 @@ def test_resize_target_comes_from_the_original_size_not_the_drafted_one() -> Non
         {"jpg": jpeg},
     )
     assert png_out(cropped).size == (224, 224)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("source_mode", ["RGB", "L"])
+def test_a_drafted_jpeg_decoded_by_simplejpeg_is_what_pillow_decodes(
+    orientation: int, source_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JPEG about to be shrunk is decoded at reduced size by simplejpeg (one strict pass)
+    when it is installed: the same pixels as Pillow's draft + exif_transpose."""
+    pytest.importorskip("simplejpeg")
+    from shardflow.steps import images
+
+    image = Image.open(io.BytesIO(image_bytes(517, 389, seed=orientation, mode=source_mode)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    sample = {"jpg": buffer.getvalue()}
+    ops = [{"image": {"mode": "RGB"}}, {"resize": {"shorter": 100}}, ENCODE_PNG]
+    direct = np.asarray(png_out(run(ops, sample)))
+    monkeypatch.setattr(images, "simplejpeg", None)
+    through_pillow = np.asarray(png_out(run(ops, sample)))
+    assert np.array_equal(direct, through_pillow)
