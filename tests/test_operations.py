@@ -370,3 +370,17 @@ def test_a_drafted_jpeg_decoded_by_simplejpeg_is_what_pillow_decodes(
     monkeypatch.setattr(images, "simplejpeg", None)
     through_pillow = np.asarray(png_out(run(ops, sample)))
     assert np.array_equal(direct, through_pillow)
+
+
+def test_a_jpeg_icc_profile_still_reaches_the_png() -> None:
+    """The numpy decode path is for JPEGs without an ICC profile: one with a profile goes
+    through Pillow, whose PNG writer keeps the profile, as before."""
+    from PIL import ImageCms
+
+    buffer = io.BytesIO()
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(io.BytesIO(image_bytes(40, 30))).save(buffer, "JPEG", icc_profile=profile)
+    outcome = run(
+        [{"image": {"mode": "RGB"}}, {"normalize": {}}, ENCODE_PNG], {"jpg": buffer.getvalue()}
+    )
+    assert png_out(outcome).info.get("icc_profile") == profile
