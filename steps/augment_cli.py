@@ -172,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         skip_existing=args.skip_existing,
         verify_existing=args.verify_existing,
-        threads=args.threads or threads_for_memory(available_cpus(), max_pixels),
+        threads=args.threads
+        or threads_for_memory(
+            available_cpus(), max_pixels, processes=args.parallel == "processes"
+        ),
         processes=args.parallel == "processes",
         max_member_bytes=int(args.max_member_mb * 1_000_000),
         allow_pipe=args.allow_pipe,
