@@ -1,6 +1,7 @@
 """`make bench`: every pipeline side by side, in one run, on the same shards; prints the table.
 
     .venv/bin/python benchmarks/run.py [--rounds 3] [--samples 64] [--big-gb 2]
+    .venv/bin/python benchmarks/run.py --only reshard   # the reshard rows alone
 
 Each measurement runs in its own process (so peak RSS is that pipeline's own), and the rounds
 interleave the pipelines (so a neighbour's load on this shared machine falls on all of them
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import data
+import reshard_bench
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -326,6 +328,8 @@ def markdown(report: dict) -> str:
             f"{big['threads']} threads): peak RSS **{big['peak_rss_mb']:.0f} MB**, "
             f"{big['samples'] / big['seconds']:.1f} samples/s.",
         ]
+    if "reshard" in report:
+        lines += reshard_bench.markdown(report["reshard"])
     return "\n".join(lines)
 
 
@@ -337,8 +341,20 @@ def main() -> None:
     parser.add_argument("--scaling-rounds", type=int, default=5)
     parser.add_argument("--big-gb", type=float, default=0, help="also run a shard this big")
     parser.add_argument("--data", type=Path, default=HERE / "data")
+    parser.add_argument(
+        "--only", choices=("reshard",), help="run only these rows (reshard: reshard_bench.py)"
+    )
+    parser.add_argument(
+        "--reshard-mb", type=float, default=400, help="input size of the reshard rows"
+    )
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
+    if args.only == "reshard":  # synthetic JPEGs: no bench extra needed, bytes are bytes
+        print("reshard rows ...", file=sys.stderr)
+        shards = reshard_bench.synthetic_shards(args.data / "synth")
+        rows = reshard_bench.run(shards, args.data, args.reshard_mb, args.rounds)
+        print("\n".join(reshard_bench.markdown(rows)).lstrip("\n"))
+        return
     print(f"building shards in {args.data} ...", file=sys.stderr)
     shards = data.build_shards(args.data, shards=max(4, args.shards), samples=args.samples)
     work = args.data / "out"
@@ -361,6 +377,8 @@ def main() -> None:
     if args.big_gb > 0:
         print(f"big shard ({args.big_gb:g} GB) ...", file=sys.stderr)
         report["big"] = big_shard(args.big_gb, args.data, work, cores)
+    print("reshard rows ...", file=sys.stderr)
+    report["reshard"] = reshard_bench.run(shards, args.data, args.reshard_mb, args.rounds)
     report["load_after"] = os.getloadavg()
     text = markdown(report)
     print(text)

@@ -225,7 +225,7 @@ def _write_shard(
                     transfer=OutcomeTransfer(),
                 )
                 for outcome in outcomes:
-                    _record(outcome, writer, builder, input_url, options.on_error)
+                    record_outcome(outcome, writer, builder, input_url, options.on_error)
                     if progress is not None:
                         progress.advance(tar.offset, 1)
                 if every_sample_failed(builder.counts):  # raised here: nothing is published
@@ -288,16 +288,23 @@ class OutcomeTransfer(Transfer[Outcome]):
         return Outcome(key, members=[(name, buffer[start:end]) for name, start, end in placed])
 
 
-def _record(
-    outcome: Outcome, writer: ShardWriter, builder: ManifestBuilder, shard: str, on_error: OnError
+def record_outcome(
+    outcome: Outcome,
+    writer: ShardWriter,
+    builder: ManifestBuilder,
+    shard: str,
+    on_error: OnError,
+    source: dict[str, str] | None = None,
 ) -> None:
+    """Write a sample's members and list it in the manifest (with `source`, its lineage), or
+    list it as dropped or failed; DataError when the shard must fail."""
     if outcome.members is not None:
         for name, data in outcome.members:
             try:
                 writer.add(name, data)
             except UnsafeMemberName as exc:
                 raise DataError(shard, str(exc), key=outcome.key) from None
-        builder.add_written(outcome.key, outcome.members)
+        builder.add_written(outcome.key, outcome.members, source)
     elif outcome.dropped is not None:
         builder.add_dropped(outcome.key, outcome.dropped)
     else:

@@ -12,9 +12,9 @@ import time
 from . import storage
 from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code
 from .cli_common import (
+    add_batch_arguments,
     add_output_arguments,
     add_storage_arguments,
-    non_negative_int,
     positive_int,
     show_bar,
     storage_options,
@@ -31,6 +31,7 @@ from .failures import (
 from .images import rely_on_own_pixel_limit
 from .pairing import Batch, check_urls, pair_shards
 from .pipeline import Pipeline
+from .plugins import ENVIRONMENT_VARIABLE as PLUGINS_VARIABLE
 from .plugins import allowed_modules
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .recipe import DEFAULT_RECIPE, RECIPE_HELP, load_recipe
@@ -73,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--plugins",
         metavar="MODULES",
         help="comma-separated modules whose functions the recipe may call (also "
-        "$SHARDFLOW_PLUGINS); plugins are refused otherwise",
+        f"${PLUGINS_VARIABLE}); plugins are refused otherwise",
     )
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument(
@@ -130,19 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="allow pipe:COMMAND inputs (they run a shell command; off by default)",
     )
     batch = parser.add_argument_group("batches (one Argo task = one batch)")
-    batch.add_argument(
-        "--task-index",
-        type=non_negative_int,
-        metavar="I",
-        help="process only batch number I (0-based)",
-    )
-    batch.add_argument(
-        "--shards-per-task",
-        type=positive_int,
-        metavar="N",
-        default=1,
-        help="shards per batch, with --task-index (default: 1)",
-    )
+    add_batch_arguments(batch, what="augment")
     add_storage_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(func=run)

@@ -20,9 +20,9 @@ from .cli_common import (
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
+from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardError
-from .pairing import check_urls, pair_shards
+from .pairing import check_urls, pair_shards, shards_to_read
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .repair import repair_shard
 from .storage_faults import describe
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="shards checked at once (default: twice the CPUs this process may use, at most 16)",
+        help=f"shards checked at once {IO_THREADS_HELP}",
     )
     parser.add_argument(
         "--all-rows",
@@ -81,9 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = storage.expand(args.shards)
-    for url in shards:
-        storage.check_url(url, writing=False)
+    shards = shards_to_read(args.shards)
     pairs = _repair_pairs(args.shards, args.repair) if args.repair else []
     started = time.monotonic()
     scans = check_all(shards, options, args)
@@ -133,7 +131,7 @@ def check_all(
         argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
         desc="check",
     )
-    threads = args.threads or min(16, 2 * available_cpus())
+    threads = io_threads(args.threads)
     scans = []
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check") as pool:

@@ -84,6 +84,21 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_batch_arguments(group: argparse._ArgumentGroup, *, what: str) -> None:
+    """--task-index and --shards-per-task: one task of an Argo fan-out takes batch I of the
+    shards (pairing.Batch); `what` says what a task does with its batch."""
+    group.add_argument(
+        "--task-index", type=non_negative_int, metavar="I", help=f"{what} batch I only (0-based)"
+    )
+    group.add_argument(
+        "--shards-per-task",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="shards per batch, with --task-index (default: 1)",
+    )
+
+
 def show_bar(args: argparse.Namespace) -> bool:
     """A progress bar only for a person at a terminal."""
     return not (args.quiet or args.json) and sys.stderr.isatty()

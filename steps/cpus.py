@@ -31,6 +31,17 @@ def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     return max(1, count)
 
 
+# Shards read at once by verify, check and index: the work waits on storage and hashes
+# outside the GIL, so twice the CPUs keeps them busy; more only queues on the network.
+MAX_IO_THREADS = 16
+IO_THREADS_HELP = f"(default: twice the CPUs this process may use, at most {MAX_IO_THREADS})"
+
+
+def io_threads(requested: int | None = None) -> int:
+    """`requested`, or the default for shards read at once (IO_THREADS_HELP)."""
+    return requested or min(MAX_IO_THREADS, 2 * available_cpus())
+
+
 def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
     """CPUs allowed by the cgroup quota, or None when unlimited or unknown."""
     try:

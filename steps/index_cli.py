@@ -13,18 +13,18 @@ from typing import Any
 
 from . import storage
 from .cli_common import (
+    add_batch_arguments,
     add_output_arguments,
     add_storage_arguments,
-    non_negative_int,
     positive_int,
     show_bar,
     storage_options,
 )
-from .cpus import available_cpus
+from .cpus import IO_THREADS_HELP, io_threads
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
-from .pairing import Batch, index_writes, refuse_aliases, task_count
+from .pairing import Batch, index_writes, refuse_aliases, shards_to_read, task_count
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .shard_index import (
     ShardIndex,
@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="shards indexed at once (default: twice the CPUs this process may use, at most 16)",
+        help=f"shards indexed at once {IO_THREADS_HELP}",
     )
     batch = parser.add_argument_group(
         "batches (the shardflow-index fan-out: each task writes a part, the last step merges)"
@@ -90,14 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="directory of the batches' parts; with --task-index: index only batch I and write "
         "its part (and its .idx files); with --merge: write the index from every part",
     )
-    batch.add_argument("--task-index", type=non_negative_int, metavar="I", help="batch I (0-based)")
-    batch.add_argument(
-        "--shards-per-task",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="shards per batch (default: 1)",
-    )
+    add_batch_arguments(batch, what="index")
     batch.add_argument("--merge", action="store_true", help="merge the parts into the index")
     batch.add_argument(
         "--write-plan",
@@ -117,9 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    shards = storage.expand(args.shards)
-    for url in shards:
-        storage.check_url(url, writing=False)
+    shards = shards_to_read(args.shards)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
     refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))
@@ -140,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.task_index is not None
                 else shards
             )
-            threads = args.threads or min(16, 2 * available_cpus())
+            threads = io_threads(args.threads)
             indexes, status = _index_or_report(batch, options, threads, args)
             if status != EXIT_OK:
                 return status

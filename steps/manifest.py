@@ -14,7 +14,9 @@ Format (version 1):
                      max_member_bytes (--skip-existing redoes a shard made with others)
     expect           output extensions every sample has, or null when they vary
     counts           {read, written, dropped, failed}; read = written + dropped + failed
-    samples          [{key, members: [{name, size}]}] in archive order
+    samples          [{key, members: [{name, size}]}] in archive order; a reshard's add
+                     "from": {shard, key}, the input sample it copies (its lineage)
+    reshard          a reshard's outputs only: {plan, output, entry_sha256, oversized}
     dropped, failed  [{key, reason}]
     ignored_members  member names without an extension (skipped, as webdataset does)
     output_size, output_sha256, input_bytes
@@ -120,10 +122,17 @@ class ManifestBuilder:
     dropped: RecordSpool = field(default_factory=RecordSpool)
     failed: RecordSpool = field(default_factory=RecordSpool)
 
-    def add_written(self, key: str, members: Sequence[tuple[str, Sized]]) -> None:
-        self.samples.append(
-            {"key": key, "members": [{"name": n, "size": len(d)} for n, d in members]}
-        )
+    def add_written(
+        self, key: str, members: Sequence[tuple[str, Sized]], source: dict[str, str] | None = None
+    ) -> None:
+        """`source`: where a resharded sample came from ({shard, key}), its lineage."""
+        record: dict[str, Any] = {
+            "key": key,
+            "members": [{"name": n, "size": len(d)} for n, d in members],
+        }
+        if source is not None:
+            record["from"] = source
+        self.samples.append(record)
 
     def add_dropped(self, key: str, reason: str) -> None:
         self.dropped.append({"key": key, "reason": reason})

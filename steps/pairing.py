@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 from fsspec.implementations.local import LocalFileSystem
@@ -29,6 +29,7 @@ from .shard_index import SIZES_NAME, default_index_url
 
 Pair = tuple[str, str]
 T = TypeVar("T")
+Shards = TypeVar("Shards", bound=Sequence)  # a list gives a list, a range a range
 
 _SAME_STORE = {"s3a": "s3", "gcs": "gs"}  # fsspec's aliases for one back-end
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -119,13 +120,29 @@ def refuse_aliases(reads: Iterable[str], writes: Iterable[Write]) -> None:
 
 def check_urls(pairs: Iterable[Pair], *, allow_pipe: bool = False) -> None:
     """storage.check_url once per scheme and direction: a pattern's URLs share their risks."""
+    directed = (each for read, written in pairs for each in ((read, False), (written, True)))
+    _check_once(directed, allow_pipe=allow_pipe)
+
+
+def shards_to_read(pattern: str) -> list[str]:
+    """The pattern's URLs, each of a scheme this process can read (UsageError, before any
+    byte is read, for one it cannot): what check, index and verify read."""
+    return shards_to_read_from(storage.expand(pattern))
+
+
+def shards_to_read_from(urls: list[str]) -> list[str]:
+    """`shards_to_read` for URLs listed elsewhere (a reshard's plan names its outputs)."""
+    _check_once((url, False) for url in urls)
+    return urls
+
+
+def _check_once(urls: Iterable[tuple[str, bool]], *, allow_pipe: bool = False) -> None:
     seen: set[tuple[str, bool]] = set()
-    for input_url, output_url in pairs:
-        for url, writing in ((input_url, False), (output_url, True)):
-            key = ("pipe" if url.startswith("pipe:") else storage.scheme(url), writing)
-            if key not in seen:
-                seen.add(key)
-                storage.check_url(url, writing=writing, allow_pipe=allow_pipe)
+    for url, writing in urls:
+        key = ("pipe" if url.startswith("pipe:") else storage.scheme(url), writing)
+        if key not in seen:
+            seen.add(key)
+            storage.check_url(url, writing=writing, allow_pipe=allow_pipe)
 
 
 def task_count(shards: int, per_task: int) -> int:
@@ -137,12 +154,13 @@ def task_count(shards: int, per_task: int) -> int:
 
 @dataclass(frozen=True)
 class Batch:
-    """Task `index` of a run split into batches of `per_task` pairs."""
+    """Task `index` of a run split into batches of `per_task` pairs (augment), URLs (index,
+    reshard count) or output numbers (reshard write, a `range`: never a list of a million)."""
 
     index: int
     per_task: int
 
-    def of(self, shards: list[T]) -> list[T]:
+    def of(self, shards: Shards) -> Shards:
         """This task's shards (pairs, or URLs); UsageError when the run has no task `index`."""
         count = task_count(len(shards), self.per_task)
         if not 0 <= self.index < count:
@@ -151,7 +169,7 @@ class Batch:
                 f"{self.per_task} make {count} tasks (0..{count - 1})"
             )
         start = self.index * self.per_task
-        return shards[start : start + self.per_task]
+        return cast(Shards, shards[start : start + self.per_task])
 
 
 def location(url: str, *, written: bool) -> str:

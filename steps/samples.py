@@ -9,6 +9,7 @@ invalid: webdataset would silently accept all of them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .tarstream import TarFormatError, TarMember, TarReader
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNDECODED = re.compile("[\udc80-\udcff]")
 # Fields webdataset adds to every sample: a member named `x.__key__` would replace the key a
 # plugin sees (webdataset itself refuses such a shard as a duplicate).
 RESERVED_FIELDS = ("__key__", "__url__", "__local_path__")
@@ -48,7 +50,7 @@ def unsafe_name_reason(name: str) -> str | None:
     """Why a member name must not be trusted, or None when it is safe."""
     if not name:
         return "empty member name"
-    if any("\udc80" <= ch <= "\udcff" for ch in name):  # undecodable bytes, surrogate-escaped
+    if _UNDECODED.search(name):  # undecodable bytes, surrogate-escaped
         return "member name is not valid UTF-8"
     if _CONTROL.search(name):
         return "member name contains control characters"
@@ -75,6 +77,11 @@ def extension_reason(extension: object) -> str | None:
     """
     if not isinstance(extension, str) or not extension:
         return "an extension must be a non-empty string"
+    return _text_extension_reason(extension)
+
+
+@functools.lru_cache(maxsize=1024)  # a shard has few extensions, and every member asks
+def _text_extension_reason(extension: str) -> str | None:
     if "/" in extension or "\\" in extension:
         return "an extension must not contain / or \\"
     if extension != extension.lower():

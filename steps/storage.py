@@ -141,6 +141,11 @@ def options_for(url: str, options: StorageOptions) -> StorageOptions:
     return {**selected, **scoped}
 
 
+def filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec file system and path of `url`, with its scheme's options."""
+    return _filesystem(url, options)
+
+
 def _filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSystem, str]:
     check_url(url, writing=False)  # an unknown scheme is a usage error, never a traceback
     return fsspec.core.url_to_fs(url, **options_for(url, options))
@@ -359,15 +364,15 @@ def read_head(url: str, options: StorageOptions, limit: int) -> bytes:
     if scheme(url) == "file":
         path = url[len("file://") :] if url.startswith("file://") else url
         with open(path, "rb") as stream:
-            return _read_up_to(stream, limit)
+            return read_up_to(stream, limit)
     fs, path = _filesystem(url, options)
     # Over HTTP, a plain stream: no HEAD first and no read-ahead past the limit.
     streaming = {"block_size": 0} if scheme(url) in _READ_ONLY else {}
     with fs.open(path, "rb", **streaming) as stream:
-        return _read_up_to(stream, limit)
+        return read_up_to(stream, limit)
 
 
-def _read_up_to(stream: BinaryIO, limit: int) -> bytes:
+def read_up_to(stream: BinaryIO, limit: int) -> bytes:
     """`limit` bytes, or all there is: a network stream's read(n) returns what has arrived,
     which may be less than n long before the end."""
     pieces: list[bytes] = []

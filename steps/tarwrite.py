@@ -28,7 +28,7 @@ class HashingWriter:
         self._sha256 = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._sink.write(data)
         self._sha256.update(data)
         self.size += len(data)

@@ -41,7 +41,7 @@ _NO_END_BLOCKS = "archive ends without its end-of-archive blocks"  # TarReader's
 class Problem:
     """One finding: `kind` for scripts (missing, incomplete, truncated, corrupt, size, sha256,
     members, names, samples, duplicate, expect, count, failures, manifest, unreadable, input,
-    extra, changed),
+    extra, changed, lineage),
     `message` for people (it starts with the kind when that reads naturally)."""
 
     kind: str

@@ -21,13 +21,14 @@ from .cli_common import (
     storage_options,
 )
 from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
-from .cpus import available_cpus
-from .errors import EXIT_FAILED, EXIT_OK, ShardflowError, UsageError
+from .cpus import IO_THREADS_HELP, io_threads
+from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .manifest import manifest_url
-from .pairing import Write, index_writes, refuse_aliases
+from .pairing import Write, index_writes, refuse_aliases, shards_to_read, shards_to_read_from
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .redact import redact_url
+from .reshard_lineage import check_lineage, plan_outputs
 from .shard_index import index_outputs
 from .verify import ShardReport, check_pairing, missing_problem, verify_shard
 from .verify_identity import check_input_identity
@@ -44,13 +45,14 @@ key repeats, the sample count is the manifest's written count, and not every sam
 over all shards, at most --max-failed of the samples read failed. With --inputs, outputs and
 inputs are paired by position: each output must come from its paired input, still the
 version the manifest records (ETag, version, size and modification time), and each input
-must have exactly one output.
+must have exactly one output. With --plan WORK (the outputs of `shardflow reshard`), the
+lineage each manifest records is checked against the plan and the inputs' inventory: every
+kept input sample is in exactly one output, none is invented, and each output holds what its
+plan line says.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
 
 exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was checked)."""
-
-
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +62,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("outputs", metavar="OUTPUTS", help="output shard URL or brace pattern")
+    parser.add_argument(
+        "outputs",
+        metavar="OUTPUTS",
+        nargs="?",
+        help="output shard URL or brace pattern (with --plan: by default the plan's outputs)",
+    )
+    parser.add_argument(
+        "--plan",
+        metavar="WORK",
+        help="the work folder of a reshard (its .reshard/ beside the outputs): also check the "
+        "lineage: every kept input sample is in exactly one output, none is invented, each "
+        "output holds what its plan line says",
+    )
     parser.add_argument(
         "--inputs",
         metavar="INPUTS",
@@ -75,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="shards checked at once (default: twice the CPUs this process may use, at most 16)",
+        help=f"shards checked at once {IO_THREADS_HELP}",
     )
     files = parser.add_argument_group("files written (any fsspec URL)")
     files.add_argument("--report", metavar="URL", help="write the JSON report here")
@@ -121,7 +135,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
-    outputs, inputs = _shards(args.outputs, args.inputs)
+    if args.outputs is None and args.plan is None:
+        raise UsageError("give OUTPUTS, or --plan WORK for the outputs of a reshard")
+    if args.plan and args.inputs:
+        raise UsageError("--inputs pairs outputs with inputs; a reshard's --plan says more")
+    outputs, inputs = _shards(args.outputs, args.inputs, args.plan, options)
     expect = parse_expect(args.expect)
     writes = [
         Write(url, what)
@@ -140,9 +158,17 @@ def run(args: argparse.Namespace) -> int:
     reports, rows = _check_all(outputs, inputs, expect, options, args)
     if inputs:
         check_pairing(reports, inputs)
+    lineage = check_lineage(args.plan, reports, options) if args.plan else None
     seconds = time.monotonic() - started
     read, failed = (sum(r.counts.get(name, 0) for r in reports) for name in ("read", "failed"))
-    failures = too_many_failed(read, failed, args.max_failed)
+    failures = (
+        "; ".join(
+            problem
+            for problem in (lineage, too_many_failed(read, failed, args.max_failed))
+            if problem is not None
+        )
+        or None
+    )
     summary = summary_line(reports, seconds, failures)
     document = report_document(args, expect, reports, summary, seconds)
     document["summary"].update(samples_read=read, samples_failed=failed, max_failed=args.max_failed)
@@ -208,7 +234,7 @@ def _check_all(
     rows = {i: SheetRow(outputs[i], []) for i in reports if i in sheet_positions}
     for _ in reports:
         progress.shard_finished()
-    threads = args.threads or min(16, 2 * available_cpus())
+    threads = io_threads(args.threads)
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
             futures = {pool.submit(check, i): i for i in range(len(outputs)) if i not in reports}
@@ -241,10 +267,20 @@ def _known_missing(
     return reports
 
 
-def _shards(output_pattern: str, input_pattern: str | None) -> tuple[list[str], list[str] | None]:
-    outputs = storage.expand(output_pattern)
-    for url in outputs:
-        storage.check_url(url, writing=False)
+def _shards(
+    output_pattern: str | None,
+    input_pattern: str | None,
+    plan: str | None,
+    options: storage.StorageOptions,
+) -> tuple[list[str], list[str] | None]:
+    if output_pattern is None:
+        assert plan is not None
+        try:
+            outputs = shards_to_read_from(plan_outputs(plan, options))
+        except ShardError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        outputs = shards_to_read(output_pattern)
     if input_pattern is None:
         return outputs, None
     inputs = storage.expand(input_pattern)

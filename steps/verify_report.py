@@ -109,7 +109,8 @@ def report_document(
     by_status = {s: sum(r.status == s for r in reports) for s in statuses}
     return {
         "format": REPORT_FORMAT,
-        "outputs": redact_url(args.outputs),
+        "outputs": redact_url(args.outputs) if args.outputs else None,
+        "plan": redact_url(args.plan) if getattr(args, "plan", None) else None,
         "inputs": redact_url(args.inputs) if args.inputs else args.inputs,
         "expect": expect,
         "passed": all(r.status == "ok" for r in reports),

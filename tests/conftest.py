@@ -1,76 +1,22 @@
-"""Shared fixtures: real tar shards with real images, and the real CLI in a subprocess."""
+"""Fixtures only; what tests share besides them is in helpers.py."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from shardflow.steps.synthetic import synthetic_image
-
-Member = tuple[str, bytes]
+from helpers import Member, write_tar
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     fuzz = parser.getgroup("fuzz", "seeded fuzzing of shards (tests/test_fuzz.py)")
     fuzz.addoption("--fuzz-cases", type=int, default=200, help="cases per fuzz test")
     fuzz.addoption("--fuzz-seed", type=int, default=1, help="seed; a case is (seed, number)")
-
-
-def image_bytes(
-    width: int = 64, height: int = 48, fmt: str = "JPEG", seed: int = 0, mode: str = "RGB", **save
-) -> bytes:
-    """A real encoded image with photo-like content."""
-    rng = np.random.default_rng(seed)
-    image = synthetic_image(rng, width, height, seed % 3).convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
-
-
-def write_tar(path: Path, members: Iterable[Member | tarfile.TarInfo]) -> Path:
-    """A plain tar written by Python's tarfile, as most producers of shards do."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                tar.addfile(member)
-                continue
-            name, data = member
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def sample_members(key: str, *, cls: int = 1, seed: int = 0, **image) -> list[Member]:
-    """key.jpg + key.json with {"cls": cls}."""
-    return [
-        (f"{key}.jpg", image_bytes(seed=seed, **image)),
-        (f"{key}.json", json.dumps({"cls": cls}).encode()),
-    ]
-
-
-def good_shard(path: Path, count: int = 6, **image) -> Path:
-    members: list[Member] = []
-    for index in range(count):
-        members += sample_members(f"{index:016x}", cls=index % 3, seed=index, **image)
-    return write_tar(path, members)
-
-
-def run_cli(*args: str | os.PathLike, env: dict[str, str] | None = None, timeout: float = 120):
-    """Run `shardflow ARGS` in a subprocess, as a user or an Argo pod would."""
-    command = [sys.executable, "-m", "shardflow.workflows.cli", *map(str, args)]
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from conftest import image_bytes
+from helpers import image_bytes
 
 BLOCK = 512
 CONTROLS = 0.05  # share of cases left untouched: they must pass, proving the set-up sound

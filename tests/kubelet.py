@@ -57,6 +57,17 @@ def main_argv(container: dict) -> list[str]:
     return command[command.index("--") + 1 :] + list(container.get("args") or [])
 
 
+def hidden_by(targets: list[str]) -> list[Path]:
+    """The folders this machine's pods run from (the checkout, its virtual environment and
+    the Python under it) that a volume mounted at one of `targets` would hide."""
+    needed = {Path(__file__).resolve().parents[1], Path(sys.prefix), Path(sys.base_prefix)}
+    needed |= {path.resolve() for path in needed}
+    roots = [Path(target) for target in targets]
+    return sorted(
+        path for path in needed if any(path == root or root in path.parents for root in roots)
+    )
+
+
 @dataclass
 class PodRun:
     """What the kubelet knows of one pod it runs."""
@@ -255,9 +266,16 @@ class PodExecution:
         # The volume folders live under this machine's /tmp, which a mount at /tmp would hide:
         # the pod's folder is first bound at STAGING, the mounts are made from there (outer
         # paths first), and STAGING is let go.
+        # The checkout and the Python it runs may live under a mount target too (a clone in
+        # /tmp): each is bound at STAGING/keep-N first and bound back over the volume after.
         staging = shlex.quote(STAGING)
         setup = [f"mount --bind {shlex.quote(str(run.workdir))} {staging}"]
-        for target in sorted(m["mountPath"] for m in self.main.get("volumeMounts", [])):
+        targets = sorted(m["mountPath"] for m in self.main.get("volumeMounts", []))
+        kept = hidden_by(targets)
+        for number, path in enumerate(kept):
+            keep = shlex.quote(f"{STAGING}/keep-{number}")
+            setup.append(f"mkdir -p {keep} && mount --bind {shlex.quote(str(path))} {keep}")
+        for target in targets:
             source = self.host_path(target)
             if source is None:
                 continue
@@ -266,6 +284,10 @@ class PodExecution:
                 f"mkdir -p {shlex.quote(target)} && "
                 f"mount --bind {shlex.quote(inside)} {shlex.quote(target)}"
             )
+        for number, path in enumerate(kept):
+            keep = shlex.quote(f"{STAGING}/keep-{number}")
+            here = shlex.quote(str(path))
+            setup.append(f"mkdir -p {here} && mount --bind {keep} {here} && umount {keep}")
         setup.append(f"umount {staging}")
         workdir = self.main.get("workingDir") or "/tmp"  # the image's WORKDIR
         script = " && ".join([*setup, f"cd {shlex.quote(workdir)}", 'exec "$@"'])

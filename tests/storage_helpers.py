@@ -2,60 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import subprocess
-import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from shardflow.workflows.cli import main as shardflow_main
 
-CLI = [sys.executable, "-m", "shardflow.workflows.cli"]
+from helpers import CLI, environment, run_cli
 
+__all__ = ["CLI", "environment"]  # re-exported for the tests that build their own commands
 
-def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without the machine's AWS_* and SHARDFLOW_* set-up, plus
-    `extra`: each test states exactly how the worker reaches storage."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SHARDFLOW_STORAGE"))}
-    return {**base, **(extra or {})}
-
-
-def shardflow(
-    *args: str | os.PathLike,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-    preexec_fn: Callable[[], None] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """`shardflow ARGS` in a subprocess, as a pod runs it."""
-    return subprocess.run(
-        [*CLI, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environment(env),
-        timeout=timeout,
-        preexec_fn=preexec_fn,
-    )
-
-
-def start_shardflow(*args: str | os.PathLike, env: dict[str, str] | None = None):
-    """`shardflow ARGS` started in the background (to be killed)."""
-    return subprocess.Popen(
-        [*CLI, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(env),
-    )
+# Storage tests state their whole environment: the one runner (helpers.run_cli), clean.
+shardflow = functools.partial(run_cli, clean_env=True)
+start_shardflow = functools.partial(run_cli, clean_env=True, background=True)
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stderr.splitlines() if "error:" in line]
 
 
-def assert_shard_failed(result: subprocess.CompletedProcess[str], shard: str, *words: str) -> str:
-    """Exit 1, no traceback, and exactly one error line, naming the shard and each of `words`."""
+def assert_retryable(result: subprocess.CompletedProcess[str], shard: str, *words: str) -> str:
+    """A shard failed for a reason a retry may fix (storage, network): exit 1, no traceback,
+    and exactly one error line, naming the shard and each of `words`. (A damaged shard is
+    test_bad_input's assert_rejected: exit 3, nothing published.)"""
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     lines = error_lines(result)

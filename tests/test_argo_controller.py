@@ -23,7 +23,7 @@ from kube_api import ARGO, KubeAPI, wait_for
 from kubelet import TestKubelet
 from servers import Fault, S3Proxy, S3Server
 
-from conftest import good_shard, write_tar
+from helpers import good_shard, write_tar
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "argo" / "workflow.yaml"
@@ -379,7 +379,10 @@ def test_a_transient_storage_error_is_retried_by_argo(cluster: Cluster, tmp_path
         )
     )
     name = cluster.submit(
-        rendered(), input=inputs, output=outputs, **{"storage-options": storage(cluster)}
+        rendered(),
+        input=inputs,
+        output=outputs,
+        **{"storage-options": storage(cluster), "retry-backoff": "2s"},
     )
 
     def first_attempt_failed() -> bool:
@@ -410,7 +413,7 @@ def test_a_damaged_shard_fails_its_task_once_and_verify_names_it(
         input=inputs,
         output=outputs,
         retries="1",
-        **{"storage-options": storage(cluster)},
+        **{"storage-options": storage(cluster), "retry-backoff": "2s"},
     )
     workflow = cluster.wait_finished(name)
     assert workflow["status"]["phase"] == "Failed", cluster.describe(name)

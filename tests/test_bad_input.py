@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import good_shard, image_bytes, run_cli, sample_members, write_tar
+from helpers import good_shard, image_bytes, run_cli, sample_members, write_tar
 
 
-def assert_shard_failed(result, tmp_path: Path, *fragments: str, exit_code: int = 3) -> str:
+def assert_rejected(result, tmp_path: Path, *fragments: str, exit_code: int = 3) -> str:
+    """A shard rejected for its content (exit 3 by default, a data error no retry mends): one
+    line naming what is wrong, and nothing published at the output, not even a temporary.
+    (A storage failure a retry may mend is storage_helpers.assert_retryable.)"""
     assert result.returncode == exit_code, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -52,7 +55,7 @@ def augment(tmp_path: Path, source: Path, *extra: str):
 def test_truncated_at_a_member_boundary(tmp_path: Path, shard: Path) -> None:
     _, header, _ = member_offsets(shard)[4]  # the header of the third sample's jpg
     shard.write_bytes(shard.read_bytes()[:header])
-    line = assert_shard_failed(augment(tmp_path, shard), tmp_path, str(shard), "truncated")
+    line = assert_rejected(augment(tmp_path, shard), tmp_path, str(shard), "truncated")
     assert "end-of-archive" in line
 
 
@@ -60,7 +63,7 @@ def test_truncated_in_the_middle_of_a_member(tmp_path: Path, shard: Path) -> Non
     name, _, data = member_offsets(shard)[2]
     shard.write_bytes(shard.read_bytes()[: data + 100])
     key = name.split(".")[0]
-    assert_shard_failed(augment(tmp_path, shard), tmp_path, str(shard), key, "truncated inside")
+    assert_rejected(augment(tmp_path, shard), tmp_path, str(shard), key, "truncated inside")
 
 
 def test_corrupt_header_checksum(tmp_path: Path, shard: Path) -> None:
@@ -68,7 +71,7 @@ def test_corrupt_header_checksum(tmp_path: Path, shard: Path) -> None:
     data = bytearray(shard.read_bytes())
     data[header + 5] ^= 0x20  # a letter of the member name: the checksum no longer matches
     shard.write_bytes(bytes(data))
-    assert_shard_failed(augment(tmp_path, shard), tmp_path, str(shard), "corrupt tar header")
+    assert_rejected(augment(tmp_path, shard), tmp_path, str(shard), "corrupt tar header")
 
 
 @pytest.mark.parametrize(
@@ -79,7 +82,7 @@ def test_unsafe_member_names(tmp_path: Path, name: str, cause: str) -> None:
     source = write_tar(
         tmp_path / "in.tar", [*sample_members("ok"), (name, image_bytes()), ("z.json", b"{}")]
     )
-    assert_shard_failed(augment(tmp_path, source), tmp_path, str(source), cause, repr(name))
+    assert_rejected(augment(tmp_path, source), tmp_path, str(source), cause, repr(name))
 
 
 def test_symlink_member(tmp_path: Path) -> None:
@@ -87,7 +90,7 @@ def test_symlink_member(tmp_path: Path) -> None:
     link.type = tarfile.SYMTYPE
     link.linkname = "/etc/passwd"
     source = write_tar(tmp_path / "in.tar", [*sample_members("a"), link])
-    assert_shard_failed(
+    assert_rejected(
         augment(tmp_path, source), tmp_path, "symbolic link", "not a regular file", "'link'"
     )
 
@@ -97,7 +100,7 @@ def test_non_adjacent_duplicate_key(tmp_path: Path) -> None:
         tmp_path / "in.tar",
         [*sample_members("a"), *sample_members("b"), ("a.txt", b"again")],
     )
-    assert_shard_failed(augment(tmp_path, source), tmp_path, "duplicate key", "key 'a'")
+    assert_rejected(augment(tmp_path, source), tmp_path, "duplicate key", "key 'a'")
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -154,7 +157,7 @@ def test_on_error_fail_fails_the_shard_naming_the_key(tmp_path: Path) -> None:
         [*sample_members("good"), ("broken.jpg", b"garbage"), ("broken.json", b'{"cls": 1}')],
     )
     result = augment(tmp_path, source, "--on-error", "fail")
-    assert_shard_failed(result, tmp_path, str(source), "key 'broken'", "--on-error fail")
+    assert_rejected(result, tmp_path, str(source), "key 'broken'", "--on-error fail")
 
 
 def test_max_mpx_is_configurable(tmp_path: Path) -> None:
@@ -189,7 +192,7 @@ def test_pickle_members_are_never_loaded(tmp_path: Path) -> None:
 
 def test_unreadable_input_is_a_shard_error(tmp_path: Path) -> None:
     result = augment(tmp_path, tmp_path / "missing.tar")
-    assert_shard_failed(result, tmp_path, "missing.tar", "does not exist", exit_code=1)
+    assert_rejected(result, tmp_path, "missing.tar", "does not exist", exit_code=1)
 
 
 def test_a_bad_shard_does_not_stop_the_batch(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from storage_helpers import files_under, shardflow, statuses
 
 from shardflow.steps.shard_patterns import PatternError, count_expansions
 
-from conftest import good_shard, image_bytes, run_cli, write_tar
+from helpers import good_shard, image_bytes, run_cli, write_tar
 
 
 def test_a_resize_whose_output_exceeds_max_mpx_fails_the_sample_not_the_machine(

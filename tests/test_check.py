@@ -11,7 +11,7 @@ from pathlib import Path
 
 import webdataset
 
-from conftest import good_shard, image_bytes, run_cli, write_tar
+from helpers import good_shard, image_bytes, run_cli, write_tar
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes = b"x", **fields) -> None:

@@ -22,7 +22,7 @@ import yaml
 from shardflow.workflows import argo_vars, dag
 from shardflow.workflows.dag_arguments import resolve_parameters
 
-from conftest import good_shard
+from helpers import good_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "containers" / "Dockerfile"

@@ -14,7 +14,7 @@ from storage_helpers import files_under, shardflow
 
 from shardflow.steps.redact import path_name, redact_text, redact_url
 
-from conftest import good_shard
+from helpers import good_shard
 
 PASSWORD = "pa55w0rd-SECRET"
 SIGNATURE = "SIGNATURE-SECRET"

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 
 def test_two_runs_are_byte_identical_whatever_the_thread_count(tmp_path: Path) -> None:
@@ -111,18 +109,7 @@ def test_output_members_have_fixed_metadata_and_no_pax_headers(tmp_path: Path) -
 def test_kill_9_while_writing_leaves_nothing_at_the_output(tmp_path: Path) -> None:
     source = good_shard(tmp_path / "in.tar", count=60, width=900, height=700)
     output = tmp_path / "out" / "out.tar"
-    command = [
-        sys.executable,
-        "-m",
-        "shardflow.workflows.cli",
-        "augment",
-        str(source),
-        str(output),
-        "--threads",
-        "1",
-        "--quiet",
-    ]
-    process = subprocess.Popen(command)
+    process = run_cli("augment", source, output, "--threads", "1", "--quiet", background=True)
     try:
         deadline = time.monotonic() + 60
         partial: list[Path] = []
@@ -214,12 +201,7 @@ def test_json_output_for_scripts(tmp_path: Path) -> None:
 
 def test_relative_and_absolute_paths_name_the_same_shard(tmp_path: Path) -> None:
     good_shard(tmp_path / "in.tar", count=1)
-    first = subprocess.run(
-        [sys.executable, "-m", "shardflow.workflows.cli", "augment", "in.tar", "out.tar"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    first = run_cli("augment", "in.tar", "out.tar", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     manifest = json.loads((tmp_path / "out.manifest.json").read_text())
     assert manifest["input"] == str(tmp_path / "in.tar")

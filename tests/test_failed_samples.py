@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import good_shard, run_cli, sample_members, write_tar
+from helpers import good_shard, run_cli, sample_members, write_tar
 
 # A recipe whose label path no sample has: every sample fails, as a --label-field typo does.
 LABEL_TYPO = json.dumps(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from servers import Fault, FileServer, S3Proxy, S3Server
 from storage_helpers import (
-    assert_shard_failed,
+    assert_retryable,
     files_under,
     reference_shard,
     shardflow,
@@ -25,7 +25,7 @@ from storage_helpers import (
     verify_here,
 )
 
-from conftest import good_shard
+from helpers import good_shard
 
 UPLOAD_PART = r"/out\.tar$"  # the shard's upload requests (parts and completion)
 NO_BOTOCORE_RETRIES = {"AWS_MAX_ATTEMPTS": "1"}  # s3fs still retries; keeps the test short
@@ -119,7 +119,7 @@ def test_a_failed_upload_leaves_no_object_and_no_pending_upload(
     proxy.add_fault(fault)
     output = f"s3://{bucket}/out.tar"
     result = shardflow("augment", shard, output, env={**s3.env(proxy.url), **NO_BOTOCORE_RETRIES})
-    assert_shard_failed(result, str(shard), f"cannot write {output}")
+    assert_retryable(result, str(shard), f"cannot write {output}")
     assert fault.hits >= 1
     assert s3.keys(bucket) == []
     assert s3.pending_uploads(bucket) == []  # aborted, not left behind
@@ -223,9 +223,9 @@ def test_permission_denied_on_a_local_input_and_output(shard: Path, tmp_path: Pa
         )
     finally:
         locked.chmod(0o755)
-    assert_shard_failed(reading, str(unreadable), "permission denied")
+    assert_retryable(reading, str(unreadable), "permission denied")
     assert not (tmp_path / "out").exists()
-    assert_shard_failed(writing, str(shard), f"cannot write {locked / 'b.tar'}", "Permission")
+    assert_retryable(writing, str(shard), f"cannot write {locked / 'b.tar'}", "Permission")
     assert files_under(locked) == []
 
 
@@ -235,7 +235,7 @@ def test_permission_denied_on_an_s3_input(s3: S3Server, proxy: S3Proxy, shard: P
         Fault("status", method="GET", path=r"/in\.tar$", status=403, code="AccessDenied")
     )
     result = shardflow("augment", url, f"s3://{bucket}/out.tar", env=s3.env(proxy.url))
-    assert_shard_failed(result, url, "permission denied")
+    assert_retryable(result, url, "permission denied")
     assert s3.keys(bucket) == ["in.tar"]
 
 
@@ -255,5 +255,5 @@ def test_a_full_disk_fails_the_shard_and_leaves_no_partial_file(
     size = len(reference_shard(shard, tmp_path))
     out = tmp_path / "out"
     result = shardflow("augment", shard, out / "out.tar", preexec_fn=file_size_limit(size // 2))
-    assert_shard_failed(result, str(shard), f"cannot write {out / 'out.tar'}", "File too large")
+    assert_retryable(result, str(shard), f"cannot write {out / 'out.tar'}", "File too large")
     assert files_under(out) == []

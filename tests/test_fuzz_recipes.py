@@ -15,13 +15,11 @@ import io
 import json
 import resource
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fuzz_recipes import NAMES, RecipeCase, recipe_case
-from storage_helpers import CLI, environment
 
 from shardflow.steps.errors import UsageError
 from shardflow.steps.pipeline import Pipeline
@@ -29,7 +27,7 @@ from shardflow.steps.recipe import load_recipe, recipe_yaml
 from shardflow.steps.samples import RawSample, written_name_reason
 from shardflow.steps.tarwrite import ShardWriter
 
-from conftest import image_bytes
+from helpers import image_bytes, run_cli
 
 SECONDS_PER_CASE = 10  # a bomb took 46 s; a bounded case takes milliseconds
 CLI_EVERY = 50  # cases also run through `shardflow recipe` in a subprocess
@@ -102,12 +100,14 @@ def check_case(case: RecipeCase, spec: str) -> str:
     return "written"
 
 
-def check_cli(case: RecipeCase, spec: str) -> None:
+def check_cli(case: RecipeCase, spec: str, directory: Path) -> None:
     if len(spec) > 100_000:  # above what one command-line argument may hold
         return
-    result = subprocess.run(
-        [*CLI, "recipe", spec], capture_output=True, text=True, env=environment(), timeout=60
-    )
+    if "\x00" in spec:  # no argument can hold a NUL byte (execve): the same text from a file
+        path = directory / f"case-{case.number}-nul.json"
+        path.write_text(spec, encoding="utf-8", errors="surrogatepass")
+        spec = str(path)
+    result = run_cli("recipe", spec, clean_env=True, timeout=60)
     assert result.returncode in (0, 2), result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     if result.returncode == 2:
@@ -136,7 +136,7 @@ def test_recipes_load_or_fail_cleanly_and_write_only_safe_member_names(
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if number % CLI_EVERY == 0:
             try:
-                check_cli(case, spec)
+                check_cli(case, spec, tmp_path)
             except AssertionError as exc:
                 raise AssertionError(f"CLI: {exc}\n{case.describe()}") from exc
         Path(spec).unlink(missing_ok=True) if not case.inline else None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from servers import Fault, FileServer, Request
 from storage_helpers import (
-    assert_shard_failed,
+    assert_retryable,
     files_under,
     reference_shard,
     shardflow,
@@ -21,7 +21,7 @@ from storage_helpers import (
 
 from shardflow.steps.storage import options_for
 
-from conftest import good_shard
+from helpers import good_shard
 
 TOKEN = {"Authorization": "Bearer s3cr3t-t0ken"}
 SMALL_BLOCKS = 'http={"block_size": 4096}'  # many range requests for one small shard
@@ -64,7 +64,7 @@ def test_an_input_behind_a_header_needs_the_header_and_gets_it_from_options(
     with FileServer(site, required_headers=TOKEN) as web:
         url = f"{web.url}/in-000000.tar"
         refused = shardflow("augment", url, out / "refused.tar")
-        assert_shard_failed(refused, url, "access refused (HTTP 401)", "headers")
+        assert_retryable(refused, url, "access refused (HTTP 401)", "headers")
         assert files_under(out) == []
         assert all("Authorization" not in r.headers for r in web.requests())
 
@@ -96,7 +96,7 @@ def test_a_missing_shard_in_a_batch_fails_alone_and_verify_reports_it(
     with FileServer(site) as web:
         inputs = f"{web.url}/in-{{000000..000002}}.tar"
         result = shardflow("augment", inputs, f"{out}/out-{{000000..000002}}.tar")
-        assert_shard_failed(result, f"{web.url}/in-000001.tar", "does not exist")
+        assert_retryable(result, f"{web.url}/in-000001.tar", "does not exist")
         code, report = verify(f"{out}/out-{{000000..000002}}.tar", inputs=inputs)
     assert files_under(out) == [
         "out-000000.manifest.json",
@@ -138,7 +138,7 @@ def test_a_connection_that_keeps_dropping_fails_the_shard_clearly(
         web.add_fault(Fault("cut", method="GET", skip=2, after=1000))
         result = shardflow("augment", url, out / "out.tar", "--storage-option", SMALL_BLOCKS)
         cuts = [r for r in web.requests("GET") if r.fault == "cut"]
-    line = assert_shard_failed(result, url, "after 5 attempts", "Response payload is not completed")
+    line = assert_retryable(result, url, "after 5 attempts", "Response payload is not completed")
     assert re.search(r"cannot read the input at byte [1-9]\d*", line)
     assert len(cuts) == 5  # bounded
     assert files_under(out) == []
@@ -155,7 +155,7 @@ def test_a_body_cut_short_without_a_length_is_refused_as_truncated(
         url = f"{web.url}/in-000000.tar"
         web.add_fault(Fault("cut", method="GET", after=10_000))
         result = shardflow("augment", url, out / "out.tar")
-    assert_shard_failed(result, url, "truncated", "the connection may have been cut")
+    assert_retryable(result, url, "truncated", "the connection may have been cut")
     assert files_under(out) == []
 
 

@@ -20,7 +20,7 @@ from shardflow.steps.pipeline import Pipeline
 from shardflow.steps.recipe import load_recipe
 from shardflow.steps.samples import RawSample
 
-from conftest import image_bytes, run_cli, write_tar
+from helpers import image_bytes, run_cli, write_tar
 
 GRAY, GRAY_ALPHA, RGB, RGBA = 0, 4, 2, 6  # PNG colour types
 BANDS = {GRAY: 1, GRAY_ALPHA: 2, RGB: 3, RGBA: 4}

@@ -21,7 +21,7 @@ from shardflow.steps.samples import split_member_name
 from shardflow.steps.shard_index import locate
 from shardflow.steps.tarlayout import data_offsets
 
-from conftest import good_shard, image_bytes, run_cli, write_tar
+from helpers import good_shard, image_bytes, run_cli, write_tar
 
 LONG_KEY = "k" * 120  # a name longer than 100 bytes gets a GNU long-name header
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from shardflow.workflows import index_dag, lint
 from shardflow.workflows.executor import LocalExecutor
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from servers import Fault, FileServer, S3Proxy, S3Server
 from storage_helpers import (
-    assert_shard_failed,
+    assert_retryable,
     files_under,
     reference_shard,
     shardflow,
@@ -23,7 +23,7 @@ from storage_helpers import (
 from shardflow.steps import storage
 from shardflow.steps.errors import ShardError
 
-from conftest import sample_members, write_tar
+from helpers import sample_members, write_tar
 
 SMALL_HTTP_BLOCKS = 'http={"block_size": 4096}'  # many range requests for one small shard
 SMALL_S3_BLOCKS = 's3={"default_block_size": 4096}'
@@ -80,7 +80,7 @@ def test_an_http_input_replaced_mid_read_fails_the_shard_and_publishes_nothing(
         result = run_changing_input(args, hold, lambda: shard_version(site / "in.tar", 0))
         gets = web.requests("GET")
     words = ["412 Precondition Failed"] if conditional else ["etag"]
-    assert_shard_failed(result, url, "input changed while being read", *words)
+    assert_retryable(result, url, "input changed while being read", *words)
     assert files_under(out) == []
     etags = {request.headers.get("If-Match") for request in gets}
     assert len(etags) == 1 and None not in etags  # every range pinned to the first version
@@ -119,7 +119,7 @@ def test_an_s3_input_replaced_mid_read_fails_the_shard_and_publishes_nothing(
         result = run_changing_input(
             args, hold, lambda: s3.put(bucket, "in.tar", replacement), env=s3.env(proxy.url)
         )
-    assert_shard_failed(result, url, "input changed while being read", "ETag")
+    assert_retryable(result, url, "input changed while being read", "ETag")
     assert files_under(tmp_path / "out") == []
 
 

@@ -13,7 +13,7 @@ import pytest
 from shardflow.steps.cpus import available_cpus, cgroup_cpu_quota, threads_for_memory
 from shardflow.steps.progress import Progress
 
-from conftest import good_shard, image_bytes, run_cli, write_tar
+from helpers import good_shard, image_bytes, run_cli, write_tar
 
 # Peak RSS from VmHWM, the high-water mark of this process's own memory map. Not ru_maxrss:
 # Linux carries the parent's peak into a child across fork and exec, so under a large pytest

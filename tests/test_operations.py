@@ -17,7 +17,7 @@ from shardflow.steps.pipeline import Outcome, Pipeline
 from shardflow.steps.recipe import parse_recipe
 from shardflow.steps.samples import RawSample
 
-from conftest import image_bytes
+from helpers import image_bytes
 
 
 def run(

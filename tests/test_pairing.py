@@ -20,7 +20,7 @@ from shardflow.steps.pairing import (
 )
 from shardflow.workflows.plan import plan_tasks
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 
 @pytest.mark.parametrize("shards", [1, 2, 7, 10, 1000])
@@ -204,3 +204,19 @@ def test_index_does_not_write_its_index_over_a_shard(tmp_path: Path):
     result = run_cli("index", tmp_path / "in-{0..1}.tar", "--index", tmp_path / "in-0.tar")
     assert result.returncode == 2 and "both an input" in result.stderr, result.stderr
     assert (tmp_path / "in-0.tar").read_bytes() == before
+
+
+@pytest.mark.parametrize("outputs", [1, 8, 1000, 10**6])
+@pytest.mark.parametrize("per_task", [1, 3, 10, 1000])
+def test_reshard_write_batches_cover_every_output_of_the_plan_exactly_once(outputs, per_task):
+    """A reshard's write tasks take output numbers from a range (a plan of a million outputs
+    is never a list): batches 0..count-1 cover each exactly once, in order."""
+    count = task_count(outputs, per_task)
+    if count > 10_000:
+        per_task = -(-outputs // 1000)
+        count = task_count(outputs, per_task)
+    covered = [index for task in range(count) for index in Batch(task, per_task).of(range(outputs))]
+    assert covered == list(range(outputs))
+    assert all(len(Batch(task, per_task).of(range(outputs))) for task in range(count))
+    with pytest.raises(UsageError, match="out of range"):
+        Batch(count, per_task).of(range(outputs))

@@ -12,7 +12,7 @@ from PIL import Image, ImageCms
 
 from shardflow.steps import encoders
 
-from conftest import image_bytes
+from helpers import image_bytes
 
 
 def photo(mode: str) -> Image.Image:

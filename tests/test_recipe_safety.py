@@ -15,7 +15,7 @@ from shardflow.steps.recipe import load_recipe
 from shardflow.steps.samples import written_name_reason
 from shardflow.steps.tarwrite import ShardWriter, UnsafeMemberName
 
-from conftest import good_shard, run_cli, sample_members, write_tar
+from helpers import good_shard, run_cli, sample_members, write_tar
 
 PASSTHROUGH_PNG = {"encode": {"members": {"png": "image"}, "passthrough": True}}
 IMAGE = {"image": {"from": "jpg"}}

@@ -14,7 +14,7 @@ import pytest
 from servers import FileServer
 from storage_helpers import shardflow
 
-from conftest import good_shard
+from helpers import good_shard
 
 TOKEN = {"Authorization": "Bearer recipe-t0ken"}
 RECIPE = "ops: [{image: {}}, {encode: {members: {png: image}}}]\n"

@@ -18,7 +18,7 @@ from hera.workflows import Workflow, WorkflowTemplate
 
 from shardflow.workflows import lint, render
 
-from conftest import run_cli
+from helpers import run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 KINDS = {"workflow.yaml": Workflow, "workflowtemplate.yaml": WorkflowTemplate}
@@ -26,7 +26,7 @@ KINDS = {"workflow.yaml": Workflow, "workflowtemplate.yaml": WorkflowTemplate}
 
 def test_checked_in_manifests_are_the_rendered_ones():
     rendered = render.render_all()
-    assert set(rendered) == set(KINDS)
+    assert set(rendered) == {*KINDS, "reshard-workflowtemplate.yaml"}
     if os.environ.get("SHARDFLOW_UPDATE_MANIFESTS") == "1":
         for name, text in rendered.items():
             (ARGO / name).write_text(text)
@@ -241,7 +241,8 @@ def test_render_command_checks_writes_and_prints(tmp_path):
     assert diff.returncode == 1 and "-# edited" in diff.stdout
     printed = run_cli("render", "--out", "-", "--image", "registry.example/shardflow:1")
     documents = list(yaml.safe_load_all(printed.stdout))
-    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow"]
+    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow", "WorkflowTemplate"]
+    assert documents[2]["metadata"]["name"] == "shardflow-reshard"
     image = next(p for p in documents[1]["spec"]["arguments"]["parameters"] if p["name"] == "image")
     assert image["value"] == "registry.example/shardflow:1"
 

@@ -14,7 +14,7 @@ from shardflow.steps.errors import UsageError
 from shardflow.workflows.dag_arguments import resolve_parameters
 from shardflow.workflows.executor import LocalExecutor
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 SHARDS = 3

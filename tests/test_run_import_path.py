@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import good_shard
+from helpers import good_shard
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 PLANT = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from servers import FileServer, S3Server
 from storage_helpers import (
-    assert_shard_failed,
+    assert_retryable,
     files_under,
     reference_shard,
     shardflow,
@@ -19,7 +19,7 @@ from storage_helpers import (
     verify,
 )
 
-from conftest import good_shard
+from helpers import good_shard
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_a_batch_on_s3_with_the_standard_aws_variables(
     outputs = f"s3://{bucket}/out/out-{{000000..000002}}.tar"
 
     result = shardflow("augment", inputs, outputs, env=env)
-    assert_shard_failed(result, f"s3://{bucket}/in/in-000001.tar", "does not exist")
+    assert_retryable(result, f"s3://{bucket}/in/in-000001.tar", "does not exist")
     assert [k for k in s3.keys(bucket) if k.startswith("out/")] == [
         "out/out-000000.manifest.json",
         "out/out-000000.tar",
@@ -90,7 +90,7 @@ def test_endpoint_and_credentials_as_storage_options(
     anonymous = {"AWS_ENDPOINT_URL": s3.url, "AWS_EC2_METADATA_DISABLED": "true"}
     for source, target in ((shards[0], f"s3://{bucket}/c.tar"), (f"s3://{bucket}/a.tar", local)):
         refused = shardflow("augment", source, target, env=anonymous)
-        assert_shard_failed(refused, str(source), "Unable to locate credentials")
+        assert_retryable(refused, str(source), "Unable to locate credentials")
         assert "attempts" not in refused.stderr
     assert s3.keys(bucket) == ["a.manifest.json", "a.shardindex.json", "a.tar", "sizes.json"]
 
@@ -120,7 +120,7 @@ def test_an_http_input_and_an_s3_output_each_take_their_own_options(
         )
     assert result.returncode == 0, result.stderr
     assert s3.get(bucket, "out.tar") == expected
-    assert_shard_failed(unscoped, url, "does not apply to http://", "--storage-option 'http={")
+    assert_retryable(unscoped, url, "does not apply to http://", "--storage-option 'http={")
     assert s3.keys(bucket) == [
         "out.manifest.json",
         "out.shardindex.json",

@@ -11,7 +11,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from conftest import good_shard, image_bytes, run_cli, write_tar
+from helpers import good_shard, image_bytes, run_cli, write_tar
 
 
 def docs_recipe_pixels(encoded: bytes) -> np.ndarray:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from servers import Fault, S3Proxy, S3Server
-from storage_helpers import CLI, environment, files_under, start_shardflow
+from storage_helpers import files_under, start_shardflow
 
-from conftest import good_shard
+from helpers import good_shard
 
 
 def wait_for(condition: Callable[[], bool], what: str, seconds: float = 120) -> None:
@@ -109,10 +109,9 @@ def test_a_signal_to_run_stops_its_workers_and_they_publish_nothing_partial(
     for index in range(3):
         os.link(slow_shard, inputs / f"in-{index}.tar")
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [*CLI, "run", f"{inputs}/in-{{0..2}}.tar", f"{out}/out-{{0..2}}.tar", "--workers", "2",
-         "--logs", tmp_path / "logs"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
+    process = start_shardflow(
+        "run", f"{inputs}/in-{{0..2}}.tar", f"{out}/out-{{0..2}}.tar", "--workers", "2",
+        "--logs", tmp_path / "logs",
     )  # fmt: skip
     wait_for(lambda: bool(out.is_dir() and partial_files(out)), "a worker's temporary file")
     process.send_signal(signum)  # to `run` alone, as the kubelet or `kill` sends it

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import good_shard, run_cli, sample_members, write_tar
+from helpers import good_shard, run_cli, sample_members, write_tar
 
 
 def augment(*args: str | Path):

@@ -13,7 +13,7 @@ import yaml
 
 from shardflow.workflows.cli import main
 
-from conftest import run_cli
+from helpers import run_cli
 
 TOKEN = "s3cr3t"
 NAMESPACE = "ml"
@@ -192,3 +192,28 @@ def test_dry_run_prints_a_valid_workflow_whose_size_does_not_grow_with_the_datas
     # The two manifests differ only in the pattern strings (twice each: input and output).
     assert len(large.stdout) - len(small.stdout) == 2 * (len("999999") - len("000009"))
     assert "1000000 shard(s) in 1000 augment task(s) of 1000 shards" in large.stderr
+
+
+def test_submit_from_the_reshard_template_sends_its_parameters(argo):
+    result = run_cli(
+        "submit", "s3://b/in/{000..099}.tar", "s3://b/out/w-%05d.tar",
+        "--from-template", "shardflow-reshard", "-p", "shards=64", "-p", "shuffle=7",
+        env=env(argo),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (workflow,) = argo.received
+    assert workflow["spec"]["workflowTemplateRef"] == {"name": "shardflow-reshard"}
+    assert workflow["metadata"]["generateName"] == "shardflow-reshard-"
+    assert parameters(workflow) == {
+        "inputs": "s3://b/in/{000..099}.tar",
+        "outputs": "s3://b/out/w-%05d.tar",
+        "shards": "64",
+        "shuffle": "7",
+    }
+    assert "reshard: 100 input shard(s)" in result.stderr
+    refused = run_cli(
+        "submit", "s3://b/in/{0..9}.tar", "s3://b/out/%d.tar", "--from-template",
+        "shardflow-reshard", "-p", "rename-duplicates=maybe", env=env(argo),
+    )  # fmt: skip
+    assert refused.returncode == 2 and "rename-duplicates" in refused.stderr
+    assert len(argo.received) == 1

@@ -8,7 +8,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from conftest import run_cli, sample_members
+from helpers import run_cli, sample_members
 
 END = bytes(1024)
 

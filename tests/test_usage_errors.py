@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from shardflow.steps.contact_sheet import CAPTION, LABEL, PAD, TILE, tile_box
 from shardflow.steps.tarstream import BLOCK, TarMember, TarReader
 from shardflow.steps.tarwrite import ShardWriter
 
-from conftest import good_shard, run_cli
+from helpers import good_shard, run_cli
 
 SHARDS = 3
 SAMPLES = 4

@@ -40,7 +40,7 @@ from shardflow.steps.verify import (
 )
 from shardflow.steps.verify_report import format_table
 
-from conftest import good_shard
+from helpers import good_shard
 
 
 @pytest.fixture

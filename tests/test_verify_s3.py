@@ -13,7 +13,7 @@ from storage_helpers import shardflow
 
 from shardflow.steps.tarstream import TarReader
 
-from conftest import good_shard
+from helpers import good_shard
 
 
 def test_verify_on_s3_writes_report_and_sheet_there_and_catches_a_cut_shard(tmp_path: Path):

@@ -9,7 +9,7 @@ import pytest
 from shardflow.steps.errors import UsageError
 from shardflow.workflows.plan import MAX_TASKS, plan_tasks
 
-from conftest import run_cli
+from helpers import run_cli
 
 # Scheme checks are skipped where the test is about arithmetic: gs:// needs the gcs extra.
 

@@ -16,6 +16,7 @@ from shardflow.steps import (
     check_cli,
     index_cli,
     recipe_cli,
+    reshard_cli,
     synth_cli,
     verify_cli,
 )
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         run_cli,
         submit_cli,
         augment_cli,
+        reshard_cli,
         verify_cli,
         index_cli,
         check_cli,

@@ -194,6 +194,24 @@ def _step(name: str, args: list[str], **options: Any) -> Container:
     )
 
 
+def planning_step(
+    name: str, args: list[str], directory: str, outputs: tuple[str, ...]
+) -> Container:
+    """The small first step of a fan-out (index_dag.py, reshard_dag.py): it writes the number
+    of batches (and what else the tasks need) as files in `directory`, read back as outputs."""
+    return _step(
+        name,
+        args,
+        outputs=[
+            Parameter(name=output, value_from=ValueFrom(path=f"{directory}/{output}"))
+            for output in outputs
+        ],
+        resources=Resources(cpu_request="250m", memory_request="256Mi", memory_limit="1Gi"),
+        active_deadline_seconds="600",
+        retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA, PLAN_RETRIES, PLAN_BACKOFF),
+    )
+
+
 def _templates() -> tuple[Container, Container, Container]:
     plan = _step(
         "plan",
@@ -293,6 +311,37 @@ def _dag(plan: Container, augment: Container, verify: Container) -> None:
                 name: planned % name for name in ("outputs", "report", "sample-sheet", *PATCHED)
             },
         )
+
+
+def template_options(
+    name: str,
+    title: str,
+    description: str,
+    parameters: list[Parameter],
+    settings: RenderSettings,
+    *,
+    deadline_seconds: int,
+) -> dict[str, Any]:
+    """What every second WorkflowTemplate (index_dag.py, reshard_dag.py) shares with this one:
+    title and description, labels, entrypoint, parallelism, deadline, pod GC and TTL, and the
+    pods' security context."""
+    return {
+        "name": name,
+        "annotations": {
+            "workflows.argoproj.io/title": title,
+            "workflows.argoproj.io/description": description,
+        },
+        "labels": {"app.kubernetes.io/name": "shardflow", "app.kubernetes.io/version": __version__},
+        "entrypoint": ENTRYPOINT,
+        "arguments": parameters,
+        "parallelism": settings.parallelism,
+        "active_deadline_seconds": deadline_seconds,
+        "pod_gc": PodGC(strategy="OnPodSuccess"),
+        "ttl_strategy": TTLStrategy(
+            seconds_after_success=24 * 3600, seconds_after_failure=7 * 24 * 3600
+        ),
+        "security_context": _pod_security(),
+    }
 
 
 @dataclass(frozen=True)

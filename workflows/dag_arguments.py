@@ -63,6 +63,16 @@ def given_parameters(args: argparse.Namespace) -> dict[str, str]:
     return given
 
 
+def patterns_named_for(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    """INPUTS and OUTPUTS under the names the manifest declares: `input`/`output` (augment)
+    or `inputs`/`outputs` (the reshard template, argo/reshard-workflowtemplate.yaml)."""
+    declared = {p.get("name") for p in manifest["spec"].get("arguments", {}).get("parameters", [])}
+    if "input" not in declared and {"inputs", "outputs"} <= declared:
+        given = dict(given)
+        given["inputs"], given["outputs"] = given.pop("input"), given.pop("output")
+    return given
+
+
 def resolve_parameters(manifest: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
     """Workflow parameter values: defaults, overridden by `given`, checked as Argo checks them."""
     declared = manifest["spec"].get("arguments", {}).get("parameters", [])

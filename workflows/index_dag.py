@@ -27,9 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from hera.workflows import DAG, Parameter, Resources, Task, WorkflowTemplate
-from hera.workflows.models import PodGC, Sequence, TTLStrategy, ValueFrom
-
-from shardflow.steps import __version__
+from hera.workflows.models import Sequence
 
 from . import dag, render
 
@@ -88,18 +86,11 @@ def _templates() -> tuple[Any, Any, Any]:
         "--index={{workflow.parameters.index}}",
         "--shards-per-task={{workflow.parameters.shards-per-task}}",
     ]
-    plan = dag._step(
+    plan = dag.planning_step(
         "index-plan",
         [*common, f"--write-plan={PLAN_DIR}", "--", "{{workflow.parameters.shards}}"],
-        outputs=[
-            Parameter(name=name, value_from=ValueFrom(path=f"{PLAN_DIR}/{name}"))
-            for name in ("tasks", "parts")
-        ],
-        resources=small,
-        active_deadline_seconds="600",
-        retry_strategy=dag._retry(
-            dag.RETRY_UNLESS_USAGE_OR_DATA, limit=dag.PLAN_RETRIES, backoff=dag.PLAN_BACKOFF
-        ),
+        PLAN_DIR,
+        ("tasks", "parts"),
     )
     batch = dag._step(
         "index",
@@ -139,21 +130,9 @@ def build(settings: dag.RenderSettings | None = None) -> WorkflowTemplate:
     parameters = _parameters(settings.image)
     planned = "{{tasks.plan.outputs.parameters.%s}}"
     with WorkflowTemplate(
-        name=NAME,
-        annotations={
-            "workflows.argoproj.io/title": TITLE,
-            "workflows.argoproj.io/description": DESCRIPTION,
-        },
-        labels={"app.kubernetes.io/name": "shardflow", "app.kubernetes.io/version": __version__},
-        entrypoint=dag.ENTRYPOINT,
-        arguments=parameters,
-        parallelism=settings.parallelism,
-        active_deadline_seconds=24 * 3600,
-        pod_gc=PodGC(strategy="OnPodSuccess"),
-        ttl_strategy=TTLStrategy(
-            seconds_after_success=24 * 3600, seconds_after_failure=7 * 24 * 3600
-        ),
-        security_context=dag._pod_security(),
+        **dag.template_options(
+            NAME, TITLE, DESCRIPTION, parameters, settings, deadline_seconds=24 * 3600
+        )
     ) as template:
         plan, batch, merge = _templates()
         with DAG(name=dag.ENTRYPOINT):

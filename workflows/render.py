@@ -79,8 +79,13 @@ def to_yaml(document: dict) -> str:
 
 
 def render_all(settings: dag.RenderSettings | None = None) -> dict[str, str]:
-    """File name -> YAML text, for every manifest in argo/."""
-    return {name: HEADER + to_yaml(manifest(kind, settings)) for name, kind in FILES.items()}
+    """File name -> YAML text, for every manifest `shardflow render` writes in argo/: the
+    augment WorkflowTemplate and Workflow, and the reshard WorkflowTemplate."""
+    from . import reshard_dag  # it builds on this module
+
+    texts = {name: HEADER + to_yaml(manifest(kind, settings)) for name, kind in FILES.items()}
+    texts[reshard_dag.FILE] = reshard_dag.HEADER + to_yaml(reshard_dag.manifest(settings))
+    return texts
 
 
 def _key(item: tuple[str, Any]) -> tuple[int, int, str]:

@@ -12,7 +12,8 @@ from shardflow.steps.errors import EXIT_FAILED, EXIT_OK, ShardflowError
 
 DESCRIPTION = """\
 Render the Argo manifests from the Hera definitions (workflows/dag.py): the WorkflowTemplate
-shardflow-augment (workflowtemplate.yaml) and the standalone Workflow (workflow.yaml).
+shardflow-augment (workflowtemplate.yaml), the standalone Workflow (workflow.yaml) and the
+WorkflowTemplate shardflow-reshard (reshard-workflowtemplate.yaml, workflows/reshard_dag.py).
 Without --write, compare them with the files in --out and show the difference; --out - prints
 them. Every manifest is checked first: each {{...}} must resolve, each template and task named
 must exist.
@@ -39,16 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hera.workflows import Workflow, WorkflowTemplate
 
-    from . import dag, lint, render
+    from . import dag, lint, render, reshard_dag
 
     settings = dag.RenderSettings(
         image=args.image or dag.DEFAULT_IMAGE,
         parallelism=args.parallelism or dag.DEFAULT_PARALLELISM,
     )
-    for kind in (WorkflowTemplate, Workflow):
-        problems = lint.check_manifest(render.manifest(kind, settings))
+    checked = {
+        kind.__name__: render.manifest(kind, settings) for kind in (WorkflowTemplate, Workflow)
+    }
+    checked[reshard_dag.NAME] = reshard_dag.manifest(settings)
+    for name, document in checked.items():
+        problems = lint.check_manifest(document)
         if problems:
-            raise ShardflowError(f"{kind.__name__} does not check: " + "; ".join(problems))
+            raise ShardflowError(f"{name} does not check: " + "; ".join(problems))
     texts = render.render_all(settings)
     if args.out == "-":
         sys.stdout.write("---\n".join(texts.values()))

@@ -21,7 +21,7 @@ from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE, positive_int
 from shardflow.steps.cpus import available_cpus
 from shardflow.steps.errors import UsageError
 
-from .dag_arguments import add_dag_arguments, given_parameters
+from .dag_arguments import add_dag_arguments, given_parameters, patterns_named_for
 from .executor import Events, LocalExecutor, Node, RunResult
 
 DESCRIPTION = """\
@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--manifest",
         type=Path,
-        help="a rendered Workflow or WorkflowTemplate to run (default: argo/workflow.yaml as "
+        help="a rendered Workflow or WorkflowTemplate to run, e.g. "
+        "argo/reshard-workflowtemplate.yaml (default: argo/workflow.yaml as "
         "`shardflow render` makes it)",
     )
     parser.add_argument(
@@ -69,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     manifest = _manifest(args.manifest)
-    parameters = _parameters(args)
+    parameters = patterns_named_for(manifest, _parameters(args))
     parallelism = manifest["spec"].get("parallelism") or available_cpus()
     workers = args.workers or max(1, min(available_cpus(), parallelism))
     directory = args.logs or Path(tempfile.mkdtemp(prefix="shardflow-run-"))

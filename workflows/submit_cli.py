@@ -12,16 +12,24 @@ import os
 import sys
 from typing import Any
 
+from shardflow.steps import storage
 from shardflow.steps.cli_common import positive_int
 from shardflow.steps.errors import EXIT_OK, ShardflowError, UsageError
+from shardflow.steps.output_names import OutputNames
 from shardflow.steps.recipe import portable_recipe
 
-from .dag_arguments import add_dag_arguments, given_parameters, resolve_parameters
+from .dag_arguments import (
+    add_dag_arguments,
+    given_parameters,
+    patterns_named_for,
+    resolve_parameters,
+)
 from .plan import plan_tasks
 
 DESCRIPTION = """\
 Submit the shardflow DAG to Argo Workflows: the whole Workflow (as argo/workflow.yaml), or with
---from-template a Workflow that references the installed WorkflowTemplate. The patterns are
+--from-template a Workflow that references the installed WorkflowTemplate (--from-template
+shardflow-reshard: the reshard template, its options as -p NAME=VALUE). The patterns are
 planned here first, so a typo fails before anything reaches the cluster; a recipe given as a
 local file is sent inline, since pods cannot read this machine's disk.
 
@@ -63,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hera.workflows import Workflow
 
-    from . import dag, render
+    from . import dag, render, reshard_dag
 
     if args.from_template and args.parallelism:
         # Argo refuses to override parallelism over a workflowTemplateRef under the
@@ -74,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             "--from-template"
         )
     given = _given_parameters(args)
+    if args.from_template == reshard_dag.NAME:
+        return _submit_reshard(args, given)
     template = render.manifest(Workflow)
     values = resolve_parameters(template, given)
     plan = plan_tasks(
@@ -93,6 +103,24 @@ def run(args: argparse.Namespace) -> int:
     return _submit(model, args.namespace)
 
 
+def _submit_reshard(args: argparse.Namespace, given: dict[str, str]) -> int:
+    """A Workflow referencing the installed shardflow-reshard template: its parameters checked
+    against the template (names, enums), the patterns expanded here first."""
+    from . import render, reshard_dag
+
+    template = reshard_dag.manifest()
+    given = patterns_named_for(template, given)
+    values = resolve_parameters(template, given)
+    inputs = storage.expand(values["inputs"])
+    OutputNames(values["outputs"])  # a malformed pattern is refused here, not in a pod
+    print(f"reshard: {len(inputs)} input shard(s)", file=sys.stderr)
+    model = _template_reference(reshard_dag.NAME, given, prefix=reshard_dag.NAME)
+    if args.dry_run:
+        sys.stdout.write(render.to_yaml(render.to_dict(model)))
+        return EXIT_OK
+    return _submit(model, args.namespace)
+
+
 def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
     given = given_parameters(args)
     if "recipe" in given:
@@ -100,7 +128,7 @@ def _given_parameters(args: argparse.Namespace) -> dict[str, str]:
     return given
 
 
-def _template_reference(name: str, given: dict[str, str]) -> Any:
+def _template_reference(name: str, given: dict[str, str], prefix: str | None = None) -> Any:
     from hera.workflows import models
 
     from .dag import NAME
@@ -108,7 +136,7 @@ def _template_reference(name: str, given: dict[str, str]) -> Any:
     return models.Workflow(
         api_version="argoproj.io/v1alpha1",
         kind="Workflow",
-        metadata=models.ObjectMeta(generate_name=f"{NAME}-"),
+        metadata=models.ObjectMeta(generate_name=f"{prefix or NAME}-"),
         spec=models.WorkflowSpec(
             workflow_template_ref=models.WorkflowTemplateRef(name=name),
             arguments=models.Arguments(
