@@ -20,11 +20,11 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes; the stamp names the extras installed.
 # The image's pins (containers/constraints.txt) apply here too: tests run what pods run.
-# fast-png (ISA-L deflate) is what the image installs, so the demo shows the same speed.
+# fast-png (ISA-L deflate) and fpng are what the image installs, so the demo shows the same speed.
 CONSTRAINTS := containers/constraints.txt
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	@echo "installing shardflow into $(VENV) (a minute the first time)"
-	$(PIP) -c $(CONSTRAINTS) -e '.[fast-png,strict-jpeg]'
+	$(PIP) -c $(CONSTRAINTS) -e '.[fast-png,strict-jpeg,fpng]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) | $(BIN)/python

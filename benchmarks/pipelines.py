@@ -69,7 +69,9 @@ def docs(inputs: list[str], outputs: list[str], threads: int) -> int:
     return count
 
 
-def _shardflow(recipe_name: str, inputs: list[str], outputs: list[str], threads: int) -> int:
+def _shardflow(
+    recipe_name: str, inputs: list[str], outputs: list[str], threads: int, processes: bool = False
+) -> int:
     from shardflow.steps.augment import AugmentOptions, augment_all
     from shardflow.steps.images import rely_on_own_pixel_limit
     from shardflow.steps.pipeline import Pipeline
@@ -79,7 +81,8 @@ def _shardflow(recipe_name: str, inputs: list[str], outputs: list[str], threads:
     process = Pipeline(load_recipe(recipe_name), max_pixels=64_000_000, allowed_plugins=[])
     pairs = list(zip(inputs, outputs, strict=True))
     count = 0
-    for result in augment_all(pairs, process, AugmentOptions(threads=threads)):
+    options = AugmentOptions(threads=threads, processes=processes)
+    for result in augment_all(pairs, process, options):
         if result.status != "written":
             raise SystemExit(f"{result.input}: {result.error}")
         count += result.counts["written"]
@@ -88,11 +91,38 @@ def _shardflow(recipe_name: str, inputs: list[str], outputs: list[str], threads:
 
 @pipeline("seed")
 def seed(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """The default install (the fast-png extra, not fpng)."""
     from shardflow.steps import encoders
 
     if encoders.fast_deflate is None:
         raise SystemExit("seed needs the fast-png extra (isal); seed-pillow runs without it")
+    encoders.fpng = None
     return _shardflow("seed", inputs, outputs, threads)
+
+
+@pipeline("seed-fpng")
+def seed_fpng(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """With the fpng extra installed, which `auto` then picks."""
+    from shardflow.steps import encoders
+
+    if encoders.fpng is None:
+        raise SystemExit("seed-fpng needs the fpng extra")
+    return _shardflow("seed", inputs, outputs, threads)
+
+
+@pipeline("seed-procs")
+def seed_procs(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """seed with its `threads` workers as processes (the CLI's default), ISA-L."""
+    from shardflow.steps import encoders
+
+    encoders.fpng = None
+    return _shardflow("seed", inputs, outputs, threads, processes=True)
+
+
+@pipeline("seed-fpng-procs")
+def seed_fpng_procs(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """seed-fpng with its `threads` workers as processes."""
+    return _shardflow("seed", inputs, outputs, threads, processes=True)
 
 
 @pipeline("seed-pillow")
@@ -100,6 +130,7 @@ def seed_pillow(inputs: list[str], outputs: list[str], threads: int) -> int:
     from shardflow.steps import encoders
 
     encoders.fast_deflate = None
+    encoders.fpng = None
     return _shardflow("seed", inputs, outputs, threads)
 
 
@@ -146,7 +177,7 @@ def _tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+    tar.addfile(info, io.BytesIO(bytes(data)))
 
 
 def _floor(encode: Callable[[np.ndarray], bytes]) -> Runner:
@@ -255,6 +286,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _usage() -> dict[str, float]:
+    """CPU seconds and minor page faults of this process and of the worker processes it
+    waited for (a pipeline that runs its work in child processes is charged for them)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "user": own.ru_utime + children.ru_utime,
+        "system": own.ru_stime + children.ru_stime,
+        "minor_faults": own.ru_minflt + children.ru_minflt,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(PIPELINES))
@@ -262,18 +305,19 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", required=True)
     parser.add_argument("--outputs", nargs="+", required=True)
     args = parser.parse_args()
-    started_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    before = _usage()
     started = time.perf_counter()
     samples = PIPELINES[args.name](args.inputs, args.outputs, args.threads)
     seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (usage.ru_utime - started_cpu.ru_utime) + (usage.ru_stime - started_cpu.ru_stime)
+    after = _usage()
     result = {
         "name": args.name,
         "threads": args.threads,
         "samples": samples,
         "seconds": seconds,
-        "cpu_seconds": cpu,
+        "cpu_seconds": after["user"] + after["system"] - before["user"] - before["system"],
+        "system_seconds": after["system"] - before["system"],
+        "minor_faults": after["minor_faults"] - before["minor_faults"],
         "bytes_in": sum(Path(p).stat().st_size for p in args.inputs),
         "bytes_out": sum(Path(p).stat().st_size for p in args.outputs),
         "peak_rss_mb": peak_rss_mb(),

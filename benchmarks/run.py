@@ -33,6 +33,7 @@ SHARDFLOW = str(Path(PYTHON).with_name("shardflow"))
 PER_CORE = [
     "docs",
     "seed",
+    "seed-fpng",
     "seed-pillow",
     "floor",
     "floor-fpng",
@@ -40,7 +41,7 @@ PER_CORE = [
     "train-224-bicubic",
     "img2dataset",
 ]
-SCALED = ["seed", "train-224", "floor"]
+SCALED = ["seed", "seed-procs", "seed-fpng-procs", "train-224", "floor"]
 SEED_PROCESSES = "seed, N processes"
 
 
@@ -96,6 +97,8 @@ def summarise(runs: list[dict]) -> dict:
         "wall": statistics.median(r["samples"] / r["seconds"] for r in runs),
         "mb_in_per_s": statistics.median(r["bytes_in"] / r["seconds"] / 1e6 for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "faults_per_sample": statistics.median(r["minor_faults"] / r["samples"] for r in runs),
+        "system_share": statistics.median(r["system_seconds"] / r["cpu_seconds"] for r in runs),
         "out_per_sample": first["bytes_out"] / first["samples"],
         "in_per_sample": first["bytes_in"] / first["samples"],
         "rounds": len(runs),
@@ -117,7 +120,8 @@ def per_core(shards: list[Path], work: Path, rounds: int) -> dict[str, dict]:
 
 
 def compare_pixels(shards: list[Path], work: Path) -> dict:
-    """Decode every PNG the docs recipe and the seed recipe wrote and compare them."""
+    """Decode every PNG the docs recipe wrote and compare it with the seed recipe's, with
+    ISA-L (seed) and with fpng (seed-fpng)."""
     import io
     import tarfile
 
@@ -135,12 +139,14 @@ def compare_pixels(shards: list[Path], work: Path) -> dict:
     same = total = 0
     worst = 0
     for shard in shards:
-        docs, seed = pngs(work / "docs" / shard.name), pngs(work / "seed" / shard.name)
-        assert docs.keys() == seed.keys(), "the two recipes wrote different samples"
-        for name, pixels in docs.items():
-            total += 1
-            same += bool(np.array_equal(pixels, seed[name]))
-            worst = max(worst, int(np.abs(pixels.astype(int) - seed[name]).max()))
+        docs = pngs(work / "docs" / shard.name)
+        for pipeline in ("seed", "seed-fpng"):
+            seed = pngs(work / pipeline / shard.name)
+            assert docs.keys() == seed.keys(), "the two recipes wrote different samples"
+            for name, pixels in docs.items():
+                total += 1
+                same += bool(np.array_equal(pixels, seed[name]))
+                worst = max(worst, int(np.abs(pixels.astype(int) - seed[name]).max()))
     return {"samples": total, "identical": same, "max_difference": worst}
 
 
@@ -280,17 +286,18 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}. Data: {report['data']}.",
         "",
         "| pipeline | samples/s per core | wall samples/s | MB/s in | peak RSS MB "
-        "| out bytes/sample | vs docs | vs floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| minor faults/sample | system % of CPU | out bytes/sample | vs docs | vs floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
         lines.append(
             f"| {name} | {row['per_core']:.1f} | {row['wall']:.1f} | {row['mb_in_per_s']:.1f} "
-            f"| {row['peak_rss_mb']:.0f} | {row['out_per_sample'] / 1e3:,.0f} kB "
+            f"| {row['peak_rss_mb']:.0f} | {row['faults_per_sample']:.0f} "
+            f"| {100 * row['system_share']:.0f}% | {row['out_per_sample'] / 1e3:,.0f} kB "
             f"| {row['per_core'] / docs['per_core']:.1f}x "
             f"| {row['per_core'] / floor['per_core']:.2f}x |"
         )
-    seed, pillow = rows["seed"], rows["seed-pillow"]
+    seed, pillow, seed_fpng = rows["seed"], rows["seed-pillow"], rows["seed-fpng"]
     train, i2d = rows["train-224"], rows["img2dataset"]
     lines += [
         "",
@@ -299,6 +306,8 @@ def markdown(report: dict) -> str:
         f"(without the fast-png extra: {pillow['per_core'] / docs['per_core']:.1f}x); "
         f"output size seed / docs: {seed['out_per_sample'] / docs['out_per_sample']:.3f}x "
         f"(Pillow fallback {pillow['out_per_sample'] / docs['out_per_sample']:.3f}x)",
+        f"- seed-fpng / docs: **{seed_fpng['per_core'] / docs['per_core']:.1f}x**; output size "
+        f"{seed_fpng['out_per_sample'] / docs['out_per_sample']:.3f}x docs",
         f"- floor / docs: {floor['per_core'] / docs['per_core']:.1f}x, "
         f"floor-fpng / docs: {fpng['per_core'] / docs['per_core']:.1f}x "
         f"(fpng output {fpng['out_per_sample'] / docs['out_per_sample']:.3f}x docs)",
@@ -310,7 +319,8 @@ def markdown(report: dict) -> str:
     ]
     pixels = report["pixels"]
     lines.append(
-        f"- pixels, seed vs docs: {pixels['identical']} of {pixels['samples']} images identical "
+        f"- pixels, seed and seed-fpng vs docs: {pixels['identical']} of {pixels['samples']} "
+        "images identical "
         f"(largest difference {pixels['max_difference']} levels)"
     )
     scaled = report["scaling"]
@@ -319,7 +329,8 @@ def markdown(report: dict) -> str:
     clean = scaled["clean_rounds"]
     lines += [
         "",
-        "Thread scaling: wall-clock samples/s and speedup over 1 thread, medians of "
+        "Scaling: wall-clock samples/s and speedup over 1 worker (threads; for the -procs "
+        "rows, worker processes over one shard's samples), medians of "
         + (
             f"the {clean} clean rounds of {scaled['rounds']} (rounds where the control, pure C "
             "work in threads, scaled to at least 90% of linear before and after: no neighbour "

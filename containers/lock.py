@@ -15,7 +15,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = "shardflow[s3,gcs,fast-png,strict-jpeg]"
+ROOT = "shardflow[s3,gcs,fast-png,strict-jpeg,fpng]"
 
 
 def closure(root: str = ROOT) -> dict[str, str]:

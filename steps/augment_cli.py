@@ -100,8 +100,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=positive_int,
         metavar="N",
-        help="worker threads per shard (default: the CPUs this process may use, fewer when "
+        help="parallel workers per shard (default: the CPUs this process may use, fewer when "
         "the cgroup memory limit cannot hold that many images at --max-mpx)",
+    )
+    behaviour.add_argument(
+        "--parallel",
+        choices=("processes", "threads"),
+        default="processes",
+        help="what the workers are: forked processes (default; Linux, otherwise threads), which "
+        "use every core, or threads in one process, which share Python's GIL; the output is "
+        "the same bytes either way",
     )
     behaviour.add_argument(
         "--max-mpx",
@@ -153,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         skip_existing=args.skip_existing,
         verify_existing=args.verify_existing,
-        threads=args.threads or threads_for_memory(available_cpus(), max_pixels),
+        threads=args.threads
+        or threads_for_memory(
+            available_cpus(), max_pixels, processes=args.parallel == "processes"
+        ),
+        processes=args.parallel == "processes",
         max_member_bytes=int(args.max_member_mb * 1_000_000),
         allow_pipe=args.allow_pipe,
     )

@@ -63,6 +63,7 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
 # and about one more full-size copy while an operation or the encoder works on it.
 PEAK_BYTES_PER_PIXEL = 8
 # What the process needs besides the threads' images: interpreter, libraries, buffers.
+WORKER_PROCESS_MEMORY = 96 << 20  # a forked worker's own pages, with margin (README)
 BASE_MEMORY = 256 << 20
 
 
@@ -83,10 +84,15 @@ def cgroup_memory_limit(root: Path = CGROUP_ROOT) -> int | None:
     return None
 
 
-def threads_for_memory(threads: int, max_pixels: int, cgroup_root: Path = CGROUP_ROOT) -> int:
-    """`threads`, lowered so that every thread at the pixel limit fits the memory limit."""
+def threads_for_memory(
+    threads: int, max_pixels: int, cgroup_root: Path = CGROUP_ROOT, *, processes: bool = False
+) -> int:
+    """`threads`, lowered so that every worker at the pixel limit fits the memory limit (a
+    worker process also has its own interpreter, libraries and buffers)."""
     limit = cgroup_memory_limit(cgroup_root)
     if limit is None:
         return threads
     per_thread = max(1, max_pixels * PEAK_BYTES_PER_PIXEL)
+    if processes:
+        per_thread += WORKER_PROCESS_MEMORY
     return max(1, min(threads, (limit - BASE_MEMORY) // per_thread))

@@ -5,23 +5,57 @@ Decoding goes through Pillow restricted to the one format the member's extension
 header before any pixel is decoded (a 17 kB PNG can declare 400 Mpx); EXIF orientation is
 applied; JPEGs that will be shrunk are decoded at reduced size by libjpeg's DCT scaling;
 damage Pillow would decode into garbage (PNG chunk CRCs, libjpeg's warnings) fails the
-sample (see image_integrity).
+sample (see image_integrity). When every later step of the recipe takes numpy pixels (the
+seed recipe: normalize, encode), a JPEG is decoded by simplejpeg straight into a buffer that
+the thread (or worker process) reuses for its next sample, after the same header checks:
+no Pillow image, no copy, no fresh multi-megabyte mapping per sample.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import image_integrity
+from .image_integrity import simplejpeg
 
 Size = tuple[int, int]
 DraftPlanner = Callable[[Size], Size | None]  # oriented source size -> smallest useful size
 
-PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One image format, everywhere it matters: the name a recipe writes (`format: jpg`), the
+    member extensions that name it, Pillow's name for it (decoding is restricted to it), and
+    the encoder's default options (what a recipe may set, and what the recipe hash covers)."""
+
+    name: str
+    pillow: str
+    extensions: tuple[str, ...]
+    options: dict[str, Any]
+
+
+# The one table of image formats; decoding, encoding and the recipe checks all read it.
+IMAGE_FORMATS: dict[str, ImageFormat] = {
+    f.name: f
+    for f in (
+        ImageFormat("png", "PNG", ("png",), {"compress_level": 1}),
+        ImageFormat("jpg", "JPEG", ("jpg", "jpeg"), {"quality": 90}),
+        ImageFormat("webp", "WEBP", ("webp",), {"quality": 90, "lossless": False, "method": 4}),
+    )
+}
+# Member extension (the last part: `seg.png` -> png) -> format.
+BY_EXTENSION: dict[str, ImageFormat] = {
+    extension: f for f in IMAGE_FORMATS.values() for extension in f.extensions
+}
+PIL_FORMATS = {extension: f.pillow for extension, f in BY_EXTENSION.items()}
 _ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
@@ -37,14 +71,54 @@ class ImageDecodeError(Exception):
     """The member is not a usable image; the message says why in one line."""
 
 
+# Pixels decoded straight into numpy: (height, width, 3) uint8 for RGB, (height, width) for L.
+Pixels = np.ndarray
+# Modes a JPEG decodes to directly as pixels: (Pillow's mode from the header, mode wanted).
+# Gray to RGB is libjpeg's replication of the one band, as Pillow's convert does; RGB to L
+# is not here (libjpeg's would be the Y band, Pillow's convert a different weighting).
+_DIRECT_JPEG = {("RGB", "RGB"): "RGB", ("L", "L"): "GRAY", ("L", "RGB"): "RGB"}
+_SCRATCH_LIMIT = 64 << 20  # a buffer above this is not kept between samples
+
+
+class Scratch(threading.local):
+    """Per-thread buffers reused from one sample to the next: a fresh multi-megabyte array
+    per image is a fresh mapping from the kernel (page faults, system time) each time.
+    Whoever takes a buffer must be done with it before the same thread takes it again."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, size: int) -> np.ndarray:
+        """A 1-D uint8 buffer of `size` bytes (its contents are whatever was there)."""
+        if size > _SCRATCH_LIMIT:
+            return np.empty(size, np.uint8)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(size, np.uint8)
+        return buffer[:size]
+
+
 def decode_image(
+    data: bytes, extension: str, *, max_pixels: int, draft: DraftPlanner | None = None
+) -> Image.Image:
+    """Decode `data` as the format its extension names, upright, within `max_pixels`."""
+    image = decode_image_or_pixels(data, extension, max_pixels=max_pixels, draft=draft)
+    assert isinstance(image, Image.Image)
+    return image
+
+
+def decode_image_or_pixels(
     data: bytes,
     extension: str,
     *,
     max_pixels: int,
     draft: DraftPlanner | None = None,
-) -> Image.Image:
-    """Decode `data` as the format its extension names, upright, within `max_pixels`."""
+    pixels: tuple[str | None, Scratch] | None = None,
+) -> Image.Image | Pixels:
+    """decode_image; with `pixels` = (mode wanted or None for the image's own, scratch
+    buffers), a JPEG that libjpeg can decode straight to that mode is returned as a numpy
+    array in a reused buffer (see decode_jpeg_pixels); anything else is a Pillow image.
+    """
     pil_format = PIL_FORMATS.get(extension.rsplit(".", 1)[-1])
     if pil_format is None:
         raise ImageDecodeError(f"cannot decode .{extension} as an image (jpg, png, webp)")
@@ -69,12 +143,29 @@ def decode_image(
             f"above the limit of {max_pixels / 1e6:g} Mpx (--max-mpx)"
         )
     orientation = _orientation(image)
+    # simplejpeg decodes (and checks, strictly) in one pass what Pillow + image_integrity
+    # decode twice; an ICC profile stays on the Pillow path, whose PNG writer keeps it.
+    direct = (
+        simplejpeg is not None and pil_format == "JPEG" and not image.info.get("icc_profile")
+    )
     if draft is not None and pil_format == "JPEG":
         swapped = orientation in _SWAPS_AXES
         wanted = draft((height, width) if swapped else (width, height))
         if wanted is not None:
             request = (wanted[1], wanted[0]) if swapped else wanted
-            image.draft(image.mode, request)
+            image.draft(image.mode, request)  # sets the reduced size; decodes nothing yet
+            # The resize computes its target from this, not from the drafted size: libjpeg
+            # rounds scaled sides up, which would move the target by a pixel on some images.
+            image.info[SOURCE_SIZE] = (height, width) if swapped else (width, height)
+            if direct and image.mode in ("RGB", "L"):
+                return _drafted_by_simplejpeg(data, extension, image, (width, height), orientation)
+    elif pixels is not None and direct:
+        mode_wanted = pixels[0] or image.mode
+        colorspace = _DIRECT_JPEG.get((image.mode, mode_wanted))
+        if colorspace is not None:
+            return decode_jpeg_pixels(
+                data, extension, image.size, colorspace, orientation, pixels[1]
+            )
     try:
         if pil_format == "PNG":
             image_integrity.check_png(data)
@@ -86,6 +177,91 @@ def decode_image(
     if isinstance(orientation, int) and 2 <= orientation <= 8:
         ImageOps.exif_transpose(image, in_place=True)
     return image
+
+
+def _drafted_by_simplejpeg(
+    data: bytes, extension: str, image: Image.Image, stored: Size, orientation: object
+) -> Image.Image:
+    """The JPEG at the reduced size Pillow's draft chose (1/2, 1/4 or 1/8: libjpeg's scaled
+    IDCT, the same pixels as Pillow's), decoded by simplejpeg, upright, as a Pillow image
+    carrying the header's info but the EXIF (whose orientation is applied)."""
+    width, height = stored
+    factor = next(f for f in (8, 4, 2, 1) if (-(-width // f), -(-height // f)) == image.size)
+    colorspace = "RGB" if image.mode == "RGB" else "GRAY"
+    pixels = decode_jpeg_pixels(
+        data, extension, image.size, colorspace, orientation, None, factor=factor
+    )
+    result = Image.fromarray(pixels, image.mode)
+    result.info = {k: v for k, v in image.info.items() if k not in _EXIF_KEYS}
+    return result
+
+
+_EXIF_KEYS = ("exif", "xmp", "XML:com.adobe.xmp")  # orientation lives there
+
+
+def decode_jpeg_pixels(
+    data: bytes,
+    extension: str,
+    size: Size,
+    colorspace: str,
+    orientation: object,
+    scratch: Scratch | None,
+    *,
+    factor: int = 1,
+) -> Pixels:
+    """A JPEG decoded by simplejpeg (libjpeg-turbo, as Pillow's wheels bundle, with the same
+    accurate DCT and smooth upsampling: the same pixels) into a reused buffer, upright.
+
+    The header was read and checked by Pillow (format, size limit, EXIF orientation), so the
+    errors and limits are those of the Pillow path. libjpeg's warnings are errors here
+    (strict), which makes image_integrity's second, reduced-scale decode unnecessary: a
+    damaged stream fails with the same message.
+    """
+    width, height = size  # after scaling by 1/factor
+    bands = 3 if colorspace == "RGB" else 1
+    buffer = None if scratch is None else scratch.take("decode", width * height * bands)
+    scaling = {"min_width": width, "min_height": height, "min_factor": factor} if factor > 1 else {}
+    try:
+        decoded = simplejpeg.decode_jpeg(
+            data, colorspace=colorspace, buffer=buffer, strict=True, **scaling
+        )
+    except ValueError as exc:
+        raise ImageDecodeError(
+            f".{extension} image data is corrupt: decoder warning: {' '.join(str(exc).split())}"
+        ) from None
+    if decoded.shape[:2] != (height, width):  # pragma: no cover - Pillow read the same header
+        raise ImageDecodeError(f".{extension} image decoded to an unexpected size")
+    if bands == 1:
+        decoded = decoded.reshape(height, width)
+    if isinstance(orientation, int) and 2 <= orientation <= 8:
+        decoded = np.ascontiguousarray(_ORIENT[orientation](decoded))
+    return decoded
+
+
+# EXIF orientation as numpy views, each equal to the Pillow transpose that
+# ImageOps.exif_transpose applies for it (checked against Pillow in the tests).
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # ROTATE_270
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # TRANSVERSE
+    8: lambda a: a.swapaxes(0, 1)[::-1],  # ROTATE_90
+}
+
+
+def pixels_mode(pixels: Pixels) -> str:
+    """The Pillow mode of decoded pixels."""
+    return "L" if pixels.ndim == 2 else "RGB"
+
+
+SOURCE_SIZE = "shardflow.source_size"  # image.info key: the upright size before drafting
+
+
+def source_size(image: Image.Image) -> Size:
+    """The image's upright size as stored in its file, before any reduced-size decoding."""
+    return image.info.get(SOURCE_SIZE, image.size)
 
 
 def convert_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -160,15 +336,25 @@ def minmax_lut(low: int, high: int) -> list[int]:
     return table.astype(np.uint8).tolist()
 
 
-def normalize_minmax(image: Image.Image) -> Image.Image:
+def normalize_minmax(image: Image.Image | Pixels) -> Image.Image | Pixels:
     """Per-image min-max normalisation over all bands, on 8-bit L or RGB images.
 
-    The extrema come from Pillow's histogram, which runs without the GIL: getextrema and
-    numpy's view of the pixels (a tobytes copy) both hold it, and with several threads the
-    GIL, not the cores, then sets the pace. Most photos already span 0..255, where the docs
-    arithmetic maps every level to itself: the table is then the identity and the image is
-    returned as is, saving the lookup pass.
+    On decoded pixels (numpy), min and max are numpy reductions and the table is Pillow's
+    `point` over the same memory seen as one 8-bit band. On a Pillow image, the extrema come
+    from Pillow's histogram, which runs without the GIL (getextrema and numpy's view of the
+    pixels, a tobytes copy, both hold it), and the table is Pillow's `point`. Most photos
+    already span 0..255, where the docs arithmetic maps every level to itself: the table is
+    then the identity and the image is returned as is, saving the lookup pass.
     """
+    if isinstance(image, np.ndarray):
+        table = minmax_lut(int(image.min()), int(image.max()))
+        if table == _IDENTITY:
+            return image
+        # Pillow's `point` on an 8-bit view of the same memory (no copy in): numpy's take
+        # first widens every index to 64 bits, which costs several times more.
+        height = image.shape[0]
+        view = Image.frombuffer("L", (image.size // height, height), image, "raw", "L", 0, 1)
+        return np.asarray(view.point(table)).reshape(image.shape)
     if image.mode not in ("L", "RGB"):
         raise ValueError(f"normalize needs an L or RGB image, got mode {image.mode}; add convert")
     counts = np.asarray(image.histogram()).reshape(-1, 256).sum(axis=0)

@@ -23,6 +23,8 @@ Format (version 1):
     input_identity   the version of the input read: {size, and etag, version_id or
                      last_modified (remote), mtime_ns (local)}; null for pipe: inputs
     versions, timings, threads
+    png_encoders     per PNG member extension: {encoder: fpng|isal|pillow, version} (absent
+                     when the recipe writes no PNG); bytes differ between encoders, pixels do not
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import platform
 import tempfile
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, BinaryIO
@@ -47,9 +50,10 @@ def manifest_url(output_url: str) -> str:
 
 
 def versions() -> dict[str, str | None]:
-    """What produced the bytes. isal is listed because PNG output at level 1 takes a faster
-    path when it is installed: the same pixels, other bytes (null: not installed); simplejpeg
-    because with it a JPEG damaged mid-stream fails its sample instead of being written."""
+    """What produced the bytes. isal and fpng are listed because PNG output at level 1 takes
+    a faster path when one is installed: the same pixels, other bytes (null: not installed);
+    simplejpeg because with it a JPEG damaged mid-stream fails its sample instead of being
+    written (and JPEGs are decoded by it, to the same pixels as Pillow's)."""
     import numpy
     import PIL
 
@@ -60,6 +64,7 @@ def versions() -> dict[str, str | None]:
         "numpy": numpy.__version__,
         "isal": _installed_version("isal"),
         "simplejpeg": _installed_version("simplejpeg"),
+        "fpng": _installed_version("fpng"),
     }
 
 
@@ -118,7 +123,7 @@ class ManifestBuilder:
     failed: RecordSpool = field(default_factory=RecordSpool)
 
     def add_written(
-        self, key: str, members: list[tuple[str, bytes]], source: dict[str, str] | None = None
+        self, key: str, members: Sequence[tuple[str, Sized]], source: dict[str, str] | None = None
     ) -> None:
         """`source`: where a resharded sample came from ({shard, key}), its lineage."""
         record: dict[str, Any] = {
@@ -155,6 +160,7 @@ class ManifestBuilder:
         ignored_members: list[str],
         timings: dict[str, Any],
         threads: int,
+        png_encoders: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -174,6 +180,8 @@ class ManifestBuilder:
             "ignored_members": ignored_members,
             "samples": self.samples,
             "versions": versions(),
+            # Per PNG member: the encoder that wrote it and its version (see encoders.py).
+            **({"png_encoders": png_encoders} if png_encoders else {}),
             "timings": timings,
             "threads": threads,
         }

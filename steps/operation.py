@@ -63,6 +63,9 @@ class Operation:
 
     name: ClassVar[str]
     accepted: ClassVar[tuple[str, ...]] = ()
+    # Whether this operation takes decoded numpy pixels (images.Pixels) in an image field, or
+    # never touches image fields: then an image step before it may decode to numpy.
+    takes_pixels: ClassVar[bool] = False
 
     @classmethod
     def parse(cls, p: Params) -> Operation:
@@ -111,10 +114,13 @@ def check_output_size(size: tuple[int, int], ctx: SampleContext, what: str) -> N
         )
 
 
-def image_field(sample: Sample, name: str, ctx: SampleContext, what: str) -> Image.Image:
-    """The decoded image in field `name`; undecoded bytes are a recipe mistake, said so."""
+def image_field(
+    sample: Sample, name: str, ctx: SampleContext, what: str, *, pixels: bool = False
+) -> Any:
+    """The decoded image in field `name` (a Pillow image; or, for an operation that takes
+    them, numpy pixels: `pixels=True`); undecoded bytes are a recipe mistake, said so."""
     value = field_value(sample, name, ctx, what)
-    if not isinstance(value, Image.Image):
+    if not (isinstance(value, Image.Image) or (pixels and isinstance(value, np.ndarray))):
         raise SampleError(ctx.key, f"{what} needs a decoded image in {name!r}; add an image step")
     return value
 

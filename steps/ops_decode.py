@@ -23,10 +23,14 @@ class DecodeImage(Operation):
 
     name: ClassVar[str] = "image"
     accepted: ClassVar[tuple[str, ...]] = ("from", "to", "mode")
+    takes_pixels: ClassVar[bool] = True  # writes its own field only
     sources: list[str]
     target: str = "image"
     mode: str | None = None
     draft: images.DraftPlanner | None = field(default=None, repr=False, compare=False)
+    # Set by plan() when every later step takes numpy pixels: a JPEG is then decoded
+    # straight into a buffer reused by this thread's (or worker process's) next sample.
+    scratch: images.Scratch | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, p: Params) -> DecodeImage:
@@ -47,7 +51,15 @@ class DecodeImage(Operation):
 
     def plan(self, following: Sequence[Operation]) -> None:
         """A resize of the decoded field next (after converts, which keep the size): decode
-        a JPEG at reduced size (libjpeg's DCT scaling)."""
+        a JPEG at reduced size (libjpeg's DCT scaling). Otherwise, when every later step
+        takes numpy pixels or leaves images alone (`takes_pixels`: normalize, label, json,
+        encode, another image step), decode a JPEG straight into a reused numpy buffer; any
+        other step (a resize, a crop, a plugin...) gets a Pillow image."""
+        self._plan_draft(following)
+        if self.draft is None and all(op.takes_pixels for op in following):
+            self.scratch = images.Scratch()
+
+    def _plan_draft(self, following: Sequence[Operation]) -> None:
         for op in following:
             if isinstance(op, Convert) and op.field_name == self.target:
                 continue
@@ -63,12 +75,18 @@ class DecodeImage(Operation):
             if not isinstance(data, bytes):
                 raise SampleError(ctx.key, f"field {source!r} was already decoded")
             try:
-                image = images.decode_image(
-                    data, source, max_pixels=ctx.max_pixels, draft=self.draft
+                image = images.decode_image_or_pixels(
+                    data,
+                    source,
+                    max_pixels=ctx.max_pixels,
+                    draft=self.draft,
+                    pixels=None if self.scratch is None else (self.mode, self.scratch),
                 )
             except images.ImageDecodeError as exc:
                 raise SampleError(ctx.key, str(exc)) from None
-            if self.mode and image.mode != self.mode:
+            if isinstance(image, images.Pixels):
+                pass  # already in the mode asked for
+            elif self.mode and image.mode != self.mode:
                 image = images.convert_mode(image, self.mode)
             del sample[source]
             sample[self.target] = image
@@ -83,6 +101,7 @@ class DecodeJson(Operation):
 
     name: ClassVar[str] = "json"
     accepted: ClassVar[tuple[str, ...]] = ("from", "to")
+    takes_pixels: ClassVar[bool] = True
     source: str = "json"
     target: str = "json"
 

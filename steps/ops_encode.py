@@ -5,11 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .encoders import DEFAULT_OPTIONS, FORMATS, EncodeError, MemberEncoder, infer_format
-from .errors import SampleError
+from .encoders import (
+    DEFAULT_OPTIONS,
+    FORMATS,
+    PNG_ENCODERS,
+    EncodeError,
+    MemberEncoder,
+    canonical_format,
+    infer_format,
+    png_encoder_installed,
+    png_encoder_record,
+)
+from .errors import SampleError, UsageError
 from .operation import Operation, Sample, SampleContext, field_value
 from .params import Params, shown
 from .samples import extension_reason
+from .tarwrite import MemberData
+
+_EXTRAS = {"fpng": "fpng", "isal": "fast-png"}  # the extra that installs each encoder
 
 
 @dataclass
@@ -19,6 +32,7 @@ class Encode(Operation):
 
     name: ClassVar[str] = "encode"
     accepted: ClassVar[tuple[str, ...]] = ("members", "passthrough")
+    takes_pixels: ClassVar[bool] = True
     members: list[MemberEncoder]
     passthrough: bool = False
 
@@ -43,9 +57,28 @@ class Encode(Operation):
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         return sample
 
-    def encode(self, sample: Sample, ctx: SampleContext) -> list[tuple[str, bytes]]:
+    def png_encoders(self) -> dict[str, dict[str, str | None]]:
+        """Per PNG member: the encoder that writes it and its version, for the manifest (bytes
+        differ between encoders, pixels do not). A pinned encoder that is not installed is a
+        usage error, before any work."""
+        records = {}
+        for member in self.members:
+            if member.format != "png":
+                continue
+            pinned = member.options.get("encoder", "auto")
+            if member.options.get("compress_level") != 1:
+                pinned = "pillow"  # other levels: Pillow's own
+            elif not png_encoder_installed(pinned):
+                raise UsageError(
+                    f"the recipe asks for the PNG encoder {pinned} for .{member.extension}, "
+                    f"which is not installed (pip install 'shardflow[{_EXTRAS[pinned]}]')"
+                )
+            records[member.extension] = png_encoder_record(pinned)
+        return records
+
+    def encode(self, sample: Sample, ctx: SampleContext) -> list[tuple[str, MemberData]]:
         """[(member name, bytes)] in a stable order: the recipe's, then passthrough fields."""
-        written: list[tuple[str, bytes]] = []
+        written: list[tuple[str, MemberData]] = []
         for member in self.members:
             value = field_value(sample, member.source, ctx, f"the .{member.extension} member")
             try:
@@ -91,17 +124,20 @@ def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
             f"member {shown(extension)}: cannot infer a format; add format: raw or one of "
             f"{', '.join(FORMATS)}"
         )
-    fmt = "jpg" if fmt == "jpeg" else fmt
+    fmt = canonical_format(fmt) if isinstance(fmt, str) else fmt
     if fmt not in FORMATS:
         raise p.error(f"member {shown(extension)}: unknown format {shown(fmt)}")
     allowed = DEFAULT_OPTIONS.get(fmt, {})
-    unknown = sorted(set(options) - set(allowed))
+    known = [*allowed, *(["encoder"] if fmt == "png" else [])]
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise p.error(
             f"member {shown(extension)}: unknown option {shown(unknown[0])} for {fmt} "
-            f"(expected: {', '.join(allowed) or 'none'})"
+            f"(expected: {', '.join(known) or 'none'})"
         )
     merged = {**allowed, **options}
+    if merged.get("encoder") == "auto":
+        del merged["encoder"]  # the default: the recipe (and its hash) as if it were absent
     _check_encoder_options(fmt, merged, extension, p)
     return MemberEncoder(extension, source, fmt, merged)
 
@@ -109,7 +145,18 @@ def _member_encoder(extension: Any, spec: Any, p: Params) -> MemberEncoder:
 def _check_encoder_options(fmt: str, options: dict[str, Any], ext: str, p: Params) -> None:
     ranges = {"compress_level": (0, 9), "quality": (1, 100), "method": (0, 6)}
     for name, value in options.items():
-        if name in ranges:
+        if name == "encoder":
+            if value not in PNG_ENCODERS:
+                raise p.error(
+                    f"member {shown(ext)}: encoder must be one of {', '.join(PNG_ENCODERS)}, "
+                    f"got {shown(value)}"
+                )
+            if value != "pillow" and options.get("compress_level") != 1:
+                raise p.error(
+                    f"member {shown(ext)}: encoder {value} writes at compress_level 1 only; "
+                    "other levels need encoder: pillow"
+                )
+        elif name in ranges:
             low, high = ranges[name]
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise p.error(f"member {shown(ext)}: {name} must be an integer in {low}..{high}")

@@ -19,6 +19,7 @@ class Label(Operation):
 
     name: ClassVar[str] = "label"
     accepted: ClassVar[tuple[str, ...]] = ("from", "path", "to", "classes")
+    takes_pixels: ClassVar[bool] = True  # reads a JSON field only
     source: str = "json"
     path: str = "cls"
     target: str = "cls"

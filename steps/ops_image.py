@@ -133,7 +133,10 @@ class Resize(Operation):
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         image = image_field(sample, self.field_name, ctx, "resize")
-        target = self.target(image.size)
+        source = images.source_size(image)
+        target = self.target(source)
+        if target == source:  # nothing to resize (a JPEG is drafted only when it shrinks)
+            target = image.size
         if self.crop is not None and target[0] >= self.crop[0] and target[1] >= self.crop[1]:
             # Only the crop is allocated, whatever the size of the virtual resized image.
             sample[self.field_name] = self._resize_crop_region(image, target, self.crop)
@@ -240,6 +243,7 @@ class Normalize(Operation):
 
     name: ClassVar[str] = "normalize"
     accepted: ClassVar[tuple[str, ...]] = ("field",)
+    takes_pixels: ClassVar[bool] = True
     field_name: str = "image"
 
     @classmethod
@@ -250,7 +254,7 @@ class Normalize(Operation):
         return {"field": self.field_name}
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
-        image = image_field(sample, self.field_name, ctx, "normalize")
+        image = image_field(sample, self.field_name, ctx, "normalize", pixels=True)
         try:
             sample[self.field_name] = images.normalize_minmax(image)
         except ValueError as exc:

@@ -16,6 +16,7 @@ from .errors import SampleError
 from .ops import Dropped, SampleContext
 from .recipe import Recipe
 from .samples import RawSample
+from .tarwrite import MemberData
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Outcome:
     """What became of one sample; exactly one of members, dropped or failed is set."""
 
     key: str
-    members: list[tuple[str, bytes]] | None = None
+    members: list[tuple[str, MemberData]] | None = None  # bytes, or pieces of them
     dropped: str | None = None
     failed: str | None = None
 
@@ -45,6 +46,8 @@ class Pipeline:
         self._reads = recipe.reads()
         self._steps = ops[:-1]
         self._encoder = recipe.encoder
+        # For the manifest; a PNG encoder the recipe pins but is not installed: UsageError.
+        self.png_encoders = self._encoder.png_encoders()
 
     def wants(self, extension: str) -> bool:
         """Whether an input member must be read into memory (the rest is skipped unread)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import tarfile
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .samples import written_name_reason
 
@@ -45,8 +45,44 @@ class HashingWriter:
         return self._sha256.hexdigest()
 
 
+class Pieces:
+    """Member data held as several buffers (a PNG's header, its compressed data and its
+    trailer): written one after another, never joined, so a megabyte-sized member is not
+    copied once more on its way to the tar. `len()` is the member's size in bytes."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, *parts: bytes | bytearray | memoryview) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Pieces):
+            other = bytes(other)
+        return isinstance(other, bytes | bytearray) and bytes(self) == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return (Pieces, self.parts)
+
+
+MemberData = bytes | bytearray | memoryview | Pieces
+
+
 class ShardWriter:
-    """Writes members in the order given; `close()` returns (size, sha256) of the archive."""
+    """Writes members in the order given; `close()` returns (size, sha256) of the archive.
+
+    The archive is what `tarfile` writes in GNU format (the same header bytes, from
+    `TarInfo.tobuf`, the same padding and end-of-archive record), but members go straight to
+    the sink: no BytesIO around the data, no copy in 16 KiB pieces, one write and one hash
+    update per buffer.
+    """
 
     def __init__(self, sink: BinaryIO, *, gzipped: bool = False) -> None:
         self._out = HashingWriter(sink)
@@ -57,48 +93,56 @@ class ShardWriter:
             if gzipped
             else None
         )
-        # Plain "w" mode writes straight through (no stream buffer whose finaliser would try to
-        # flush into an aborted sink); close() adds the end-of-archive blocks and padding.
-        # Members are copied in 1 MiB pieces rather than tarfile's 16 KiB: a 750 kB PNG is then
-        # one write and one hash update instead of 46 (the cost: benchmarks/README.md).
-        self._tar = tarfile.TarFile(
-            fileobj=self._gzip or self._out,  # type: ignore[arg-type]  # write-only: "w" never reads
-            mode="w",
-            format=tarfile.GNU_FORMAT,
-            copybufsize=1 << 20,
-        )
+        self._file: Any = self._gzip or self._out
+        self._offset = 0
 
-    def add(self, name: str, data: bytes | memoryview) -> None:
-        """A member from bytes in memory, written straight through: what `TarFile.addfile`
-        writes (the header in the archive's format, the data, zeros to a whole block) without
-        its copies of the data and of the header object."""
-        tar = self._tar
-        header = _member_info(name, len(data)).tobuf(tar.format, tar.encoding, tar.errors)
-        padding = -len(data) % tarfile.BLOCKSIZE
-        out = self._gzip or self._out  # what the TarFile writes to
-        out.write(header)
-        out.write(data)
-        if padding:
-            out.write(bytes(padding))
-        tar.offset += len(header) + len(data) + padding
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data):
+            self._file.write(data)
+            self._offset += len(data)
+
+    def _pad(self, size: int) -> None:
+        remainder = size % tarfile.BLOCKSIZE
+        if remainder:
+            self._write(_ZEROS[: tarfile.BLOCKSIZE - remainder])
+
+    def add(self, name: str, data: MemberData) -> None:
+        size = len(data)
+        self._write(_header(name, size))
+        for part in data.parts if isinstance(data, Pieces) else (data,):
+            self._write(part)
+        self._pad(size)
 
     def add_from(self, name: str, size: int, stream: BinaryIO) -> None:
-        """A member of `size` bytes copied from `stream` in pieces, never held whole (tarfile
-        raises OSError if the stream ends early)."""
-        self._tar.addfile(_member_info(name, size), stream)
-        self._forget_members()
-
-    def _forget_members(self) -> None:
-        # tarfile keeps every TarInfo it wrote (for reading back, which a writer never does):
-        # kilobytes a sample, over a 100k-sample shard hundreds of MB.
-        self._tar.members.clear()  # type: ignore[attr-defined]
+        """A member of `size` bytes copied from `stream` in pieces, never held whole (OSError
+        if the stream ends early, as tarfile raises)."""
+        self._write(_header(name, size))
+        left = size
+        while left > 0:
+            piece = stream.read(min(left, _COPY_PIECE))
+            if not piece:
+                raise OSError("unexpected end of data")
+            self._write(piece)
+            left -= len(piece)
+        self._pad(size)
 
     def close(self) -> tuple[int, str]:
-        self._tar.close()
+        self._write(_ZEROS[: 2 * tarfile.BLOCKSIZE])
+        remainder = self._offset % tarfile.RECORDSIZE
+        if remainder:
+            self._write(_ZEROS[: tarfile.RECORDSIZE - remainder])
         if self._gzip is not None:
             self._gzip.close()  # writes the gzip trailer; the sink stays open
         self._out.flush()
         return self._out.size, self._out.sha256
+
+
+_ZEROS = bytes(tarfile.RECORDSIZE)
+_COPY_PIECE = 1 << 20
+
+
+def _header(name: str, size: int) -> bytes:
+    return _member_info(name, size).tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 def _member_info(name: str, size: int) -> tarfile.TarInfo:

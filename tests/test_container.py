@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "containers" / "Dockerfile"
 CONSTRAINTS = ROOT / "containers" / "constraints.txt"
 # The image's extras that the test environment also installs.
-TEST_EXTRAS = "s3,fast-png,strict-jpeg"
+TEST_EXTRAS = "s3,fast-png,strict-jpeg,fpng"
 
 
 def _offline_pip_env() -> dict[str, str]:
@@ -124,7 +124,7 @@ def test_constraints_pin_every_runtime_dependency_at_the_tested_version():
     stale = {name: (pins.get(name), version) for name, version in installed.items()
              if pins.get(name) != version}  # fmt: skip
     assert not stale, f"regenerate containers/constraints.txt (make constraints): {stale}"
-    for extra_package in ("s3fs", "gcsfs", "isal", "simplejpeg"):  # the image's extras
+    for extra_package in ("s3fs", "gcsfs", "isal", "simplejpeg", "fpng"):  # the image's extras
         assert extra_package in pins
 
 

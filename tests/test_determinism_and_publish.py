@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import good_shard, run_cli
 
 
@@ -26,6 +28,67 @@ def test_two_runs_are_byte_identical_whatever_the_thread_count(tmp_path: Path) -
         assert result.returncode == 0, result.stderr
     first = (tmp_path / "a.tar").read_bytes()
     assert first == (tmp_path / "b.tar").read_bytes() == (tmp_path / "c.tar").read_bytes()
+
+
+@pytest.mark.parametrize("recipe", ["seed", "flip-crop"])
+def test_the_same_bytes_whatever_the_workers_processes_or_threads(
+    tmp_path: Path, recipe: str
+) -> None:
+    """Worker processes over one shard's samples, the ordered writer in the parent: the shard
+    and the manifest's record of every sample are what one worker writes."""
+    source = good_shard(tmp_path / "in.tar", count=9)
+    runs = {
+        "serial": ["--threads", "1"],
+        "threads": ["--threads", "2", "--parallel", "threads"],
+        "processes": ["--threads", "2", "--parallel", "processes"],
+        "three": ["--threads", "3"],  # processes are the default
+    }
+    for name, options in runs.items():
+        result = run_cli("augment", source, tmp_path / f"{name}.tar", "--recipe", recipe, *options)
+        assert result.returncode == 0, result.stderr
+    shards = {name: (tmp_path / f"{name}.tar").read_bytes() for name in runs}
+    assert len(set(shards.values())) == 1
+    manifests = [json.loads((tmp_path / f"{n}.manifest.json").read_text()) for n in runs]
+    assert len({json.dumps(m["samples"]) + m["output_sha256"] for m in manifests}) == 1
+    assert manifests[0]["counts"]["written"] == 9
+
+
+def test_worker_processes_do_the_work_in_order() -> None:
+    from shardflow.steps.parallel import ordered_map, processes_available
+
+    if not processes_available():
+        pytest.skip("worker processes need fork (Linux)")
+    done = list(
+        ordered_map(lambda n: (n, os.getpid()), range(12), threads=2, processes=True, window=3)
+    )
+    assert [n for n, _ in done] == list(range(12))
+    assert os.getpid() not in {pid for _, pid in done}
+
+
+def test_results_too_big_for_shared_memory_are_pickled_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes hand written members over through shared memory; a sample whose
+    members do not fit its slot travels pickled instead, and the shard is the same."""
+    from shardflow.steps.augment import AugmentOptions, OutcomeTransfer, augment_shard
+    from shardflow.steps.parallel import processes_available
+    from shardflow.steps.pipeline import Pipeline
+    from shardflow.steps.recipe import load_recipe
+
+    if not processes_available():
+        pytest.skip("worker processes need fork (Linux)")
+    source = good_shard(tmp_path / "in.tar", count=6)
+    pipeline = Pipeline(load_recipe("seed"), max_pixels=1 << 24, allowed_plugins=[])
+    outputs = {}
+    for name, threads, slot_bytes in (("serial", 1, None), ("shared", 2, None), ("tiny", 2, 600)):
+        if slot_bytes:
+            monkeypatch.setattr(OutcomeTransfer, "slot_bytes", slot_bytes)
+        output = tmp_path / f"{name}.tar"
+        options = AugmentOptions(threads=threads, processes=True)
+        result = augment_shard(str(source), str(output), pipeline, options)
+        assert result.status == "written", result.error
+        outputs[name] = output.read_bytes()
+    assert outputs["serial"] == outputs["shared"] == outputs["tiny"]
 
 
 def test_output_members_have_fixed_metadata_and_no_pax_headers(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def process(recipe: str, members: dict[str, bytes]) -> dict[str, bytes]:
     pipeline = Pipeline(load_recipe(recipe), max_pixels=64_000_000, allowed_plugins=())
     outcome = pipeline.process(RawSample("k", members, {k: len(v) for k, v in members.items()}))
     assert outcome.members is not None, outcome.failed
-    return {name.split(".", 1)[1]: data for name, data in outcome.members}
+    return {name.split(".", 1)[1]: bytes(data) for name, data in outcome.members}
 
 
 @pytest.mark.parametrize("color_type", [GRAY, GRAY_ALPHA, RGB, RGBA])

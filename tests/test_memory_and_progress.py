@@ -212,3 +212,11 @@ def test_default_threads_fit_the_memory_limit(
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(content)
     assert threads_for_memory(threads, mpx * 1_000_000, tmp_path) == expected
+
+
+def test_worker_processes_count_their_own_memory(tmp_path: Path) -> None:
+    """A forked worker has its own interpreter and buffers on top of its image: a 4Gi pod at
+    64 Mpx holds 7 threads but 6 worker processes."""
+    (tmp_path / "memory.max").write_text(f"{4 << 30}\n")
+    assert threads_for_memory(16, 64_000_000, tmp_path) == 7
+    assert threads_for_memory(16, 64_000_000, tmp_path, processes=True) == 6

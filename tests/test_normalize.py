@@ -27,6 +27,10 @@ def test_normalize_matches_the_docs_arithmetic(mode: str, low: int, high: int) -
     normalized = normalize_minmax(image)
     assert np.array_equal(np.asarray(normalized), docs_arithmetic(pixels))
     assert (normalized is image) == ((low, high) == (0, 255))
+    # Decoded pixels (the numpy path the seed recipe takes) give the same.
+    as_numpy = normalize_minmax(pixels.copy())
+    assert isinstance(as_numpy, np.ndarray) and as_numpy.shape == pixels.shape
+    assert np.array_equal(as_numpy, docs_arithmetic(pixels))
 
 
 def test_constant_image_becomes_black_not_nan() -> None:

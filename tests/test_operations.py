@@ -31,7 +31,7 @@ def run(
 
 def written(outcome: Outcome) -> dict[str, bytes]:
     assert outcome.members is not None, outcome
-    return {name.split(".", 1)[1]: data for name, data in outcome.members}
+    return {name.split(".", 1)[1]: bytes(data) for name, data in outcome.members}
 
 
 def png_out(outcome: Outcome, ext: str = "png") -> Image.Image:
@@ -271,3 +271,116 @@ def test_resize_then_center_crop_resamples_only_the_kept_region() -> None:
     assert planned.recipe.ops[1].crop == (96, 96)  # the fused path is the one taken
     too_small = run([ops[0], {"resize": {"shorter": 60}}, ops[2], ENCODE_PNG], sample)
     assert too_small.failed and "image 80x60 is smaller than the crop 96x96" in too_small.failed
+
+
+def _pillow_decoded(jpeg: bytes, mode: str) -> np.ndarray:
+    """What the Pillow path gives: decode, EXIF transpose, convert."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg)))
+    return np.asarray(image.convert(mode))
+
+
+def _pixel_path_recipe(mode: str | None) -> list:
+    image = {"image": {"mode": mode}} if mode else {"image": {}}
+    return [image, {"normalize": {}}, ENCODE_PNG]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_decoded_to_numpy_is_pillows_upright_image_for_every_exif_orientation(
+    orientation: int,
+) -> None:
+    """The seed recipe's path (decode straight to a reused numpy buffer, no Pillow image) must
+    give exactly the pixels of Pillow's decode + exif_transpose, whatever the orientation."""
+    image = Image.open(io.BytesIO(image_bytes(61, 37, seed=orientation)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    jpeg = buffer.getvalue()
+    pipeline = Pipeline(
+        parse_recipe({"ops": _pixel_path_recipe("RGB")}), max_pixels=1 << 20, allowed_plugins=[]
+    )
+    assert pipeline.recipe.ops[0].scratch is not None  # the numpy path is the one under test
+    for _ in range(2):  # the second sample reuses the first one's buffers
+        outcome = pipeline.process(RawSample("k", {"jpg": jpeg}, {"jpg": len(jpeg)}))
+        written_png = np.asarray(png_out(outcome))
+        expected = _pillow_decoded(jpeg, "RGB")
+        assert written_png.shape == expected.shape
+        low, high = int(expected.min()), int(expected.max())
+        from shardflow.steps.images import minmax_lut
+
+        assert np.array_equal(written_png, np.array(minmax_lut(low, high), np.uint8)[expected])
+
+
+@pytest.mark.parametrize(("source", "mode"), [("L", "RGB"), ("L", None), ("RGB", None)])
+def test_jpeg_numpy_path_gives_pillows_pixels_for_gray_and_colour(
+    source: str, mode: str | None
+) -> None:
+    jpeg = image_bytes(80, 50, mode=source, quality=85)
+    recipe = [{"image": {"mode": mode}} if mode else {"image": {}}, ENCODE_PNG]
+    outcome = run(recipe, {"jpg": jpeg})
+    assert np.array_equal(np.asarray(png_out(outcome)), _pillow_decoded(jpeg, mode or source))
+
+
+def test_a_step_that_needs_pillow_gets_a_pillow_image() -> None:
+    """Only steps that take numpy pixels see them: a flip after the decode keeps Pillow."""
+    pipeline = Pipeline(
+        parse_recipe({"ops": [{"image": {}}, {"hflip": {"p": 1.0}}, ENCODE_PNG]}),
+        max_pixels=1 << 20,
+        allowed_plugins=[],
+    )
+    assert pipeline.recipe.ops[0].scratch is None
+    jpeg = image_bytes(30, 20)
+    outcome = pipeline.process(RawSample("k", {"jpg": jpeg}, {"jpg": len(jpeg)}))
+    assert np.array_equal(np.asarray(png_out(outcome)), _pillow_decoded(jpeg, "RGB")[:, ::-1])
+
+
+def test_resize_target_comes_from_the_original_size_not_the_drafted_one() -> None:
+    """514x751 decoded at half size is 257x376 (libjpeg rounds up): the target of shorter 256
+    must be 256x374, as from the original, not 256x375 as from the drafted size."""
+    jpeg = image_bytes(514, 751, quality=90)
+    outcome = run([{"image": {}}, {"resize": {"shorter": 256}}, ENCODE_PNG], {"jpg": jpeg})
+    assert png_out(outcome).size == (256, 374)
+    cropped = run(
+        [{"image": {}}, {"resize": {"shorter": 256}}, {"center_crop": {"size": 224}}, ENCODE_PNG],
+        {"jpg": jpeg},
+    )
+    assert png_out(cropped).size == (224, 224)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("source_mode", ["RGB", "L"])
+def test_a_drafted_jpeg_decoded_by_simplejpeg_is_what_pillow_decodes(
+    orientation: int, source_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JPEG about to be shrunk is decoded at reduced size by simplejpeg (one strict pass)
+    when it is installed: the same pixels as Pillow's draft + exif_transpose."""
+    pytest.importorskip("simplejpeg")
+    from shardflow.steps import images
+
+    image = Image.open(io.BytesIO(image_bytes(517, 389, seed=orientation, mode=source_mode)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    sample = {"jpg": buffer.getvalue()}
+    ops = [{"image": {"mode": "RGB"}}, {"resize": {"shorter": 100}}, ENCODE_PNG]
+    direct = np.asarray(png_out(run(ops, sample)))
+    monkeypatch.setattr(images, "simplejpeg", None)
+    through_pillow = np.asarray(png_out(run(ops, sample)))
+    assert np.array_equal(direct, through_pillow)
+
+
+def test_a_jpeg_icc_profile_still_reaches_the_png() -> None:
+    """The numpy decode path is for JPEGs without an ICC profile: one with a profile goes
+    through Pillow, whose PNG writer keeps the profile, as before."""
+    from PIL import ImageCms
+
+    buffer = io.BytesIO()
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(io.BytesIO(image_bytes(40, 30))).save(buffer, "JPEG", icc_profile=profile)
+    outcome = run(
+        [{"image": {"mode": "RGB"}}, {"normalize": {}}, ENCODE_PNG], {"jpg": buffer.getvalue()}
+    )
+    assert png_out(outcome).info.get("icc_profile") == profile

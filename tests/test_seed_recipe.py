@@ -105,3 +105,7 @@ def test_manifest_describes_the_shard(tmp_path: Path) -> None:
     assert manifest["recipe_hash"].startswith("sha256:")
     assert set(manifest["versions"]) >= {"shardflow", "python", "pillow", "isal"}
     assert manifest["versions"]["isal"]  # the test extra installs it: the PNG fast path
+    # Which library wrote the PNGs, and its version: bytes differ between encoders.
+    recorded_png = manifest["png_encoders"]["png"]
+    fastest = "fpng" if manifest["versions"]["fpng"] else "isal"
+    assert recorded_png == {"encoder": fastest, "version": manifest["versions"][fastest]}
