@@ -358,6 +358,7 @@ def test_two_hundred_shards_ten_per_task_respect_parallelism(
     (plan,) = nodes(workflow, "Pod", "plan")
     assert output(plan, "tasks") == "20"
     assert len(nodes(workflow, "Pod", "augment")) == 20
+    assert len(nodes(workflow, "Pod", "verify")) == 20  # verify batches no smaller than augment's
     assert 2 <= cluster.kubelet.max_running["augment"] <= 4
     assert (
         len([k for k in cluster.s3.keys(bucket) if k.startswith("out/") and k.endswith(".tar")])

@@ -89,8 +89,8 @@ def test_plan_command_writes_one_file_per_output_parameter(tmp_path):
         "outputs": "out/in-{0..4}.tar",
         "report": "out/verify-report.json",
         "sample-sheet": "out/verify-samples.png",
-        "verify-tasks": "5",
-        "verify-shards-per-task": "1",
+        "verify-tasks": "3",
+        "verify-shards-per-task": "2",
         "report-dir": "out",
         "verify-parts": "out/.verify-parts",
     }

@@ -106,7 +106,9 @@ def plan_tasks(
             *(Write(f"{report_dir}/{name}", "the dataset report") for name in DATASET_FILES),
         ],
     )
-    verify_per_task = max(1, task_count(len(pairs), MAX_VERIFY_TASKS))
+    # Never smaller than augment's batches: verifying a shard costs less than augmenting it,
+    # so a verify pod needs at least as many shards to be worth its start-up.
+    verify_per_task = max(per_task, task_count(len(pairs), MAX_VERIFY_TASKS))
     return TaskPlan(
         shards=len(pairs),
         shards_per_task=per_task,
