@@ -13,6 +13,7 @@ from typing import Any
 
 from . import storage
 from .cli_common import (
+    add_command,
     add_output_arguments,
     add_storage_arguments,
     non_negative_int,
@@ -56,11 +57,8 @@ exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "verify",
-        help="verify output shards against their manifests",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "verify", DESCRIPTION, "verify output shards against their manifests"
     )
     parser.add_argument(
         "outputs",
