@@ -136,3 +136,25 @@ def build_big_shard(path: Path, *, gigabytes: float, seed: int = 1) -> Path:
             count += 1
     partial.rename(path)
     return path
+
+
+def build_tiny_shards(directory: Path, *, shards: int, samples: int) -> list[Path]:
+    """Shards of tiny samples (an 8x8 PNG and a class; every tenth image the same bytes): many
+    samples for little I/O, to measure what grows with the sample count."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PNG")
+    base = buffer.getvalue()
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, number = [], 0
+    for shard in range(shards):
+        path = directory / f"s-{shard:04d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for _ in range(samples):
+                number += 1
+                image = base if number % 10 == 0 else base + number.to_bytes(8, "big")
+                for name, payload in ((f"{number:09d}.png", image), (f"{number:09d}.cls", b"1")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        paths.append(path)
+    return paths

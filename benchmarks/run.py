@@ -230,6 +230,47 @@ def cli_runs(shards: list[Path], work: Path) -> dict[str, dict]:
     return results
 
 
+# `shardflow report` in a child that prints its own peak RSS (VmHWM, see pipelines.py).
+_REPORT_CHILD = (
+    "import sys\n"
+    "from shardflow.workflows.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "from pathlib import Path\n"
+    "status = Path('/proc/self/status').read_text().splitlines()\n"
+    "hwm = [line for line in status if line.startswith('VmHWM')]\n"
+    "print(int(hwm[0].split()[1]) / 1024 if hwm else -1, file=sys.stderr)\n"
+    "sys.exit(code)"
+)
+
+
+def report_memory(work: Path, samples_per_shard: int = 5000) -> dict[int, dict]:
+    """`shardflow report` over 10 and 40 shards of tiny samples (every tenth image a duplicate):
+    memory must stay flat in the number of samples (rows spooled, duplicates sorted outside
+    memory), so the two peaks should be about equal while the time grows 4x."""
+    results = {}
+    for shards in (10, 40):
+        directory = work / f"report-{shards}"
+        data.build_tiny_shards(directory, shards=shards, samples=samples_per_shard)
+        pattern = str(directory / f"s-{{0000..{shards - 1:04d}}}.tar")
+        started = time.perf_counter()
+        done = subprocess.run(
+            [PYTHON, "-c", _REPORT_CHILD, "report", pattern, "--out", str(directory / "r")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            results[shards * samples_per_shard] = {"error": done.stderr.strip().splitlines()[-1:]}
+            continue
+        results[shards * samples_per_shard] = {
+            "peak_rss_mb": float(done.stderr.strip().splitlines()[-1]),
+            "seconds": seconds,
+        }
+        shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
 def big_shard(gigabytes: float, directory: Path, work: Path, cores: int) -> dict:
     path = data.build_big_shard(directory / f"big-{gigabytes:g}gb.tar", gigabytes=gigabytes)
     result = run_pipeline("seed", [path], work / "big", threads=cores)
@@ -320,6 +361,17 @@ def markdown(report: dict) -> str:
                 f"{row['seconds']:.1f} s = {row['samples'] / row['seconds']:.1f} samples/s "
                 f"on {report['cores']} cores"
             )
+    memory = report.get("report_memory", {})
+    if memory:
+        lines += ["", "`shardflow report` over tiny samples (memory flat in the sample count):"]
+        for samples, row in memory.items():
+            if "error" in row:
+                lines.append(f"- {samples:,} samples: failed: {row['error']}")
+            else:
+                lines.append(
+                    f"- {samples:,} samples: peak RSS {row['peak_rss_mb']:.0f} MB, "
+                    f"{row['seconds']:.1f} s"
+                )
     big = report.get("big")
     if big:
         lines += [
@@ -374,6 +426,8 @@ def main() -> None:
     report["scaling"] = scaling(shards, work, args.scaling_rounds, cores)
     print("CLI over several shards ...", file=sys.stderr)
     report["cli"] = cli_runs(shards, work)
+    print("dataset report memory ...", file=sys.stderr)
+    report["report_memory"] = report_memory(work)
     if args.big_gb > 0:
         print(f"big shard ({args.big_gb:g} GB) ...", file=sys.stderr)
         report["big"] = big_shard(args.big_gb, args.data, work, cores)

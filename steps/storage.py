@@ -327,6 +327,15 @@ def absent(urls: list[str], options: StorageOptions) -> set[str]:
     return missing
 
 
+def list_names(folder: str, options: StorageOptions) -> list[str]:
+    """The names of the objects in a folder ([] when it does not exist)."""
+    fs, path = _filesystem(folder, options)
+    try:
+        return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
 def remove(url: str, options: StorageOptions) -> None:
     """Delete the object if it exists."""
     fs, path = _filesystem(url, options)

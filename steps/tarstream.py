@@ -187,6 +187,29 @@ class TarReader:
         self._skip_padding(member)
         return data
 
+    def iter_data(self, chunk: int = _COPY_CHUNK) -> Iterator[bytes]:
+        """The current member's data in chunks of at most `chunk` bytes, never held whole
+        (hashing a large member); raises TarFormatError if the archive ends inside it. Read
+        it to the end before the next member."""
+        member = self._pending
+        if member is None:
+            raise RuntimeError("iter_data() called twice or before the first member")
+        self._pending = None
+        done = 0
+        while done < member.size:
+            wanted = min(chunk, member.size - done)
+            data = self._in.read(wanted)
+            done += len(data)
+            if len(data) != wanted:
+                raise TarFormatError(
+                    f"archive is truncated inside the data of {member.name!r} "
+                    f"({done} of {member.size} bytes present)",
+                    offset=self._in.offset,
+                    member=member.name,
+                )
+            yield data
+        self._skip_padding(member)
+
     def _finish_pending(self) -> None:
         member = self._pending
         if member is None:

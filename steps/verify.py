@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 from . import storage
+from .dataset_report import Stats
 from .errors import ShardError
 from .failures import every_sample_failed
 from .manifest import ManifestError, manifest_url, read_manifest
 from .redact import redact_text, redact_url
+from .sample_table import RowBuilder, RowSink
 from .samples import Placed, group_members, split_member_name
 from .tarstream import TarFormatError, TarMember, TarReader
 
@@ -104,12 +106,14 @@ def list_archive(
     keep: Callable[[str], bool] = lambda extension: False,
     max_keep_bytes: int = 32 << 20,
     gzipped: bool = False,
+    rows: RowBuilder | None = None,
 ) -> Listing:
     """Stream the archive once: its members, size and sha256, and the first damage found.
 
     Member data is skipped (the reader discards it in bounded chunks), except, for the first
     `keep_samples` samples, the members whose extension `keep` accepts: those few are returned
-    for the sample sheet, so that it costs no second read.
+    for the sample sheet, so that it costs no second read. With `rows`, every member's data
+    streams through it instead (hashed per member for the per-sample table).
     """
     hashing = _HashingReader(stream)
     archive = gzip.GzipFile(fileobj=hashing, mode="rb") if gzipped else hashing  # type: ignore
@@ -122,16 +126,24 @@ def list_archive(
         for member in reader:
             members.append(member)
             parts = split_member_name(member.name) if member.is_regular else None
-            if parts is None or keep_samples <= 0:
+            if parts is None:
                 continue
             key, extension = parts
-            if not kept or kept[-1].key != key:
-                if len(kept) >= keep_samples:
-                    keep_samples = 0  # enough: skip the rest without looking
-                    continue
-                kept.append(KeptSample(key))
-            if keep(extension) and member.size <= max_keep_bytes:
-                kept[-1].members[extension] = reader.read_data()
+            data = None
+            if keep_samples > 0:
+                if not kept or kept[-1].key != key:
+                    if len(kept) >= keep_samples:
+                        keep_samples = 0  # enough: skip the rest without looking
+                    else:
+                        kept.append(KeptSample(key))
+                if keep_samples and keep(extension) and member.size <= max_keep_bytes:
+                    data = kept[-1].members[extension] = reader.read_data()
+            if rows is not None:
+                rows.add(
+                    key, extension, member.size, [data] if data is not None else reader.iter_data()
+                )
+        if rows is not None:
+            rows.finish()
     except TarFormatError as exc:
         damage = tar_damage(exc)
         at_boundary = exc.cause.startswith(_NO_END_BLOCKS)
@@ -397,6 +409,7 @@ class ShardReport:
     counts: dict[str, int] = field(default_factory=dict)  # the manifest's sample counts
     problems: list[Problem] = field(default_factory=list)
     kept: list[KeptSample] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)  # for the dataset report (not in to_dict)
 
     @property
     def status(self) -> Status:
@@ -430,8 +443,11 @@ def verify_shard(
     input_url: str | None = None,
     keep_samples: int = 0,
     keep: Callable[[str], bool] = lambda extension: False,
+    rows: RowSink | None = None,
 ) -> ShardReport:
-    """Check one output shard against its manifest; never raises for a bad shard."""
+    """Check one output shard against its manifest; never raises for a bad shard. With
+    `rows`, the per-sample table's rows of the samples read go there (a damaged shard's up
+    to the damage), counted in `report.stats` with the manifest's drops."""
     report = ShardReport(output_url, input=input_url)
     at = manifest_url(output_url)
     manifest: ManifestView | None = None
@@ -444,6 +460,7 @@ def verify_shard(
         else:
             manifest = manifest_view(document)
             report.manifest_input = manifest.input
+            report.stats.add_manifest(document)
             report.input_identity = recorded_identity(document)
     except ManifestError as exc:
         manifest_problem = Problem("manifest", str(exc))
@@ -466,6 +483,7 @@ def verify_shard(
                 keep_samples=keep_samples,
                 keep=keep,
                 gzipped=storage.compression_of(output_url) == "gzip",
+                rows=RowBuilder(output_url, rows, report.stats) if rows is not None else None,
             )
     except Exception as exc:  # any back-end's error: a verdict for this shard, not a crash
         cause = exc.cause if isinstance(exc, ShardError) else _error(exc)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from . import storage
@@ -21,21 +18,29 @@ from .cli_common import (
     show_bar,
     storage_options,
 )
-from .contact_sheet import SheetRow, choose_shards, make_tile, render_sheet, wanted_extension
-from .cpus import IO_THREADS_HELP, io_threads
+from .contact_sheet import SheetRow, choose_shards, render_sheet
+from .cpus import IO_THREADS_HELP
+from .dataset_report import DUPLICATES_NAME, PLOTS, REPORT_NAME, Stats, write_dataset_report
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
+from .images import rely_on_own_pixel_limit
 from .manifest import manifest_url
-from .pairing import Write, index_writes, refuse_aliases, shards_to_read, shards_to_read_from
-from .progress import ARGO_PROGRESS_FILE, Progress
+from .pairing import (
+    Batch,
+    Write,
+    index_writes,
+    refuse_aliases,
+    shards_to_read,
+    shards_to_read_from,
+    task_count,
+)
 from .redact import redact_url
 from .reshard_lineage import check_lineage, plan_outputs
-from .shard_index import index_outputs
-from .verify import ShardReport, check_pairing, missing_problem, verify_shard
-from .verify_identity import check_input_identity
+from .shard_index import ShardIndex, default_index_url, write_counts
+from .spool_sort import SortedSpool, merge_sorted
+from .verify import ShardReport, check_pairing
+from .verify_batch import Part, Settings, check_batch, part_url, read_part, remove_part, write_part
 from .verify_report import TABLE_ROWS, format_table, report_document, summary_line
-
-MAX_SHEET_PIXELS = 64_000_000
 
 DESCRIPTION = """\
 Verify output shards: stream each one once (hashing it, never holding member data) and check
@@ -53,7 +58,13 @@ plan line says.
 
 Prints a table (one row per shard) and, as the last line, a one-line summary.
 
-exit status: 0 every shard passed, 1 a shard failed, 2 usage error (nothing was checked)."""
+In batches (the Argo fan-out): --task-index I checks batch I only and publishes its part in
+--parts; --merge then reads every part (no shard) and prints and writes what one process
+checking every shard would.
+
+exit status: 0 every shard passed (with --task-index: the part is written, whatever it
+found), 1 a shard failed (or the part could not be written or read), 2 usage error (nothing
+was checked)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -119,6 +130,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="when every shard passes, write the dataset index beside them from the manifests "
         "(PREFIX.shardindex.json for wids, sizes.json; see shardflow index)",
     )
+    files.add_argument(
+        "--dataset-report",
+        metavar="DIR",
+        help="hash every member and write the per-sample table (DIR/dataset-samples/), the "
+        "dataset report, its plots and the duplicate images in DIR (see shardflow report)",
+    )
+    batches = parser.add_argument_group(
+        "in batches (an Argo fan-out: one --task-index per pod, then one --merge)"
+    )
+    batches.add_argument(
+        "--task-index",
+        type=non_negative_int,
+        help="check only batch I of OUTPUTS and write its part in --parts",
+    )
+    batches.add_argument(
+        "--shards-per-task", type=positive_int, metavar="N", help="shards in each batch"
+    )
+    batches.add_argument(
+        "--parts", metavar="URL", help="folder of the batches' parts (written, then merged)"
+    )
+    batches.add_argument(
+        "--merge",
+        action="store_true",
+        help="read every batch's part and write the report, summary, sheet, index and dataset "
+        "report as one process checking every shard would; the parts are removed",
+    )
     parser.add_argument(
         "--all-rows",
         action="store_true",
@@ -139,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--inputs pairs outputs with inputs; a reshard's --plan says more")
     outputs, inputs = _shards(args.outputs, args.inputs, args.plan, options)
     expect = parse_expect(args.expect)
+    batched = _batch_mode(args)
     writes = [
         Write(url, what)
         for url, what in (
@@ -148,16 +186,129 @@ def run(args: argparse.Namespace) -> int:
         )
         if url
     ]
+    if args.dataset_report:
+        writes += [
+            Write(f"{args.dataset_report.rstrip('/')}/{name}", "the dataset report")
+            for name in (REPORT_NAME, DUPLICATES_NAME, *PLOTS.values())
+        ]
     for write in writes:
         storage.check_url(write.url, writing=True)
+    if args.parts:
+        storage.check_url(part_url(args.parts, 0), writing=True)
     writes += index_writes(outputs)  # written when every shard passes
     refuse_aliases([*outputs, *map(manifest_url, outputs), *(inputs or [])], writes)
-    started = time.monotonic()
-    reports, rows = _check_all(outputs, inputs, expect, options, args)
+    if args.dataset_report:
+        rely_on_own_pixel_limit()  # headers of any size are read, never decoded
+    if batched == "batch":
+        return _run_batch(args, outputs, inputs, expect, options)
+    if batched == "merge":
+        parts = _read_parts(args, outputs, options)
+        code = _finish(args, outputs, inputs, expect, options, parts)
+        for part in parts:
+            remove_part(args.parts, part.task, options)
+        return code
+    duplicates = SortedSpool()
+    try:
+        settings = _settings(args, expect, options, outputs)
+        part = check_batch(outputs, inputs, range(len(outputs)), 0, settings, duplicates)
+        part.duplicates = duplicates.opener()
+        return _finish(args, outputs, inputs, expect, options, [part])
+    finally:
+        duplicates.close()
+
+
+def _batch_mode(args: argparse.Namespace) -> str | None:
+    """ "batch" (--task-index), "merge" (--merge) or None (every shard in this process)."""
+    if args.merge and args.task_index is not None:
+        raise UsageError("--merge and --task-index exclude each other")
+    if (args.merge or args.task_index is not None) and not (args.parts and args.shards_per_task):
+        raise UsageError("--task-index and --merge need --parts and --shards-per-task")
+    if args.parts and not (args.merge or args.task_index is not None):
+        raise UsageError("--parts needs --task-index or --merge")
+    if args.task_index is not None:
+        return "batch"
+    return "merge" if args.merge else None
+
+
+def _settings(
+    args: argparse.Namespace,
+    expect: list[str] | None,
+    options: storage.StorageOptions,
+    outputs: list[str],
+) -> Settings:
+    sheet = set(choose_shards(len(outputs), args.sheet_shards)) if args.sample_sheet else set()
+    return Settings(
+        options=options,
+        expect=expect,
+        sheet_positions=sheet,
+        sheet_samples=args.sheet_samples,
+        threads=args.threads,
+        bar=show_bar(args),
+        table_dir=args.dataset_report,
+    )
+
+
+def _run_batch(
+    args: argparse.Namespace,
+    outputs: list[str],
+    inputs: list[str] | None,
+    expect: list[str] | None,
+    options: storage.StorageOptions,
+) -> int:
+    """Check one batch and publish its part: the verdict is the merge's, so a batch that
+    found problems still succeeds (exit 0) once its part is written."""
+    shards = Batch(args.task_index, args.shards_per_task).of(outputs)  # UsageError if none
+    start = args.task_index * args.shards_per_task
+    positions = range(start, start + len(shards))
+    duplicates = SortedSpool()
+    try:
+        settings = _settings(args, expect, options, outputs)
+        part = check_batch(outputs, inputs, positions, args.task_index, settings, duplicates)
+        url = write_part(args.parts, part, duplicates, options)
+    except OSError as exc:
+        raise ShardflowError(f"cannot write the part of batch {args.task_index}: {exc}") from None
+    finally:
+        duplicates.close()
+    passed = sum(r.status == "ok" for r in part.reports)
+    if not (args.json or args.quiet):
+        print(
+            f"verify batch {args.task_index}: {passed} of {len(part.reports)} shards passed; "
+            f"part {redact_url(url)}",
+            flush=True,
+        )
+    return EXIT_OK
+
+
+def _read_parts(
+    args: argparse.Namespace, outputs: list[str], options: storage.StorageOptions
+) -> list[Part]:
+    """Every batch's part, checked against the batches the pattern and batch size give."""
+    parts = []
+    for task in range(task_count(len(outputs), args.shards_per_task)):
+        shards = Batch(task, args.shards_per_task).of(outputs)
+        try:
+            parts.append(read_part(args.parts, task, shards, options))
+        except ShardError as exc:
+            raise ShardflowError(f"cannot merge the verification: {exc}") from None
+    return parts
+
+
+def _finish(
+    args: argparse.Namespace,
+    outputs: list[str],
+    inputs: list[str] | None,
+    expect: list[str] | None,
+    options: storage.StorageOptions,
+    parts: list[Part],
+) -> int:
+    """The verdict over every batch: pairing across batches, the failed-sample budget, the
+    table, summary, report, sheet, index and dataset report."""
+    reports = [report for part in parts for report in part.reports]
+    rows = [row for part in parts for row in part.sheet]
     if inputs:
         check_pairing(reports, inputs)
     lineage = check_lineage(args.plan, reports, options) if args.plan else None
-    seconds = time.monotonic() - started
+    seconds = sum(part.seconds for part in parts)
     read, failed = (sum(r.counts.get(name, 0) for r in reports) for name in ("read", "failed"))
     failures = (
         "; ".join(
@@ -184,6 +335,8 @@ def run(args: argparse.Namespace) -> int:
     written = _write_files(args, options, document, summary, rows)
     if args.write_index:
         written += _write_index(outputs, reports, options)
+    if args.dataset_report:
+        written += _write_dataset_report(args.dataset_report, parts, options)
     if not (args.json or args.quiet):
         for line in written:
             print(line)
@@ -191,78 +344,18 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if document["passed"] else EXIT_FAILED
 
 
-def _check_all(
-    outputs: list[str],
-    inputs: list[str] | None,
-    expect: list[str] | None,
-    options: storage.StorageOptions,
-    args: argparse.Namespace,
-) -> tuple[list[ShardReport], list[SheetRow]]:
-    """Every shard checked in a bounded pool of threads (the work is I/O and hashing, both
-    outside the GIL); reports in OUTPUTS order, and the sample sheet's rows."""
-    sheet_positions = (
-        set(choose_shards(len(outputs), args.sheet_shards)) if args.sample_sheet else set()
-    )
-
-    def check(position: int) -> tuple[ShardReport, SheetRow | None]:
-        keep = args.sheet_samples if position in sheet_positions else 0
-        report = verify_shard(
-            outputs[position],
-            options,
-            expect=expect,
-            input_url=inputs[position] if inputs else None,
-            keep_samples=keep,
-            keep=wanted_extension,
-        )
-        row = None
-        if keep:  # thumbnails now, in this worker, so full images are never held for long
-            tiles = [make_tile(s, max_pixels=MAX_SHEET_PIXELS) for s in report.kept]
-            row = SheetRow(outputs[position], tiles)
-        report.kept = []
-        check_input_identity(report, options)
-        return report, row
-
-    progress = Progress(
-        len(outputs),
-        bar=show_bar(args),
-        argo_file=os.environ.get(ARGO_PROGRESS_FILE) or None,
-        desc="verify",
-    )
-    reports = _known_missing(outputs, inputs, options)
-    rows = {i: SheetRow(outputs[i], []) for i in reports if i in sheet_positions}
-    for _ in reports:
-        progress.shard_finished()
-    threads = io_threads(args.threads)
+def _write_dataset_report(
+    directory: str, parts: list[Part], options: storage.StorageOptions
+) -> list[str]:
+    stats = Stats()
+    for part in parts:
+        stats.merge(part.stats)
+    tables = [table for part in parts for table in part.tables]
+    sources = [part.duplicates for part in parts if part.duplicates is not None]
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
-            futures = {pool.submit(check, i): i for i in range(len(outputs)) if i not in reports}
-            for future in as_completed(futures):
-                position = futures[future]
-                reports[position], row = future.result()
-                if row is not None:
-                    rows[position] = row
-                progress.advance(0, reports[position].samples)
-                progress.shard_finished()
-    finally:
-        progress.close()
-    return [reports[i] for i in range(len(outputs))], [rows[i] for i in sorted(rows)]
-
-
-def _known_missing(
-    outputs: list[str], inputs: list[str] | None, options: storage.StorageOptions
-) -> dict[int, ShardReport]:
-    """Reports for the shards that their folders' listings show missing, with no manifest
-    either: nothing to read, so no request per shard."""
-    manifests = [manifest_url(url) for url in outputs]
-    absent = storage.absent(outputs + manifests, options)
-    reports = {}
-    for position, url in enumerate(outputs):
-        if url in absent and manifests[position] in absent:
-            input_url = inputs[position] if inputs else None
-            report = ShardReport(url, input=input_url)
-            report.problems.append(missing_problem(input_url, manifest_exists=False))
-            reports[position] = report
-    return reports
+        return write_dataset_report(directory, stats, merge_sorted(sources), tables, options)
+    except (ShardError, OSError) as exc:
+        raise ShardflowError(f"cannot write the dataset report: {exc}") from None
 
 
 def _shards(
@@ -330,10 +423,14 @@ def _write_files(
 def _write_index(
     outputs: list[str], reports: list[ShardReport], options: storage.StorageOptions
 ) -> list[str]:
-    """The index of a verified dataset: a run on Argo ends with it, as a local run does."""
+    """The index of a verified dataset: a run on Argo ends with it, as a local run does. A
+    shard that passed holds exactly the samples and bytes its manifest records, so the
+    counts verify found are the manifest's, and no manifest is read again."""
     if not all(r.status == "ok" for r in reports):
         return ["index: not written, not every shard passed"]
+    shards = [ShardIndex(r.output, r.bytes, source="manifest", count=r.samples) for r in reports]
     try:
-        return [f"index: {url}" for url in index_outputs(outputs, options)]
+        written = write_counts(shards, default_index_url(outputs), options)
     except (ShardflowError, OSError) as exc:
         raise ShardflowError(f"cannot write the dataset index: {exc}") from None
+    return [f"index: {url}" for url in written]

@@ -18,7 +18,7 @@ from shardflow.steps.pairing import (
     refuse_aliases,
     task_count,
 )
-from shardflow.workflows.plan import plan_tasks
+from shardflow.workflows.plan import MAX_TASKS, plan_tasks
 
 from helpers import good_shard, run_cli
 
@@ -34,7 +34,7 @@ def test_batches_0_to_count_minus_1_cover_every_pair_exactly_once(shards, per_ta
     assert all(batches)  # no task is empty
     with pytest.raises(UsageError, match=f"--task-index {count} is out of range"):
         Batch(count, per_task).of(pairs)
-    if count <= 1000:  # the plan pod publishes the same count
+    if count <= MAX_TASKS:  # the plan pod publishes the same count
         plan = plan_tasks(f"s3://in/{{0..{last}}}.tar", "s3://out/", str(per_task))
         assert plan.tasks == count
 

@@ -17,16 +17,22 @@ import yaml
 from hera.workflows import Workflow, WorkflowTemplate
 
 from shardflow.workflows import lint, render
+from shardflow.workflows.plan import MAX_TASKS
 
 from helpers import run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
-KINDS = {"workflow.yaml": Workflow, "workflowtemplate.yaml": WorkflowTemplate}
+KINDS = {
+    "workflow.yaml": Workflow,
+    "workflowtemplate.yaml": WorkflowTemplate,
+    "index-workflowtemplate.yaml": WorkflowTemplate,
+    "reshard-workflowtemplate.yaml": WorkflowTemplate,
+}
 
 
 def test_checked_in_manifests_are_the_rendered_ones():
     rendered = render.render_all()
-    assert set(rendered) == {*KINDS, "reshard-workflowtemplate.yaml"}
+    assert set(rendered) == set(KINDS)
     if os.environ.get("SHARDFLOW_UPDATE_MANIFESTS") == "1":
         for name, text in rendered.items():
             (ARGO / name).write_text(text)
@@ -97,7 +103,8 @@ def test_lint_reads_the_variables_of_expression_tags():
 
 def test_lint_reports_an_undeclared_input():
     manifest = _workflow()
-    _template(manifest, "verify")["inputs"]["parameters"].pop(0)  # "outputs"
+    parameters = _template(manifest, "verify")["inputs"]["parameters"]
+    parameters.remove({"name": "outputs"})
     problems = lint.check_manifest(manifest)
     assert any("{{inputs.parameters.outputs}}" in p for p in problems)
     assert any("'outputs' is not an input of verify" in p for p in problems)
@@ -114,10 +121,10 @@ def test_lint_reports_a_missing_template_and_dependency():
 
 def test_lint_reports_item_outside_a_loop_and_outputs_of_a_task_not_waited_for():
     manifest = _workflow()
-    _task(manifest, "verify")["arguments"]["parameters"][0]["value"] = "{{item}}"
+    _task(manifest, "report")["arguments"]["parameters"][0]["value"] = "{{item}}"
     del _task(manifest, "augment")["depends"]
     problems = lint.check_manifest(manifest)
-    assert any("task verify" in p and "{{item}}" in p for p in problems)
+    assert any("task report" in p and "{{item}}" in p for p in problems)
     assert any("task augment" in p and "tasks.plan.outputs" in p for p in problems)
 
 
@@ -149,8 +156,8 @@ def test_lint_reports_a_display_name_argo_refuses_after_substitution():
 
 
 def test_lint_substitutes_the_largest_task_index_and_every_enum_value():
-    long_name = "a" * 60 + "-{{inputs.parameters.task-index}}"  # 63 chars at index 9, 64 at 999
-    assert any("-999'" in p for p in _display_name_problems(long_name))
+    long_name = "a" * 60 + "-{{inputs.parameters.task-index}}"  # 63 chars at index 9, 64 at 100
+    assert any(f"-{MAX_TASKS - 1}'" in p for p in _display_name_problems(long_name))
     assert _display_name_problems("memory-{{workflow.parameters.memory}}") == []
     assert any("'x1Gi.'" in p for p in _display_name_problems("x{{workflow.parameters.memory}}."))
 
@@ -241,8 +248,15 @@ def test_render_command_checks_writes_and_prints(tmp_path):
     assert diff.returncode == 1 and "-# edited" in diff.stdout
     printed = run_cli("render", "--out", "-", "--image", "registry.example/shardflow:1")
     documents = list(yaml.safe_load_all(printed.stdout))
-    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow", "WorkflowTemplate"]
-    assert documents[2]["metadata"]["name"] == "shardflow-reshard"
+    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "Workflow"] + [
+        "WorkflowTemplate"
+    ] * 2
+    assert [d["metadata"]["name"] for d in documents[2:]] == [
+        "shardflow-index",
+        "shardflow-reshard",
+    ]
+    for name in ("index-workflowtemplate.yaml", "reshard-workflowtemplate.yaml"):
+        assert (tmp_path / name).read_text() == (ARGO / name).read_text()
     image = next(p for p in documents[1]["spec"]["arguments"]["parameters"] if p["name"] == "image")
     assert image["value"] == "registry.example/shardflow:1"
 

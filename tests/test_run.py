@@ -47,6 +47,8 @@ def test_rendered_workflow_runs_end_to_end(shards):
     report = json.loads((out / "verify-report.json").read_text())
     assert [shard["status"] for shard in report["shards"]] == ["ok"] * SHARDS
     assert (out / "verify-samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wids = json.loads((out / "out.shardindex.json").read_text())  # verify --write-index
+    assert [entry["nsamples"] for entry in wids["shardlist"]] == [4] * SHARDS
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith(f"verify: OK: {SHARDS} of {SHARDS} shards passed")
     assert any(line.split()[:2] == ["shard", "samples"] for line in lines)  # the table

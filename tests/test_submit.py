@@ -191,7 +191,7 @@ def test_dry_run_prints_a_valid_workflow_whose_size_does_not_grow_with_the_datas
         assert argo_validator(yaml.safe_load(printed.stdout)) == []
     # The two manifests differ only in the pattern strings (twice each: input and output).
     assert len(large.stdout) - len(small.stdout) == 2 * (len("999999") - len("000009"))
-    assert "1000000 shard(s) in 1000 augment task(s) of 1000 shards" in large.stderr
+    assert "1000000 shard(s) in 800 augment task(s) of 1250 shards" in large.stderr
 
 
 def test_submit_from_the_reshard_template_sends_its_parameters(argo):

@@ -55,3 +55,46 @@ def test_verify_on_s3_writes_report_and_sheet_there_and_catches_a_cut_shard(tmp_
         problems = json.loads(s3.get(bucket, "verify-report.json"))["shards"][1]["problems"]
         assert problems[0]["kind"] == "truncated"
         assert "end-of-archive blocks" in problems[0]["message"]
+
+
+def test_verify_in_batches_on_s3_publishes_parts_and_merges_them_there(tmp_path: Path):
+    """The DAG's fan-out on S3: each batch publishes its part and table beside the outputs,
+    the merge writes the report, index and dataset report there and removes the parts."""
+    for index in range(3):
+        good_shard(tmp_path / "in" / f"in-{index:06d}.tar", count=2)
+    inputs = str(tmp_path / "in" / "in-{000000..000002}.tar")
+    with S3Server() as s3:
+        bucket = s3.new_bucket()
+        out = f"s3://{bucket}/out"
+        outputs = f"{out}/out-{{000000..000002}}.tar"
+        env = s3.env()
+        assert shardflow("augment", inputs, outputs, "--quiet", env=env).returncode == 0
+        common = ["--inputs", inputs, "--dataset-report", out, outputs]
+        batches = ["--shards-per-task", "2", "--parts", f"{out}/.verify-parts"]
+        for task in range(2):
+            done = shardflow("verify", "--task-index", str(task), *batches, *common, env=env)
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert "out/.verify-parts/part-000001.json" in s3.keys(bucket)
+        merged = shardflow(
+            "verify",
+            "--merge",
+            *batches,
+            "--report",
+            f"{out}/verify-report.json",
+            "--write-index",
+            *common,
+            env=env,
+        )
+        assert merged.returncode == 0, merged.stdout + merged.stderr
+        keys = s3.keys(bucket)
+        assert not [k for k in keys if ".verify-parts/" in k]
+        assert {
+            "out/dataset-samples/part-000000.jsonl",
+            "out/dataset-samples/part-000001.jsonl",
+            "out/out.shardindex.json",
+            "out/dataset-duplicates.jsonl",
+        } <= set(keys)
+        report = json.loads(s3.get(bucket, "out/dataset-report.json"))
+        assert report["counts"]["samples"] == 6 and report["manifests"]["shards"] == 3
+        verdict = json.loads(s3.get(bucket, "out/verify-report.json"))
+        assert [shard["status"] for shard in verdict["shards"]] == ["ok"] * 3

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from shardflow.workflows.depends import DependsError, TaskOutcome, evaluate, task_names
 
+ARGO = Path(__file__).resolve().parents[1] / "argo"
 VERIFY = "plan.Succeeded && (augment.Succeeded || augment.Failed || augment.Errored)"
 
 
@@ -23,6 +27,26 @@ def test_verify_runs_whatever_augment_did(augment, runs):
 
 def test_verify_does_not_run_when_plan_failed():
     assert not evaluate(VERIFY, outcomes(plan="Failed", augment="Omitted"))
+
+
+REPORT = "verify.Succeeded || verify.Failed || verify.Errored"
+
+
+@pytest.mark.parametrize(
+    ("verify", "runs"),
+    [("Succeeded", True), ("Failed", True), ("Errored", True), ("Omitted", False)],
+)
+def test_report_merges_whatever_the_verify_batches_did(verify, runs):
+    """A failed batch leaves no part: the merge runs and names it; no verify, no report."""
+    assert evaluate(REPORT, outcomes(verify=verify)) is runs
+
+
+def test_the_rendered_dag_has_these_expressions():
+    manifest = yaml.safe_load((ARGO / "workflow.yaml").read_text())
+    main = next(t for t in manifest["spec"]["templates"] if "dag" in t)
+    tasks = {t["name"]: t for t in main["dag"]["tasks"]}
+    assert tasks["verify"]["depends"] == VERIFY
+    assert tasks["report"]["depends"] == REPORT
 
 
 def test_a_bare_name_means_succeeded_skipped_or_daemoned():

@@ -28,8 +28,9 @@ def test_openimages_size_runs_one_shard_per_task():
 def test_laion_size_is_batched_to_stay_under_the_task_limit():
     plan = plan_tasks("s3://l/{000000..229999}.tar", "s3://l/out/{000000..229999}.tar")
     assert plan.shards == 230_000
-    assert plan.shards_per_task == 230
-    assert plan.tasks == 1000 == MAX_TASKS
+    assert plan.shards_per_task == 288  # 230,000 / 800, rounded up
+    assert plan.tasks == 799 <= MAX_TASKS
+    assert plan.verify_shards_per_task == 1278 and plan.verify_tasks == 180
 
 
 def test_explicit_batches_round_up_and_too_many_tasks_is_refused():
@@ -88,6 +89,10 @@ def test_plan_command_writes_one_file_per_output_parameter(tmp_path):
         "outputs": "out/in-{0..4}.tar",
         "report": "out/verify-report.json",
         "sample-sheet": "out/verify-samples.png",
+        "verify-tasks": "5",
+        "verify-shards-per-task": "1",
+        "report-dir": "out",
+        "verify-parts": "out/.verify-parts",
     }
     assert "5 shard(s) in 3 augment task(s) of 2 shards" in result.stdout
 

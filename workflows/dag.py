@@ -1,4 +1,4 @@
-"""The Argo DAG in Hera: plan -> augment x N (withSequence) -> verify.
+"""The Argo DAG in Hera: plan -> augment x N -> verify x M (withSequence) -> report.
 
 One definition gives both manifests in argo/: the WorkflowTemplate a team installs once and
 submits from the Argo UI form, and the standalone Workflow for `argo submit`. It is also the
@@ -17,7 +17,11 @@ Why the DAG looks like this:
 - `--skip-existing` makes a retry or a resubmission redo only the shards without a manifest.
 - verify runs after every augment task, also when some failed, because its `depends`
   expression accepts augment.Failed and augment.Errored (`failFast` plays no part: the DAG
-  has one target task); the DAG's result is verify's.
+  has one target task). It fans out too: each pod streams one batch of outputs (the plan
+  sizes batches so that 100,000 shards stay under 2,000 nodes, plan.py) and leaves a part
+  beside them; `report`, after every batch, merges the parts (never reading a shard) into
+  the verify report, sample sheet, index, summary and dataset report, exactly as one pod
+  verifying everything would (steps/verify_batch.py). The DAG's result is report's.
 - Kubernetes cannot take CPU or memory quantities from a template variable, so resources come
   from a podSpecPatch. Argo does not enforce enums for `argo submit -p` or the API
   (argoproj/argo-workflows#6959), and a free string there could inject arbitrary pod spec, so
@@ -76,10 +80,25 @@ DEFAULT_PARALLELISM = 32
 USER_ID = 10001  # the image's non-root user (containers/Dockerfile)
 TMP = "/tmp"
 PLAN_DIR = f"{TMP}/plan"
+VERIFY_TMP = "32Gi"  # a verify batch's spooled rows and hashes
 SUMMARY_FILE = f"{TMP}/verify-summary.txt"
 CREDENTIALS_SECRET = "shardflow-credentials"
 
-PLAN_OUTPUTS = ("tasks", "shards-per-task", "outputs", "report", "sample-sheet", *PATCHED)
+PLAN_OUTPUTS = (
+    "tasks",
+    "shards-per-task",
+    "outputs",
+    "report",
+    "sample-sheet",
+    "verify-tasks",
+    "verify-shards-per-task",
+    "report-dir",
+    "verify-parts",
+    *PATCHED,
+)
+# What the verify batches and the last step are given, all from the plan pod's outputs.
+VERIFY_INPUTS = ("outputs", "sample-sheet", "report-dir", "verify-parts")
+REPORT_INPUTS = (*VERIFY_INPUTS, "report", "verify-shards-per-task")
 
 TITLE = "shardflow: augment WebDataset shards"
 DESCRIPTION = """\
@@ -89,8 +108,12 @@ verifies the outputs.
 1. **plan** expands `input`, checks the parameters and counts the tasks.
 2. **augment** runs one pod per batch of shards; each output appears only when complete, with
    a manifest beside it, so a retry or a resubmission redoes only unfinished shards.
-3. **verify** checks every output shard and writes `verify-report.json` and
-   `verify-samples.png` beside the outputs; its summary is the output `verify-summary`.
+3. **verify** checks the output shards in batches, one pod per batch, each hashing every
+   member for the per-sample table (`dataset-samples/`).
+4. **report** merges the batches: `verify-report.json`, `verify-samples.png`, the dataset
+   report (`dataset-report.json`, plots, duplicate images) and, when every shard passed, the
+   dataset index (`PREFIX.shardindex.json`, `sizes.json`) beside the outputs; its summary is
+   the output `verify-summary`.
 
 Patterns use braces: `gs://bucket/train/train-{000000..000554}.tar`. Needs Argo Workflows
 3.7 or newer."""
@@ -157,7 +180,7 @@ MEMORY_AFTER_OOM = (
 # (storage, network), 137 (OOM kill) and Argo's "-1" (no exit code: eviction, node loss) may
 # pass on another attempt.
 RETRY_UNLESS_USAGE_OR_DATA = "lastRetry.exitCode != '2' && lastRetry.exitCode != '3'"
-# verify: a failed verification (1) or a usage error (2) is a result, not an accident.
+# report (verify --merge): a failed verification (1) or a usage error (2) is a result.
 RETRY_VERIFY = "lastRetry.exitCode != '1' && lastRetry.exitCode != '2'"
 # plan's own retries never depend on a parameter: when it refuses one, nothing else may fail
 # first (the controller parses limit and backoff before it evaluates the expression).
@@ -178,7 +201,7 @@ def _retry(
     )
 
 
-def _step(name: str, args: list[str], **options: Any) -> Container:
+def _step(name: str, args: list[str], tmp_size: str = "1Gi", **options: Any) -> Container:
     """A Container template running `shardflow ARGS` with the settings every pod shares."""
     return Container(
         name=name,
@@ -189,7 +212,7 @@ def _step(name: str, args: list[str], **options: Any) -> Container:
         env_from=[SecretEnvFrom(name=CREDENTIALS_SECRET, optional=True)],
         security_context=_container_security(),
         service_account_name="{{workflow.parameters.service-account}}",
-        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit="1Gi")],  # type: ignore[arg-type]
+        volumes=[EmptyDirVolume(name="tmp", mount_path=TMP, size_limit=tmp_size)],  # type: ignore[arg-type]
         **options,
     )
 
@@ -212,7 +235,7 @@ def planning_step(
     )
 
 
-def _templates() -> tuple[Container, Container, Container]:
+def _templates() -> tuple[Container, Container, Container, Container]:
     plan = _step(
         "plan",
         [
@@ -267,14 +290,47 @@ def _templates() -> tuple[Container, Container, Container]:
         [
             "verify",
             "--inputs={{workflow.parameters.input}}",
-            "--max-failed={{workflow.parameters.max-failed}}",
-            "--report={{inputs.parameters.report}}",
+            "--task-index={{inputs.parameters.task-index}}",
+            "--shards-per-task={{inputs.parameters.shards-per-task}}",
+            "--parts={{inputs.parameters.verify-parts}}",
             "--sample-sheet={{inputs.parameters.sample-sheet}}",
-            f"--summary-file={SUMMARY_FILE}",
+            "--dataset-report={{inputs.parameters.report-dir}}",
+            "--quiet",
             "--",
             "{{inputs.parameters.outputs}}",
         ],
-        inputs=[Parameter(name=name) for name in ("outputs", "report", "sample-sheet", *PATCHED)],
+        inputs=[
+            Parameter(name="task-index"),
+            Parameter(name="shards-per-task"),
+            *(Parameter(name=name) for name in (*VERIFY_INPUTS, *PATCHED)),
+        ],
+        pod_spec_patch=_resources_patch("{{inputs.parameters.memory}}"),
+        # The batch's per-sample rows and image hashes are spooled to local disk, not held in
+        # memory: a few hundred bytes a sample (README: report).
+        tmp_size=VERIFY_TMP,
+        active_deadline_seconds="43200",
+        # A batch exits 0 once its part is written, whatever it found: 1 is storage.
+        retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA),
+    )
+    # Reads the batches' parts only (never a shard): small and fixed, whatever the dataset.
+    report = _step(
+        "report",
+        [
+            "verify",
+            "--merge",
+            "--inputs={{workflow.parameters.input}}",
+            "--max-failed={{workflow.parameters.max-failed}}",
+            "--shards-per-task={{inputs.parameters.verify-shards-per-task}}",
+            "--parts={{inputs.parameters.verify-parts}}",
+            "--report={{inputs.parameters.report}}",
+            "--sample-sheet={{inputs.parameters.sample-sheet}}",
+            "--dataset-report={{inputs.parameters.report-dir}}",
+            f"--summary-file={SUMMARY_FILE}",
+            "--write-index",
+            "--",
+            "{{inputs.parameters.outputs}}",
+        ],
+        inputs=[Parameter(name=name) for name in REPORT_INPUTS],
         outputs=[
             Parameter(
                 name="summary",
@@ -282,13 +338,14 @@ def _templates() -> tuple[Container, Container, Container]:
                 value_from=ValueFrom(path=SUMMARY_FILE, default="verification did not finish"),
             )
         ],
-        pod_spec_patch=_resources_patch("{{inputs.parameters.memory}}"),
+        resources=Resources(cpu_request="1", memory_request="1Gi", memory_limit="4Gi"),
+        active_deadline_seconds="7200",
         retry_strategy=_retry(RETRY_VERIFY),
     )
-    return plan, augment, verify
+    return plan, augment, verify, report
 
 
-def _dag(plan: Container, augment: Container, verify: Container) -> None:
+def _dag(plan: Container, augment: Container, verify: Container, report: Container) -> None:
     planned = "{{tasks.plan.outputs.parameters.%s}}"
     with DAG(name=ENTRYPOINT, fail_fast=False):
         Task(name="plan", template=plan)
@@ -307,9 +364,19 @@ def _dag(plan: Container, augment: Container, verify: Container) -> None:
             name="verify",
             template=verify,
             depends="plan.Succeeded && (augment.Succeeded || augment.Failed || augment.Errored)",
+            with_sequence=Sequence(count=planned % "verify-tasks"),
             arguments={
-                name: planned % name for name in ("outputs", "report", "sample-sheet", *PATCHED)
+                "task-index": "{{item}}",
+                "shards-per-task": planned % "verify-shards-per-task",
+                **{name: planned % name for name in (*VERIFY_INPUTS, *PATCHED)},
             },
+        )
+        # After every batch, also failed ones: the merge names a batch whose part is missing.
+        Task(
+            name="report",
+            template=report,
+            depends="verify.Succeeded || verify.Failed || verify.Errored",
+            arguments={name: planned % name for name in REPORT_INPUTS},
         )
 
 
@@ -386,4 +453,7 @@ def build(kind: type[Workflow], settings: RenderSettings) -> Workflow:
 # only sets pod annotations, so they are applied to the built model (render.py). After
 # substitution a display name must match Argo's `displayNameRegex` (no spaces, at most 63
 # characters) or the controller errors the node and the fan-out stalls; lint.py checks it.
-DISPLAY_NAMES = {"augment": "augment-{{inputs.parameters.task-index}}"}
+DISPLAY_NAMES = {
+    "augment": "augment-{{inputs.parameters.task-index}}",
+    "verify": "verify-{{inputs.parameters.task-index}}",
+}

@@ -10,17 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shardflow.steps.dataset_report import DUPLICATES_NAME, PLOTS
+from shardflow.steps.dataset_report import REPORT_NAME as DATASET_REPORT_NAME
 from shardflow.steps.errors import UsageError
 from shardflow.steps.pairing import Write, pair_shards, refuse_aliases, task_count
 from shardflow.steps.pairing import check_urls as check_schemes
 from shardflow.steps.redact import redact_url
 
 AUTO = "auto"
-# Every augment task is two Argo nodes (a retry node and its pod), and the UI and controller
-# slow down past about 2,000 nodes: 1,000 tasks is the most one workflow should hold.
-MAX_TASKS = 1000
+# The UI and controller slow down past about 2,000 nodes. Every task of a fan-out is two Argo
+# nodes (a retry node and its pod) and each fan-out adds a group node; with the DAG's own
+# node, plan (2) and the last step (2), 800 augment and 180 verify tasks make at most 1,967.
+# Verify reads without decoding, so its batches may be larger than augment's.
+MAX_NODES = 2000
+MAX_TASKS = 800
+MAX_VERIFY_TASKS = 180
 REPORT_NAME = "verify-report.json"
 SAMPLE_SHEET_NAME = "verify-samples.png"
+PARTS_NAME = ".verify-parts"  # the verify batches' parts, removed by the last step
+DATASET_FILES = (DATASET_REPORT_NAME, DUPLICATES_NAME, *PLOTS.values())
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,10 @@ class TaskPlan:
     outputs: str
     report: str
     sample_sheet: str
+    verify_tasks: int
+    verify_shards_per_task: int
+    report_dir: str  # the dataset report and per-sample table
+    parts: str
 
     def parameters(self) -> dict[str, str]:
         """The plan pod's Argo output parameters, by name."""
@@ -40,13 +52,18 @@ class TaskPlan:
             "outputs": self.outputs,
             "report": self.report,
             "sample-sheet": self.sample_sheet,
+            "verify-tasks": str(self.verify_tasks),
+            "verify-shards-per-task": str(self.verify_shards_per_task),
+            "report-dir": self.report_dir,
+            "verify-parts": self.parts,
         }
 
     def describe(self) -> str:
         per = "shard" if self.shards_per_task == 1 else "shards"
         return (
             f"{self.shards} shard(s) in {self.tasks} augment task(s) of {self.shards_per_task} "
-            f"{per}; outputs {redact_url(self.outputs)}; verify report {redact_url(self.report)}"
+            f"{per} and {self.verify_tasks} verify task(s); outputs {redact_url(self.outputs)}; "
+            f"verify report {redact_url(self.report)}"
         )
 
 
@@ -79,11 +96,17 @@ def plan_tasks(
         )
     directory = _common_directory([output for _, output in pairs])
     report, sample_sheet = directory + REPORT_NAME, directory + SAMPLE_SHEET_NAME
-    # verify writes these two: they must not land on a shard either.
+    report_dir = directory.rstrip("/") or "."
+    # verify writes these: they must not land on a shard either.
     refuse_aliases(
         [url for pair in pairs for url in pair],
-        [Write(report, "the verify report"), Write(sample_sheet, "the sample sheet")],
+        [
+            Write(report, "the verify report"),
+            Write(sample_sheet, "the sample sheet"),
+            *(Write(f"{report_dir}/{name}", "the dataset report") for name in DATASET_FILES),
+        ],
     )
+    verify_per_task = max(1, task_count(len(pairs), MAX_VERIFY_TASKS))
     return TaskPlan(
         shards=len(pairs),
         shards_per_task=per_task,
@@ -91,6 +114,10 @@ def plan_tasks(
         outputs=_outputs_pattern(input_pattern, output_pattern),
         report=report,
         sample_sheet=sample_sheet,
+        verify_tasks=task_count(len(pairs), verify_per_task),
+        verify_shards_per_task=verify_per_task,
+        report_dir=report_dir,
+        parts=f"{report_dir}/{PARTS_NAME}",
     )
 
 

@@ -80,10 +80,12 @@ def to_yaml(document: dict) -> str:
 
 def render_all(settings: dag.RenderSettings | None = None) -> dict[str, str]:
     """File name -> YAML text, for every manifest `shardflow render` writes in argo/: the
-    augment WorkflowTemplate and Workflow, and the reshard WorkflowTemplate."""
-    from . import reshard_dag  # it builds on this module
+    augment WorkflowTemplate and Workflow, and the index and reshard WorkflowTemplates (they
+    share the augment DAG's pod settings, so they go stale with them)."""
+    from . import index_dag, reshard_dag  # they build on this module
 
     texts = {name: HEADER + to_yaml(manifest(kind, settings)) for name, kind in FILES.items()}
+    texts[index_dag.FILE] = index_dag.render_index(settings)
     texts[reshard_dag.FILE] = reshard_dag.HEADER + to_yaml(reshard_dag.manifest(settings))
     return texts
 

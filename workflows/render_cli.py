@@ -13,7 +13,8 @@ from shardflow.steps.errors import EXIT_FAILED, EXIT_OK, ShardflowError
 DESCRIPTION = """\
 Render the Argo manifests from the Hera definitions (workflows/dag.py): the WorkflowTemplate
 shardflow-augment (workflowtemplate.yaml), the standalone Workflow (workflow.yaml) and the
-WorkflowTemplate shardflow-reshard (reshard-workflowtemplate.yaml, workflows/reshard_dag.py).
+WorkflowTemplates shardflow-index (index-workflowtemplate.yaml, workflows/index_dag.py)
+and shardflow-reshard (reshard-workflowtemplate.yaml, workflows/reshard_dag.py).
 Without --write, compare them with the files in --out and show the difference; --out - prints
 them. Every manifest is checked first: each {{...}} must resolve, each template and task named
 must exist.
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hera.workflows import Workflow, WorkflowTemplate
 
-    from . import dag, lint, render, reshard_dag
+    from . import dag, index_dag, lint, render, reshard_dag
 
     settings = dag.RenderSettings(
         image=args.image or dag.DEFAULT_IMAGE,
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     checked = {
         kind.__name__: render.manifest(kind, settings) for kind in (WorkflowTemplate, Workflow)
     }
+    checked[index_dag.NAME] = index_dag.manifest(settings)
     checked[reshard_dag.NAME] = reshard_dag.manifest(settings)
     for name, document in checked.items():
         problems = lint.check_manifest(document)

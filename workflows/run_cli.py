@@ -22,13 +22,15 @@ from shardflow.steps.cpus import available_cpus
 from shardflow.steps.errors import UsageError
 
 from .dag_arguments import add_dag_arguments, given_parameters, patterns_named_for
+from .depends import upstream
 from .executor import Events, LocalExecutor, Node, RunResult
 
 DESCRIPTION = """\
 Run the Argo DAG on this machine: plan, then the augment tasks in a pool of worker processes,
-then verify, exactly as the rendered manifest describes (the same command lines, parameters
-and dependencies as on a cluster). One progress bar follows every task's ARGO_PROGRESS_FILE;
-the run ends with verify's table and summary.
+then the verify batches, then the report step that merges them, exactly as the rendered
+manifest describes (the same command lines, parameters and dependencies as on a cluster). One
+progress bar follows every task's ARGO_PROGRESS_FILE; the run ends with verify's table and
+summary.
 
 exit status: verify's (0 every output shard verified, 1 a shard is missing or wrong), or 2
 for a usage error found by the plan step."""
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "run",
         DESCRIPTION,
-        "run the Argo DAG locally: plan, augment in parallel, verify",
+        "run the Argo DAG locally: plan, augment and verify in parallel, report",
     )
     add_dag_arguments(parser)
     parser.add_argument(
@@ -74,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     parallelism = manifest["spec"].get("parallelism") or available_cpus()
     workers = args.workers or max(1, min(available_cpus(), parallelism))
     directory = args.logs or Path(tempfile.mkdtemp(prefix="shardflow-run-"))
-    display = _Display(quiet=args.quiet, bar=not args.quiet and sys.stderr.isatty())
+    display = _Display(
+        quiet=args.quiet, bar=not args.quiet and sys.stderr.isatty(), final=_last_tasks(manifest)
+    )
     started = time.monotonic()
     try:
         executor = LocalExecutor(
@@ -90,6 +94,16 @@ def run(args: argparse.Namespace) -> int:
     if display.final_output:
         print(display.final_output, flush=True)
     return result.exit_code
+
+
+def _last_tasks(manifest: dict) -> frozenset[str]:
+    """The tasks no other task waits for (augment's report step, reshard's verify): a run
+    ends with what they print, verify's table and summary."""
+    templates = {t.get("name"): t for t in manifest.get("spec", {}).get("templates", [])}
+    entry = templates.get(manifest.get("spec", {}).get("entrypoint"), {})
+    tasks = entry.get("dag", {}).get("tasks", [])
+    waited_for = set().union(*(upstream(task) for task in tasks))
+    return frozenset({task["name"] for task in tasks} - waited_for)
 
 
 def _manifest(path: Path | None) -> dict:
@@ -117,8 +131,9 @@ class _Display(Events):
     """One bar for the whole DAG (a task counts 1, filled by its progress file) and a line per
     finished task: what the Argo UI shows, in a terminal."""
 
-    def __init__(self, *, quiet: bool, bar: bool) -> None:
+    def __init__(self, *, quiet: bool, bar: bool, final: frozenset[str] = frozenset()) -> None:
         self.quiet = quiet
+        self.final = final  # the DAG's last tasks: their output ends the run's
         self.final_output = ""  # verify's table and summary: what a run ends with
         self.bar = (
             tqdm(
@@ -144,10 +159,10 @@ class _Display(Events):
             self._write(f"{node.name}: {node.phase} ({reason}) after {node.seconds:.1f} s")
             for line in _read(node.stderr).splitlines()[-ERROR_LINES:]:
                 self._write(f"  {line}")
-        elif not self.quiet and node.task != "verify":
+        elif not self.quiet and node.task not in self.final:
             last = stdout.strip().splitlines()[-1:] or [""]
             self._write(f"{node.name}: {node.phase} in {node.seconds:.1f} s: {last[0]}")
-        if node.task == "verify":
+        if node.task in self.final:
             self.final_output = stdout.rstrip("\n")
 
     def progress(self, done: float, total: int, running: list[Node]) -> None:
