@@ -33,8 +33,8 @@ from .pipeline import Outcome, Pipeline
 from .progress import Progress
 from .redact import redact_text, redact_url
 from .samples import SampleReader
-from .tarstream import TarReader
-from .tarwrite import Pieces, ShardWriter, UnsafeMemberName
+from .tar_reader import TarReader
+from .tar_writer import Pieces, TarWriter, UnsafeMemberName
 from .verify import ManifestView, manifest_view, verify_shard
 
 OnError = Literal["skip", "fail"]
@@ -216,7 +216,7 @@ def _write_shard(
         )
         try:
             with storage.publish_atomically(output_url, options.storage_options) as sink:
-                writer = ShardWriter(sink, gzipped=storage.compression_of(output_url) == "gzip")
+                writer = TarWriter(sink, gzipped=storage.compression_of(output_url) == "gzip")
                 outcomes = ordered_map(
                     pipeline.process,
                     samples,
@@ -290,7 +290,7 @@ class OutcomeTransfer(Transfer[Outcome]):
 
 def record_outcome(
     outcome: Outcome,
-    writer: ShardWriter,
+    writer: TarWriter,
     builder: ManifestBuilder,
     shard: str,
     on_error: OnError,

@@ -13,6 +13,7 @@ from . import storage
 from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code
 from .cli_common import (
     add_batch_arguments,
+    add_command,
     add_output_arguments,
     add_storage_arguments,
     positive_int,
@@ -52,11 +53,8 @@ the recipe cannot apply to it (a retry fails the same way), or more samples fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "augment",
-        help="augment shards (the step every task runs)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "augment", DESCRIPTION, "augment shards (the step every task runs)"
     )
     parser.add_argument("input", metavar="INPUT", help="input shard URL or brace pattern")
     parser.add_argument("output", metavar="OUTPUT", help="output shard URL, pattern, or dir/")

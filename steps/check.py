@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from .samples import split_member_name, unsafe_name_reason
+from .tar_reader import TarFormatError, TarReader
 from .tarlayout import USTAR_NAME_BYTES
-from .tarstream import TarFormatError, TarReader
 from .verify import Problem, tar_damage
 
 UNREPAIRABLE = frozenset(

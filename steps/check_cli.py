@@ -14,6 +14,7 @@ from typing import Any
 from . import storage
 from .check import ShardScan, field_problems, scan_shard, usual_fields
 from .cli_common import (
+    add_command,
     add_output_arguments,
     add_storage_arguments,
     positive_int,
@@ -50,11 +51,11 @@ exit status: 0 no problem found (with --repair: every shard written), 1 problems
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "check",
-        help="lint any shards read-only (split keys, PAX, truncation, ...); --repair",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "lint any shards read-only (split keys, PAX, truncation, ...); --repair",
     )
     parser.add_argument("shards", metavar="SHARDS", help="shard URL or brace pattern")
     parser.add_argument(

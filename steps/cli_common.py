@@ -15,6 +15,19 @@ STORAGE_OPTIONS_VARIABLE = "SHARDFLOW_STORAGE_OPTIONS"
 SECRET_OPTIONS_VARIABLE = "SHARDFLOW_STORAGE_OPTIONS_SECRET"
 
 
+def add_command(
+    subparsers: argparse._SubParsersAction, name: str, description: str, summary: str
+) -> argparse.ArgumentParser:
+    """A sub-command of `shardflow`: `summary` in the list of commands, `description` (with
+    its line breaks: exit statuses, examples) in its --help."""
+    return subparsers.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("storage")
     group.add_argument(

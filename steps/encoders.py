@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .images import BY_EXTENSION, IMAGE_FORMATS, Pixels, Scratch, convert_mode, pixels_mode
-from .tarwrite import Pieces
+from .tar_writer import Pieces
 
 try:  # the `fast-png` extra
     from isal import isal_zlib as fast_deflate

@@ -14,6 +14,7 @@ from typing import Any
 from . import storage
 from .cli_common import (
     add_batch_arguments,
+    add_command,
     add_output_arguments,
     add_storage_arguments,
     positive_int,
@@ -55,11 +56,11 @@ cannot be described (DALI's format: no samples, white space in a name)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "index",
-        help="write sample counts and offsets (wids JSON, sizes.json, DALI .idx)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "write sample counts and offsets (wids JSON, sizes.json, DALI .idx)",
     )
     parser.add_argument("shards", metavar="SHARDS", help="shard URL or brace pattern")
     parser.add_argument(

@@ -20,7 +20,7 @@ from .errors import SampleError, UsageError
 from .operation import Operation, Sample, SampleContext, field_value
 from .params import Params, shown
 from .samples import extension_reason
-from .tarwrite import MemberData
+from .tar_writer import MemberData
 
 _EXTRAS = {"fpng": "fpng", "isal": "fast-png"}  # the extra that installs each encoder
 

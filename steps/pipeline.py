@@ -16,7 +16,7 @@ from .errors import SampleError
 from .ops import Dropped, SampleContext
 from .recipe import Recipe
 from .samples import RawSample
-from .tarwrite import MemberData
+from .tar_writer import MemberData
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .check import Located, ShardScan
 from .errors import ShardError
 from .manifest import ManifestBuilder, manifest_url, remove_stale_manifest, write_manifest
 from .samples import split_member_name
-from .tarwrite import ShardWriter
+from .tar_writer import TarWriter
 
 RECIPE: dict[str, Any] = {
     "name": "repair",
@@ -76,7 +76,7 @@ def repair_shard(scan: ShardScan, output_url: str, options: storage.StorageOptio
             storage.open_ranged(scan.url, options) as source,
             storage.publish_atomically(output_url, options) as sink,
         ):
-            writer = ShardWriter(sink)
+            writer = TarWriter(sink)
             for key, members in samples:
                 names = [written_name(m.name) for m in members]
                 for member, name in zip(members, names, strict=True):

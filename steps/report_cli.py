@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from . import storage
 from .cli_common import (
+    add_command,
     add_output_arguments,
     add_storage_arguments,
     positive_int,
@@ -56,11 +57,11 @@ written and names it); 2 usage error (nothing was read)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "report",
-        help="per-sample table, plots and duplicate images of any shards",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "per-sample table, plots and duplicate images of any shards",
     )
     parser.add_argument("shards", metavar="SHARDS", help="shard URL or brace pattern")
     parser.add_argument(

@@ -15,6 +15,7 @@ from typing import TypeVar
 from . import storage
 from .augment import ShardResult
 from .cli_common import (
+    add_command,
     add_output_arguments,
     add_storage_arguments,
     non_negative_int,
@@ -65,11 +66,11 @@ data (a shard that cannot be counted, a duplicate key without --rename-duplicate
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "reshard",
-        help="split, merge, filter and shuffle shards into new shards",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "split, merge, filter and shuffle shards into new shards",
     )
     parser.add_argument("inputs", metavar="INPUTS", help="input shard URL or brace pattern")
     parser.add_argument(

@@ -36,7 +36,7 @@ from .redact import redact_text
 from .reshard_plan import plan_urls, read_line, renamed
 from .samples import RawSample, split_member_name
 from .storage_faults import describe
-from .tarwrite import ShardWriter
+from .tar_writer import TarWriter
 from .verify import manifest_view
 
 COPY = "copy"  # the recipe name recorded for byte-for-byte copies
@@ -240,7 +240,7 @@ def _write(
         for ref, can_range in zip(refs, ranged, strict=True):
             sources.append(open_source(ref["url"], options.storage_options, ranged=can_range))
         with storage.publish_atomically(url, options.storage_options) as sink:
-            writer = ShardWriter(sink, gzipped=storage.compression_of(url) == "gzip")
+            writer = TarWriter(sink, gzipped=storage.compression_of(url) == "gzip")
             fetched = _raw_samples(line["samples"], sources, refs, threads, options.requests)
 
             def process(item: tuple[list[Any], list[tuple[str, memoryview]]]) -> Outcome:

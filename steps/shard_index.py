@@ -34,8 +34,8 @@ from . import storage
 from .errors import DataError, ShardError, UsageError
 from .manifest import ManifestError, manifest_url, read_manifest
 from .samples import split_member_name
+from .tar_reader import TarFormatError, TarReader
 from .tarlayout import data_offsets
-from .tarstream import TarFormatError, TarReader
 
 WIDS_KIND = "wids-shard-index-v1"
 INDEX_SUFFIX = "shardindex.json"  # wids' own default name, after a dataset prefix

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .tarwrite import ShardWriter
+from .tar_writer import TarWriter
 
 CLASSES = ("circle", "square", "triangle")
 
@@ -52,7 +52,7 @@ def write_shard(
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as stream:
-        writer = ShardWriter(stream)
+        writer = TarWriter(stream)
         for _ in range(samples):
             key = rng.bytes(8).hex()
             cls = int(rng.integers(0, len(CLASSES)))

@@ -1,4 +1,4 @@
-"""Where each member's data lies in a shard written by `tarwrite.ShardWriter`, from names and
+"""Where each member's data lies in a shard written by `tar_writer.TarWriter`, from names and
 sizes alone.
 
 The writer is deterministic (GNU format, no PAX headers): a member is one 512-byte header, its

@@ -31,7 +31,7 @@ from .manifest import ManifestError, manifest_url, read_manifest
 from .redact import redact_text, redact_url
 from .sample_table import RowBuilder, RowSink
 from .samples import Placed, group_members, split_member_name
-from .tarstream import TarFormatError, TarMember, TarReader
+from .tar_reader import TarFormatError, TarMember, TarReader
 
 Status = Literal["ok", "failed", "incomplete", "missing"]
 _CHUNK = 1 << 20

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import storage
 from .cli_common import (
+    add_command,
     add_output_arguments,
     add_storage_arguments,
     non_negative_int,
@@ -67,11 +68,8 @@ was checked)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "verify",
-        help="verify output shards against their manifests",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "verify", DESCRIPTION, "verify output shards against their manifests"
     )
     parser.add_argument(
         "outputs",

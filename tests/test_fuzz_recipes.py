@@ -25,7 +25,7 @@ from shardflow.steps.errors import UsageError
 from shardflow.steps.pipeline import Pipeline
 from shardflow.steps.recipe import load_recipe, recipe_yaml
 from shardflow.steps.samples import RawSample, written_name_reason
-from shardflow.steps.tarwrite import ShardWriter
+from shardflow.steps.tar_writer import TarWriter
 
 from helpers import image_bytes, run_cli
 
@@ -92,7 +92,7 @@ def check_case(case: RecipeCase, spec: str) -> str:
     if outcome.members is None:
         assert "unexpected" not in (outcome.failed or ""), outcome.failed
         return "dropped" if outcome.dropped else "failed"
-    writer = ShardWriter(io.BytesIO())
+    writer = TarWriter(io.BytesIO())
     for name, data in outcome.members:
         assert written_name_reason(name) is None, name
         writer.add(name, data)  # raises UnsafeMemberName if anything slipped through

@@ -10,7 +10,7 @@ import pytest
 
 from shardflow.steps.errors import DataError
 from shardflow.steps.samples import SampleReader
-from shardflow.steps.tarstream import TarReader
+from shardflow.steps.tar_reader import TarReader
 from shardflow.steps.verify import group_samples
 
 from helpers import write_tar

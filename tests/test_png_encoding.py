@@ -85,12 +85,12 @@ def test_png_level_one_goes_through_the_fast_path_and_others_through_pillow() ->
 
 
 def test_the_tar_writer_writes_what_tarfile_writes(tmp_path) -> None:
-    """ShardWriter writes members straight to the sink (pieces, no BytesIO copy): the archive
+    """TarWriter writes members straight to the sink (pieces, no BytesIO copy): the archive
     must be byte for byte what tarfile writes in GNU format, long names and padding included."""
     import hashlib
     import tarfile
 
-    from shardflow.steps.tarwrite import Pieces, ShardWriter, _member_info
+    from shardflow.steps.tar_writer import Pieces, TarWriter, _member_info
 
     members = [
         ("a.png", Pieces(b"head", bytes(1000), b"tail")),
@@ -100,7 +100,7 @@ def test_the_tar_writer_writes_what_tarfile_writes(tmp_path) -> None:
         ("d.bin", bytes(range(256)) * 40),
     ]
     ours = io.BytesIO()
-    writer = ShardWriter(ours)
+    writer = TarWriter(ours)
     for name, data in members:
         writer.add(name, data)
     writer.add_from("e.bin", 3000, io.BytesIO(bytes(3000)))
@@ -112,7 +112,7 @@ def test_the_tar_writer_writes_what_tarfile_writes(tmp_path) -> None:
     assert ours.getvalue() == reference.getvalue()
     assert (size, sha256) == (len(ours.getvalue()), hashlib.sha256(ours.getvalue()).hexdigest())
     with pytest.raises(OSError, match="unexpected end"):
-        ShardWriter(io.BytesIO()).add_from("f.bin", 10, io.BytesIO(b"short"))
+        TarWriter(io.BytesIO()).add_from("f.bin", 10, io.BytesIO(b"short"))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])

@@ -13,7 +13,7 @@ import pytest
 from shardflow.steps.params import RecipeError
 from shardflow.steps.recipe import load_recipe
 from shardflow.steps.samples import written_name_reason
-from shardflow.steps.tarwrite import ShardWriter, UnsafeMemberName
+from shardflow.steps.tar_writer import TarWriter, UnsafeMemberName
 
 from helpers import good_shard, run_cli, sample_members, write_tar
 
@@ -108,7 +108,7 @@ UNSAFE_NAMES += ["k.PNG", "k.a\\b", "k.__key__", "k", "\udcff.png"]
 
 @pytest.mark.parametrize("name", UNSAFE_NAMES)
 def test_the_tar_writer_refuses_unsafe_member_names(tmp_path: Path, name: str) -> None:
-    writer = ShardWriter((tmp_path / "out.tar").open("wb"))
+    writer = TarWriter((tmp_path / "out.tar").open("wb"))
     with pytest.raises(UnsafeMemberName):
         writer.add(name, b"data")
     writer.add("dir/k.seg.png", b"data")  # a key with a directory and a two-part extension

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from shardflow.steps.contact_sheet import CAPTION, LABEL, PAD, TILE, tile_box
-from shardflow.steps.tarstream import BLOCK, TarMember, TarReader
-from shardflow.steps.tarwrite import ShardWriter
+from shardflow.steps.tar_reader import BLOCK, TarMember, TarReader
+from shardflow.steps.tar_writer import TarWriter
 
 from helpers import good_shard, run_cli
 
@@ -65,7 +65,7 @@ def rewrite(path: Path, change: Callable[[list[tuple[str, bytes]]], list[tuple[s
     with tarfile.open(path) as tar:
         content = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
     with open(path, "wb") as stream:
-        writer = ShardWriter(stream)
+        writer = TarWriter(stream)
         for name, data in change(content):
             writer.add(name, data)
         writer.close()

@@ -29,7 +29,7 @@ from shardflow.steps.manifest import manifest_url
 from shardflow.steps.pipeline import Pipeline
 from shardflow.steps.recipe import load_recipe
 from shardflow.steps.storage import comparable_url
-from shardflow.steps.tarwrite import ShardWriter
+from shardflow.steps.tar_writer import TarWriter
 from shardflow.steps.verify import (
     KeptSample,
     Problem,
@@ -71,7 +71,7 @@ class RecordingStream(io.BytesIO):
 
 def test_member_data_is_streamed_in_bounded_reads_never_held(tmp_path: Path):
     buffer = io.BytesIO()
-    writer = ShardWriter(buffer)
+    writer = TarWriter(buffer)
     writer.add("a.bin", os.urandom(3 << 20))
     writer.add("a.cls", b"1")
     size, sha256 = writer.close()

@@ -11,7 +11,7 @@ from PIL import Image
 from servers import S3Server
 from storage_helpers import shardflow
 
-from shardflow.steps.tarstream import TarReader
+from shardflow.steps.tar_reader import TarReader
 
 from helpers import good_shard
 

@@ -10,7 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
-from shardflow.steps.cli_common import add_storage_arguments, positive_int, storage_options
+from shardflow.steps.cli_common import (
+    add_command,
+    add_storage_arguments,
+    positive_int,
+    storage_options,
+)
 from shardflow.steps.errors import UsageError
 from shardflow.steps.recipe import DEFAULT_RECIPE, RECIPE_HELP, load_recipe
 from shardflow.steps.redact import redact_url
@@ -31,11 +36,11 @@ exit status: 0 planned, 2 usage error."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "plan",
-        help="check parameters and count the DAG's tasks (the DAG's first pod)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "check parameters and count the DAG's tasks (the DAG's first pod)",
     )
     parser.add_argument("input", metavar="INPUT", help="input shard URL or brace pattern")
     parser.add_argument("output", metavar="OUTPUT", help="output shard pattern, or dir/")

@@ -7,7 +7,7 @@ import difflib
 import sys
 from pathlib import Path
 
-from shardflow.steps.cli_common import positive_int
+from shardflow.steps.cli_common import add_command, positive_int
 from shardflow.steps.errors import EXIT_FAILED, EXIT_OK, ShardflowError
 
 DESCRIPTION = """\
@@ -23,11 +23,11 @@ exit status: 0 written or up to date, 1 out of date or a check failed."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "render",
-        help="render the Argo manifests (argo/*.yaml), or check they are current",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "render the Argo manifests (argo/*.yaml), or check they are current",
     )
     parser.add_argument(
         "--out", default="argo", metavar="DIR", help="directory of the manifests, or - (stdout)"

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE, positive_int
+from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE, add_command, positive_int
 from shardflow.steps.cpus import available_cpus
 from shardflow.steps.errors import UsageError
 
@@ -39,11 +39,11 @@ ERROR_LINES = 12
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "run",
-        help="run the Argo DAG locally: plan, augment and verify in parallel, report",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "run the Argo DAG locally: plan, augment and verify in parallel, report",
     )
     add_dag_arguments(parser)
     parser.add_argument(

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from shardflow.steps import storage
-from shardflow.steps.cli_common import positive_int
+from shardflow.steps.cli_common import add_command, positive_int
 from shardflow.steps.errors import EXIT_OK, ShardflowError, UsageError
 from shardflow.steps.output_names import OutputNames
 from shardflow.steps.recipe import portable_recipe
@@ -42,11 +42,11 @@ error."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "submit",
-        help="submit the DAG to an Argo server (ARGO_SERVER, ARGO_TOKEN, ...)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DESCRIPTION,
+        "submit the DAG to an Argo server (ARGO_SERVER, ARGO_TOKEN, ...)",
     )
     add_dag_arguments(parser, recipe_note=" A local file is sent inline.")
     parser.add_argument(

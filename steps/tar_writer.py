@@ -75,8 +75,10 @@ class Pieces:
 MemberData = bytes | bytearray | memoryview | Pieces
 
 
-class ShardWriter:
-    """Writes members in the order given; `close()` returns (size, sha256) of the archive.
+class TarWriter:
+    """Writes one tar archive, members in the order given (as webdataset's TarWriter; its
+    ShardWriter rolls over to new shards, this never does); `close()` returns (size, sha256)
+    of the archive.
 
     The archive is what `tarfile` writes in GNU format (the same header bytes, from
     `TarInfo.tobuf`, the same padding and end-of-archive record), but members go straight to
