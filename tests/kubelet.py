@@ -157,24 +157,43 @@ class TestKubelet:
             run = self.runs.get(name)
             if run and run.process and run.process.poll() is None:
                 run.process.kill()
-            self.api.delete(path, grace_seconds=0)
+            try:
+                self.api.delete(path, grace_seconds=0)
+            except ApiError as error:
+                if error.status != 404:  # gone already: what the delete was for
+                    raise
             return
         if not spec.get("nodeName"):
-            self.api.create(
-                f"{path}/binding",
-                {
-                    "apiVersion": "v1",
-                    "kind": "Binding",
-                    "metadata": {"name": name},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
-                },
-            )
+            try:
+                self.api.create(
+                    f"{path}/binding",
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Binding",
+                        "metadata": {"name": name},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+                    },
+                )
+            except ApiError as error:
+                # Deleted since it was listed (the controller stopping its workflow): a
+                # scheduler lets such a pod go; anything else is the kubelet's failure.
+                if error.status not in (404, 409) or not self._gone(path):
+                    raise
             return
         if name in self.runs or pod.get("status", {}).get("phase") not in (None, "Pending"):
             return
         run = PodRun(name, self.workdir / name)
         self.runs[name] = run
         threading.Thread(target=self._run_pod, args=(pod, run), daemon=True).start()
+
+    def _gone(self, path: str) -> bool:
+        """Whether the pod at `path` no longer exists or is being deleted."""
+        try:
+            return bool(self.api.get(path)["metadata"].get("deletionTimestamp"))
+        except ApiError as error:
+            if error.status == 404:
+                return True
+            raise
 
     # --- one pod ---------------------------------------------------------------------------
 
