@@ -201,7 +201,20 @@ class TestKubelet:
         try:
             PodExecution(self, pod, run).execute()
         except Exception as error:
+            if isinstance(error, ApiError) and error.status == 404 and self._finished(pod):
+                return  # its workflow was stopped: the controller deleted what it reported to
             self.errors.append(f"pod {run.name}: {error!r}")
+
+    def _finished(self, pod: dict) -> bool:
+        """Whether the workflow of `pod` is gone or has finished (its task results deleted)."""
+        name = pod["metadata"].get("labels", {}).get(LABEL_WORKFLOW)
+        try:
+            workflow = self.api.get(f"{ARGO}/namespaces/{self.namespace}/workflows/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return True
+            raise
+        return workflow.get("status", {}).get("phase") in ("Succeeded", "Failed", "Error")
 
     def running(self, template: str, delta: int, pod: str) -> None:
         """Count pods of `template` running at once (parallelism is checked against this)."""
