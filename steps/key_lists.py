@@ -90,7 +90,9 @@ def _from_parquet(data: bytes, shown: str, column: str | None) -> list[str]:
             f"key list {shown}: Parquet needs pyarrow (pip install 'shardflow[parquet]')"
         ) from None
     try:
-        table = parquet.read_table(io.BytesIO(data))
+        # One thread: the CLI may exit at once on a bad column, and pyarrow aborts the process
+        # when it exits while its pool threads are still being started.
+        table = parquet.read_table(io.BytesIO(data), use_threads=False)
     except Exception as exc:  # pyarrow's own errors
         raise UsageError(f"key list {shown} is not a Parquet file: {exc}") from None
     names = table.column_names
