@@ -207,6 +207,17 @@ def global_output(workflow: dict, name: str) -> str:
     )
 
 
+def by_reference(template: dict) -> dict:
+    """A Workflow that runs the installed WorkflowTemplate `template`, as the UI's form submits."""
+    name = template["metadata"]["name"]
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": f"{name}-"},
+        "spec": {"workflowTemplateRef": {"name": name}},
+    }
+
+
 def expected_display_name(manifest: dict, task_index: int) -> str:
     """The augment pod's display name as the rendered manifest asks for it (Argo's default,
     `augment(i:i)`, when the template has no display-name annotation)."""
@@ -297,12 +308,7 @@ def test_the_workflow_template_submitted_by_reference(cluster: Cluster, tmp_path
     template = rendered(TEMPLATE)
     cluster.api.create(f"{cluster.namespaced}/workflowtemplates", template)
     bucket, inputs, outputs = upload_shards(cluster, tmp_path, 2)
-    reference = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"generateName": f"{template['metadata']['name']}-"},
-        "spec": {"workflowTemplateRef": {"name": template["metadata"]["name"]}},
-    }
+    reference = by_reference(template)
     name = cluster.submit(
         reference,
         input=inputs,
@@ -467,12 +473,7 @@ def test_the_reshard_template_splits_merges_and_shuffles(cluster: Cluster, tmp_p
             members += sample_members(key, seed=shard * 4 + index, width=32, height=24)
         tar = write_tar(tmp_path / f"in-{shard:06d}.tar", members)
         cluster.s3.put(bucket, f"in/{tar.name}", tar.read_bytes())
-    reference = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"generateName": f"{template['metadata']['name']}-"},
-        "spec": {"workflowTemplateRef": {"name": template["metadata"]["name"]}},
-    }
+    reference = by_reference(template)
     name = cluster.submit(
         reference,
         inputs=f"s3://{bucket}/in/in-{{000000..000002}}.tar",
