@@ -140,6 +140,34 @@ PARAMETERS: tuple[DagParameter, ...] = (
 )
 
 BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+
+# The reshard WorkflowTemplate's own parameters (workflows/reshard_dag.py); it shares the
+# storage, image, retry and failure parameters above.
+RESHARD_PARAMETERS: tuple[DagParameter, ...] = (
+    DagParameter("inputs", "Input shards: a URL brace pattern, e.g. s3://bucket/in/in-{000..099}.tar."),
+    DagParameter("outputs", "Output shards: a brace pattern with enough names, or printf "
+                 "(s3://bucket/out/train-%06d.tar)."),
+    DagParameter("samples-per-shard", "N samples per output (empty: not this sizing).", ""),
+    DagParameter("shards", "M outputs of equal counts, within one (empty: not this sizing; with "
+                 "no sizing at all, as many outputs as `outputs` names).", ""),
+    DagParameter("max-shard-bytes", "Outputs of at most this size, e.g. 1GB (empty: not this "
+                 "sizing).", ""),
+    DagParameter("keep-keys", "URL of a key list (text, JSON, .npy, Parquet): keep only these "
+                 "keys.", ""),
+    DagParameter("drop-keys", "URL of a key list: keep every key but these.", ""),
+    DagParameter("keys-column", "The key column of a Parquet key list (empty: key, __key__ or "
+                 "uid).", ""),
+    DagParameter("shuffle", "Seed of a uniform shuffle of all kept samples (empty: input order).",
+                 ""),
+    DagParameter("rename-duplicates", "yes: a key found twice becomes KEY_dupN the second time; "
+                 "no: it is an error naming both shards.", "no", ("no", "yes")),
+    DagParameter("recipe", "A recipe applied on the way (empty: members copied byte for byte).",
+                 ""),
+    DagParameter("inputs-per-task", "Inputs counted per count pod.", "100"),
+    DagParameter("shards-per-task", "Outputs written per write pod.", "10"),
+    DagParameter("work", "Folder of the inventory and the plan (empty: .reshard/ beside the "
+                 "outputs).", ""),
+)  # fmt: skip
 PLAN_CHECKED = tuple(p.name for p in PARAMETERS if p.checked_by_plan)
 # Values that reach a podSpecPatch: the plan pod writes them, once checked, as output
 # parameters, and the patched pods read those (dag.py says why not the parameters themselves).

@@ -36,6 +36,7 @@ from hera.workflows import DAG, Parameter, Resources, Task, WorkflowTemplate
 from hera.workflows.models import Sequence, ValueFrom
 
 from . import dag, render
+from .parameters import RESHARD_PARAMETERS
 
 NAME = "shardflow-reshard"
 FILE = "reshard-workflowtemplate.yaml"
@@ -60,36 +61,16 @@ and key it came from.
 `outputs` is a brace pattern with enough names or a printf pattern (`out/train-%06d.tar`)."""
 
 # name, default, description (empty: the option is not given)
-_RESHARD_PARAMETERS = (
-    ("inputs", None, "Input shards: a URL brace pattern, e.g. s3://bucket/in/in-{000..099}.tar."),
-    ("outputs", None, "Output shards: a brace pattern with enough names, or printf "
-     "(s3://bucket/out/train-%06d.tar)."),
-    ("samples-per-shard", "", "N samples per output (empty: not this sizing)."),
-    ("shards", "", "M outputs of equal counts, within one (empty: not this sizing; with no "
-     "sizing at all, as many outputs as `outputs` names)."),
-    ("max-shard-bytes", "", "Outputs of at most this size, e.g. 1GB (empty: not this sizing)."),
-    ("keep-keys", "", "URL of a key list (text, JSON, .npy, Parquet): keep only these keys."),
-    ("drop-keys", "", "URL of a key list: keep every key but these."),
-    ("keys-column", "", "The key column of a Parquet key list (empty: key, __key__ or uid)."),
-    ("shuffle", "", "Seed of a uniform shuffle of all kept samples (empty: input order)."),
-    ("rename-duplicates", "no", "yes: a key found twice becomes KEY_dupN the second time; "
-     "no: it is an error naming both shards."),
-    ("recipe", "", "A recipe applied on the way (empty: members copied byte for byte)."),
-    ("inputs-per-task", "100", "Inputs counted per count pod."),
-    ("shards-per-task", "10", "Outputs written per write pod."),
-    ("work", "", "Folder of the inventory and the plan (empty: .reshard/ beside the outputs)."),
-)  # fmt: skip
-_ENUMS = {"rename-duplicates": ["no", "yes"]}
-_OPTIONS = [name for name, _, _ in _RESHARD_PARAMETERS if name not in ("inputs", "outputs")]
+_OPTIONS = [p.name for p in RESHARD_PARAMETERS if p.name not in ("inputs", "outputs")]
 
 
 def _parameters(image: str) -> list[Parameter]:
     own = []
-    for name, default, description in _RESHARD_PARAMETERS:
-        options: dict[str, Any] = {} if default is None else {"value": default}
-        if name in _ENUMS:
-            options["enum"] = _ENUMS[name]
-        own.append(Parameter(name=name, description=description, **options))
+    for row in RESHARD_PARAMETERS:
+        options: dict[str, Any] = {} if row.default is None else {"value": row.default}
+        if row.enum:
+            options["enum"] = list(row.enum)
+        own.append(Parameter(name=row.name, description=row.description, **options))
     shared = [p for p in dag._parameters(image) if p.name in SHARED_PARAMETERS]
     return [*own, *shared]
 
