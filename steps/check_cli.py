@@ -15,13 +15,13 @@ from . import storage
 from .check import ShardScan, field_problems, scan_shard, usual_fields
 from .cli_common import (
     add_command,
+    add_io_threads_argument,
     add_output_arguments,
     add_storage_arguments,
-    positive_int,
     show_bar,
     storage_options,
 )
-from .cpus import IO_THREADS_HELP, io_threads
+from .cpus import io_threads
 from .errors import EXIT_FAILED, EXIT_OK, ShardError
 from .pairing import check_urls, pair_shards, shards_to_read
 from .progress import ARGO_PROGRESS_FILE, Progress
@@ -64,11 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write repaired shards here: a pattern expanding to as many URLs as SHARDS, or a "
         "directory ending in /",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help=f"shards checked at once {IO_THREADS_HELP}",
-    )
+    add_io_threads_argument(parser, doing="shards checked at once")
     parser.add_argument(
         "--all-rows",
         action="store_true",

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from .cpus import IO_THREADS_HELP
 from .errors import UsageError
 from .storage import StorageOptions
 
@@ -110,6 +111,12 @@ def add_batch_arguments(group: argparse._ArgumentGroup, *, what: str) -> None:
         metavar="N",
         help="shards per batch, with --task-index (default: 1)",
     )
+
+
+def add_io_threads_argument(parser: argparse.ArgumentParser, *, doing: str) -> None:
+    """--threads of the commands that read shards without decoding them (verify, check,
+    index, report): `doing` says what a thread does, e.g. "shards checked at once"."""
+    parser.add_argument("--threads", type=positive_int, help=f"{doing} {IO_THREADS_HELP}")
 
 
 def show_bar(args: argparse.Namespace) -> bool:

@@ -15,13 +15,13 @@ from . import storage
 from .cli_common import (
     add_batch_arguments,
     add_command,
+    add_io_threads_argument,
     add_output_arguments,
     add_storage_arguments,
-    positive_int,
     show_bar,
     storage_options,
 )
-from .cpus import IO_THREADS_HELP, io_threads
+from .cpus import io_threads
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
@@ -77,11 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("yes", "no"),
         help="also write DALI .idx files (--dali, or --dali=yes|no as a workflow passes it)",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help=f"shards indexed at once {IO_THREADS_HELP}",
-    )
+    add_io_threads_argument(parser, doing="shards indexed at once")
     batch = parser.add_argument_group(
         "batches (the shardflow-index fan-out: each task writes a part, the last step merges)"
     )

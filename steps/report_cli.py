@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from . import storage
 from .cli_common import (
     add_command,
+    add_io_threads_argument,
     add_output_arguments,
     add_storage_arguments,
-    positive_int,
     show_bar,
     storage_options,
 )
-from .cpus import IO_THREADS_HELP, io_threads
+from .cpus import io_threads
 from .dataset_report import (
     DUPLICATES_NAME,
     PLOTS,
@@ -69,11 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="where to write the report (default: the folder of the first shard)",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help=f"shards read at once {IO_THREADS_HELP}",
-    )
+    add_io_threads_argument(parser, doing="shards read at once")
     add_storage_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(func=run)

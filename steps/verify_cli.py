@@ -11,6 +11,7 @@ from typing import Any
 from . import storage
 from .cli_common import (
     add_command,
+    add_io_threads_argument,
     add_output_arguments,
     add_storage_arguments,
     non_negative_int,
@@ -19,7 +20,6 @@ from .cli_common import (
     storage_options,
 )
 from .contact_sheet import SheetRow, choose_shards, render_sheet
-from .cpus import IO_THREADS_HELP
 from .dataset_report import DUPLICATES_NAME, PLOTS, REPORT_NAME, Stats, write_dataset_report
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
@@ -95,11 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="EXTS",
         help="members every sample must have, e.g. png,cls (default: the manifest's expect)",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        help=f"shards checked at once {IO_THREADS_HELP}",
-    )
+    add_io_threads_argument(parser, doing="shards checked at once")
     files = parser.add_argument_group("files written (any fsspec URL)")
     files.add_argument("--report", metavar="URL", help="write the JSON report here")
     files.add_argument(
@@ -257,9 +253,8 @@ def _run_batch(
 ) -> int:
     """Check one batch and publish its part: the verdict is the merge's, so a batch that
     found problems still succeeds (exit 0) once its part is written."""
-    shards = Batch(args.task_index, args.shards_per_task).of(outputs)  # UsageError if none
-    start = args.task_index * args.shards_per_task
-    positions = range(start, start + len(shards))
+    # UsageError if the run has no such batch
+    positions = Batch(args.task_index, args.shards_per_task).of(range(len(outputs)))
     duplicates = SortedSpool()
     try:
         settings = _settings(args, expect, options, outputs)
