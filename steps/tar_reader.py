@@ -178,12 +178,7 @@ class TarReader:
         self._pending = None
         data = self._in.read(member.size)
         if len(data) != member.size:
-            raise TarFormatError(
-                f"archive is truncated inside the data of {member.name!r} "
-                f"({len(data)} of {member.size} bytes present)",
-                offset=self._in.offset,
-                member=member.name,
-            )
+            raise self._truncated(member, len(data))
         self._skip_padding(member)
         return data
 
@@ -201,12 +196,7 @@ class TarReader:
             data = self._in.read(wanted)
             done += len(data)
             if len(data) != wanted:
-                raise TarFormatError(
-                    f"archive is truncated inside the data of {member.name!r} "
-                    f"({done} of {member.size} bytes present)",
-                    offset=self._in.offset,
-                    member=member.name,
-                )
+                raise self._truncated(member, done)
             yield data
         self._skip_padding(member)
 
@@ -217,13 +207,17 @@ class TarReader:
         self._pending = None
         present = self._in.skip(member.size)
         if present < member.size:
-            raise TarFormatError(
-                f"archive is truncated inside the data of {member.name!r} "
-                f"({present} of {member.size} bytes present)",
-                offset=self._in.offset,
-                member=member.name,
-            )
+            raise self._truncated(member, present)
         self._skip_padding(member)
+
+    def _truncated(self, member: TarMember, present: int) -> TarFormatError:
+        """The archive ended inside `member`'s data, `present` of its bytes read."""
+        return TarFormatError(
+            f"archive is truncated inside the data of {member.name!r} "
+            f"({present} of {member.size} bytes present)",
+            offset=self._in.offset,
+            member=member.name,
+        )
 
     def _skip_padding(self, member: TarMember) -> None:
         pad = -member.size % BLOCK
