@@ -74,7 +74,8 @@ def docs(inputs: list[str], outputs: list[str], threads: int) -> int:
 def _shardflow(
     recipe_name: str, inputs: list[str], outputs: list[str], threads: int, processes: bool = False
 ) -> int:
-    from shardflow.steps.augment import AugmentOptions, augment_all
+    from shardflow.steps.augment import AugmentOptions
+    from shardflow.steps.augment_batch import augment_all
     from shardflow.steps.images import rely_on_own_pixel_limit
     from shardflow.steps.pipeline import Pipeline
     from shardflow.steps.recipe import load_recipe
@@ -305,7 +306,7 @@ def _import_libraries() -> None:
     not imports (a worker process, forked, does not repeat them), and every pipeline is
     treated alike whichever libraries it needs."""
     for name in (
-        "shardflow.steps.augment",
+        "shardflow.steps.augment_batch",
         "shardflow.steps.pipeline",
         "shardflow.steps.recipe",
         "webdataset",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from .manifest import (
 )
 from .parallel import Transfer, ordered_map
 from .pipeline import Outcome, Pipeline
-from .progress import Progress
+from .progress import ShardProgress
 from .redact import redact_text, redact_url
 from .samples import SampleReader
 from .tar_reader import TarReader
@@ -141,7 +140,7 @@ def augment_shard(
     output_url: str,
     pipeline: Pipeline,
     options: AugmentOptions,
-    progress: Progress | None = None,
+    progress: ShardProgress | None = None,
 ) -> ShardResult:
     """Process one shard; never raises for shard-level problems (they are in the result)."""
     started = time.monotonic()
@@ -193,7 +192,7 @@ def _write_shard(
     output_url: str,
     pipeline: Pipeline,
     options: AugmentOptions,
-    progress: Progress | None,
+    progress: ShardProgress | None,
     started: float,
 ) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -332,17 +331,3 @@ def batch_exit_code(results: list[ShardResult]) -> int:
     if EXIT_KILLED in codes:
         return EXIT_KILLED
     return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILED
-
-
-def augment_all(
-    pairs: list[tuple[str, str]],
-    pipeline: Pipeline,
-    options: AugmentOptions,
-    progress: Progress | None = None,
-) -> Iterator[ShardResult]:
-    """Each shard in turn; a failed shard does not stop the others."""
-    for input_url, output_url in pairs:
-        result = augment_shard(input_url, output_url, pipeline, options, progress)
-        if progress is not None:
-            progress.shard_finished()
-        yield result

@@ -54,7 +54,9 @@ def ordered_map(
         return
     if processes and processes_available():
         # one item queued behind each worker's current one, and the result being written
-        yield from map_in_processes(function, items, threads, window or 2 * threads + 1, transfer)
+        yield from map_in_processes(
+            function, items, threads, window or 2 * threads + 1, transfer=transfer
+        )
         return
     window = window or 2 * threads
     pending: deque[Future[Out]] = deque()

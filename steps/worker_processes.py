@@ -26,13 +26,17 @@ import contextlib
 import ctypes
 import mmap
 import multiprocessing
+import os
 import pickle
 import signal
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
+
+from .signals import stop_signals_raise
 
 Out = TypeVar("Out")
 
@@ -40,6 +44,8 @@ _PR_SET_PDEATHSIG = 1
 _TASK = struct.Struct("<IQ")  # slot, length of the pickled item in it
 _STOP = (signal.SIGTERM, signal.SIGINT)
 _JOIN_SECONDS = 10
+_CLEAN_UP_SECONDS = 60  # an upload being aborted talks to the storage
+_WAIT_SECONDS = 0.5
 
 
 class WorkerDied(RuntimeError):
@@ -77,50 +83,85 @@ def map_in_processes(
     items: Iterable[Any],
     workers: int,
     window: int,
+    *,
     transfer: Transfer[Out] | None = None,
     slot_bytes: int = 32 << 20,
+    workers_clean_up: bool = False,
+    on_death: Callable[[Any, WorkerDied], Out] | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> Iterator[Out]:
     """Yield function(item) for each item, in order, computed by `workers` forked processes,
     with at most `window` items in flight (one of them the result the caller is using: a
-    result may refer to shared memory until the next one is asked for)."""
+    result may refer to shared memory until the next one is asked for).
+
+    - workers_clean_up: the function leaves something behind when cut short (a shard being
+      written), so a worker turns SIGTERM and Ctrl-C into an exception as the parent does,
+      and when the parent stops, it asks the workers to stop and waits for them to clean up
+      before it kills them. Otherwise workers ignore those signals and are killed at once.
+    - on_death: a worker that dies (killed) takes the item it was working on and those
+      queued for it: each becomes on_death(item, error), the other workers go on with the
+      rest. Without it, WorkerDied is raised and the others are killed.
+    - waiting: called about twice a second while the parent waits for a result (progress).
+    """
     window = max(window, workers + 1)
     out_bytes = transfer.slot_bytes if transfer is not None else 0
     # Anonymous shared memory: nothing is left behind, untouched pages cost nothing, and a
     # slot's pages are reused by every later item given that slot.
     inbox = [mmap.mmap(-1, slot_bytes) for _ in range(window)]
     outbox = [mmap.mmap(-1, out_bytes) for _ in range(window)] if out_bytes else []
-    pool = _Pool(function, transfer, inbox, outbox, workers)
+    pool = _Pool(function, transfer, inbox, outbox, workers, workers_clean_up)
     free = deque(range(window))
     pending: deque[tuple[int, int, Any]] = deque()  # (worker, slot, item), oldest first
+    deaths: dict[int, WorkerDied] = {}
+
+    def died(worker: int, item: Any, death: WorkerDied) -> Out:
+        deaths[worker] = death
+        if on_death is None:
+            death.item = item  # what it was working on
+            raise death
+        return on_death(item, death)
 
     def oldest() -> Out:
         worker, slot, item = pending.popleft()
-        try:
-            result = pool.receive(worker, slot)
-        except WorkerDied as died:
-            died.item = item  # what it was working on
-            raise
+        if worker in deaths:  # queued for a worker that died before it
+            result = died(worker, item, deaths[worker])
+        else:
+            try:
+                result = pool.receive(worker, slot, waiting)
+            except WorkerDied as death:
+                result = died(worker, item, death)
         free.append(slot)  # refilled only after the caller asks for the next result
         return result
 
     dealt = 0
-    try:
-        for item in items:
-            slot = free.popleft()
-            worker = dealt % workers
+
+    def deal(item: Any, slot: int) -> None:
+        nonlocal dealt
+        while True:
+            live = [w for w in range(workers) if w not in deaths]
+            worker = live[dealt % len(live)] if live else next(iter(deaths))
+            dealt += 1
+            if worker in deaths:  # every worker is dead: its on_death result, in order
+                break
             try:
                 pool.send(worker, slot, item)
-            except WorkerDied as died:  # it died on its oldest item
-                died.item = next((i for w, _, i in pending if w == worker), item)
-                raise
-            pending.append((worker, slot, item))
-            dealt += 1
+                break
+            except WorkerDied as death:  # it died on its oldest item: reported in turn
+                if on_death is None:
+                    death.item = next((i for w, _, i in pending if w == worker), item)
+                    raise death from None
+                deaths[worker] = death
+        pending.append((worker, slot, item))
+
+    try:
+        for item in items:
+            deal(item, free.popleft())
             if len(pending) >= window - 1:  # keep a slot for the result being used
                 yield oldest()
         while pending:
             yield oldest()
     except BaseException:
-        pool.kill()
+        pool.stop()
         raise
     finally:
         pool.close()
@@ -136,8 +177,10 @@ class _Pool:
         inbox: list[mmap.mmap],
         outbox: list[mmap.mmap],
         workers: int,
+        workers_clean_up: bool,
     ) -> None:
         self.inbox, self.outbox, self.transfer = inbox, outbox, transfer
+        self.workers_clean_up = workers_clean_up
         self.tasks: list[Connection] = []
         self.results: list[Connection] = []
         self.processes: list[Any] = []
@@ -152,6 +195,7 @@ class _Pool:
                 process = context.Process(
                     target=_serve,
                     args=(function, transfer, inbox, outbox, task_reader, result_writer),
+                    kwargs={"clean_up": workers_clean_up},
                     name="shardflow-worker",
                     daemon=True,
                 )
@@ -164,7 +208,7 @@ class _Pool:
                 self.results.append(result_reader)
                 self.processes.append(process)
         except BaseException:
-            self.kill()
+            self.stop()
             self.close()
             raise
         finally:
@@ -183,9 +227,12 @@ class _Pool:
         except OSError:  # its end of the pipe is closed: it has died
             raise _death(self.processes[worker]) from None
 
-    def receive(self, worker: int, slot: int) -> Any:
+    def receive(self, worker: int, slot: int, waiting: Callable[[], None] | None) -> Any:
+        results = self.results[worker]
         try:
-            kind, payload = pickle.loads(self.results[worker].recv_bytes())
+            while waiting is not None and not results.poll(_WAIT_SECONDS):
+                waiting()
+            kind, payload = pickle.loads(results.recv_bytes())
         except (EOFError, OSError):
             raise _death(self.processes[worker]) from None
         if kind == _RAISED:
@@ -195,10 +242,18 @@ class _Pool:
             return self.transfer.unpack(payload, memoryview(self.outbox[slot]))
         return payload
 
-    def kill(self) -> None:
-        """Stop at once (the parent is failing or was told to stop): nothing a worker has
-        not returned is wanted."""
-        for process in self.processes:
+    def stop(self) -> None:
+        """The parent is failing or was told to stop: nothing a worker has not returned is
+        wanted. Workers that clean up are asked (SIGTERM) and given time; others are killed."""
+        alive = [process for process in self.processes if process.is_alive()]
+        if self.workers_clean_up:
+            for process in alive:
+                with contextlib.suppress(OSError):
+                    os.kill(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + _CLEAN_UP_SECONDS
+            for process in alive:
+                process.join(max(0.0, deadline - time.monotonic()))
+        for process in alive:
             if process.is_alive():
                 process.kill()
 
@@ -227,7 +282,7 @@ def _death(process: Any) -> WorkerDied:
             how += " (often the out-of-memory killer: see --threads and the memory limit)"
     else:
         how = f"ended with exit code {code}"
-    message = f"a worker process (pid {process.pid}) {how} before returning its sample"
+    message = f"a worker process (pid {process.pid}) {how}"
     return WorkerDied(message, -code if code is not None and code < 0 else None)
 
 
@@ -238,13 +293,33 @@ def _serve(
     outbox: list[mmap.mmap],
     tasks: Connection,
     results: Connection,
+    *,
+    clean_up: bool,
 ) -> None:
-    """A worker's life: items in, results out, until the parent closes the task pipe."""
-    for number in _STOP:  # the parent stops the workers; it cleans up its own output
-        signal.signal(number, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)
+    """A worker's life: items in, results out, until the parent says there are no more."""
     with contextlib.suppress(OSError, AttributeError):  # die with the parent if it is killed
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not clean_up:  # the parent stops the workers; it cleans up its own output
+        for number in _STOP:
+            signal.signal(number, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)
+        _serve_items(function, transfer, inbox, outbox, tasks, results)
+        return
+    # The forked handlers are the parent's: SIGTERM raises Terminated here too, so the
+    # item's own clean-up runs (a shard's temporary file removed, its upload aborted).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)
+    with contextlib.suppress(KeyboardInterrupt), stop_signals_raise():
+        _serve_items(function, transfer, inbox, outbox, tasks, results)
+
+
+def _serve_items(
+    function: Callable[[Any], Any],
+    transfer: Transfer | None,
+    inbox: list[mmap.mmap],
+    outbox: list[mmap.mmap],
+    tasks: Connection,
+    results: Connection,
+) -> None:
     while True:
         try:
             message = tasks.recv_bytes()

@@ -69,6 +69,33 @@ def test_a_signal_in_mid_shard_leaves_no_partial_file_and_no_output(
     assert files_under(out) == []
 
 
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGTERM, 1), (signal.SIGINT, 130)], ids=["TERM", "INT"]
+)
+def test_a_signal_while_workers_write_whole_shards_leaves_nothing_partial(
+    slow_shard: Path, tmp_path: Path, signum: int, status: int
+) -> None:
+    """Two shards, two worker processes: each worker writes a whole shard. The signal goes to
+    the step alone (as the kubelet sends it); the step stops its workers, which remove their
+    own temporary files, and waits for them."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(2):
+        os.link(slow_shard, inputs / f"in-{index}.tar")
+    out = tmp_path / "out"
+    process = start_shardflow(
+        "augment", f"{inputs}/in-{{0..1}}.tar", f"{out}/out-{{0..1}}.tar", "--threads", "2"
+    )
+    wait_for(lambda: bool(out.is_dir() and len(partial_files(out)) == 2), "both workers' files")
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == status, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "nothing partial was published" in stderr.splitlines()[-1], stderr
+    assert processes_mentioning(str(tmp_path)) == []
+    assert files_under(out) == []
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
     with S3Server() as server:

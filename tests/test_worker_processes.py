@@ -15,7 +15,7 @@ import pytest
 from shardflow.steps.parallel import processes_available
 from shardflow.steps.worker_processes import Transfer, WorkerDied, map_in_processes
 
-from helpers import good_shard, run_cli
+from helpers import good_shard, run_cli, sample_members, write_tar
 
 KEY_OF_FIFTH = f"{4:016x}"  # good_shard's keys
 pytestmark = pytest.mark.skipif(
@@ -106,7 +106,8 @@ def test_a_worker_killed_mid_shard_fails_the_step_with_137_and_publishes_nothing
         json.dumps(
             [
                 {"map": {"function": "killer:kill_on_fifth"}},
-                {"encode": {"members": {"png": "png", "cls": "cls"}}},
+                {"image": {"from": "jpg"}},
+                {"encode": {"members": {"png": "image"}}},
             ]
         )
     )
@@ -122,3 +123,43 @@ def test_a_worker_killed_mid_shard_fails_the_step_with_137_and_publishes_nothing
     assert f"in.tar: key {KEY_OF_FIFTH!r}: a worker process" in result.stderr
     assert "killed by SIGKILL" in result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_a_worker_killed_while_writing_a_whole_shard_fails_that_shard_only(
+    tmp_path: Path,
+) -> None:
+    """Two shards, two workers, each writing a whole shard: the killed worker's shard fails
+    (137, nothing published), the other is written."""
+    fatal = f"a{4:015x}"
+    (tmp_path / "killer.py").write_text(
+        "import os, signal\n"
+        "def kill_in_first_shard(sample):\n"
+        f"    if sample['__key__'] == {fatal!r}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return sample\n"
+    )
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(
+        json.dumps(
+            [
+                {"map": {"function": "killer:kill_in_first_shard"}},
+                {"image": {"from": "jpg"}},
+                {"encode": {"members": {"png": "image"}}},
+            ]
+        )
+    )
+    keys = [f"a{index:015x}" for index in range(9)]  # only this shard holds the fatal key
+    write_tar(tmp_path / "in-0.tar", [m for k in keys for m in sample_members(k, seed=1)])
+    good_shard(tmp_path / "in-1.tar", count=9)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli(
+        "augment", tmp_path / "in-{0..1}.tar", out / "out-{0..1}.tar", "--recipe", recipe,
+        "--plugins", "killer", "--threads", "2", "--parallel", "processes",
+        env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 137, result.stderr
+    assert "in-0.tar: not finished: a worker process" in result.stderr
+    # A process killed outright cannot clean up: its hidden temporary file stays (README).
+    published = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert published == ["out-1.manifest.json", "out-1.tar"]
