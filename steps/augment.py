@@ -10,6 +10,7 @@ batch go on.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .pipeline import Outcome, Pipeline
 from .progress import ShardProgress
 from .redact import redact_text, redact_url
 from .samples import SampleReader
+from .signals import raise_if_stopped
 from .tar_reader import TarReader
 from .tar_writer import Pieces, TarWriter, UnsafeMemberName
 from .verify import ManifestView, manifest_view, verify_shard
@@ -230,10 +232,12 @@ def _write_shard(
                     processes=options.processes,
                     transfer=OutcomeTransfer(),
                 )
-                for outcome in outcomes:
-                    record_outcome(outcome, writer, builder, input_url, options.on_error)
-                    if progress is not None:
-                        progress.advance(tar.offset, 1)
+                with contextlib.closing(outcomes):  # workers stopped now, also on failure
+                    for outcome in outcomes:
+                        raise_if_stopped()
+                        record_outcome(outcome, writer, builder, input_url, options.on_error)
+                        if progress is not None:
+                            progress.advance(tar.offset, 1)
                 if every_sample_failed(builder.counts):  # raised here: nothing is published
                     first = builder.failed.first
                     assert first is not None

@@ -19,6 +19,7 @@ shards it held with exit status 137, so that Argo's retry gives the step more me
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from dataclasses import replace
@@ -29,6 +30,7 @@ from .parallel import processes_available
 from .pipeline import Pipeline
 from .progress import Progress, SharedShardProgress
 from .redact import redact_text
+from .signals import raise_if_stopped
 from .worker_processes import WorkerDied, map_in_processes
 
 
@@ -95,9 +97,11 @@ def _shards_in_processes(
         on_death=killed,
         waiting=show if progress is not None else None,
     )
-    for result in results:
-        received += 1
-        if progress is not None:
-            progress.shard_finished()
-            show()
-        yield result
+    with contextlib.closing(results):  # workers stopped now, also on failure
+        for result in results:
+            raise_if_stopped()
+            received += 1
+            if progress is not None:
+                progress.shard_finished()
+                show()
+            yield result

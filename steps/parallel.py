@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -41,7 +41,7 @@ def ordered_map(
     window: int | None = None,
     processes: bool = False,
     transfer: Transfer | None = None,
-) -> Iterator[Out]:
+) -> Generator[Out, None, None]:
     """Yield function(item) for each item, in input order, computed by `threads` workers:
     threads, or with `processes` (where available) forked worker processes.
 

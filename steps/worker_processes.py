@@ -32,7 +32,7 @@ import signal
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
@@ -89,7 +89,7 @@ def map_in_processes(
     workers_clean_up: bool = False,
     on_death: Callable[[Any, WorkerDied], Out] | None = None,
     waiting: Callable[[], None] | None = None,
-) -> Iterator[Out]:
+) -> Generator[Out, None, None]:
     """Yield function(item) for each item, in order, computed by `workers` forked processes,
     with at most `window` items in flight (one of them the result the caller is using: a
     result may refer to shared memory until the next one is asked for).
@@ -299,44 +299,34 @@ def _serve(
     """A worker's life: items in, results out, until the parent says there are no more."""
     with contextlib.suppress(OSError, AttributeError):  # die with the parent if it is killed
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if not clean_up:  # the parent stops the workers; it cleans up its own output
-        for number in _STOP:
-            signal.signal(number, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)
-        _serve_items(function, transfer, inbox, outbox, tasks, results)
-        return
-    # The forked handlers are the parent's: SIGTERM raises Terminated here too, so the
-    # item's own clean-up runs (a shard's temporary file removed, its upload aborted).
+    if not clean_up:
+        # The parent stops the workers and cleans up its own output: Ctrl-C (sent to the
+        # whole process group) is the parent's alone, and SIGTERM simply ends a worker (as
+        # multiprocessing's clean-up at exit expects: it terminates daemonic children).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Otherwise the forked handlers are the parent's: SIGTERM raises Terminated here too, so
+    # the item's own clean-up runs (a shard's temporary file removed, its upload aborted).
+    stopping = stop_signals_raise() if clean_up else contextlib.nullcontext()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP)
-    with contextlib.suppress(KeyboardInterrupt), stop_signals_raise():
-        _serve_items(function, transfer, inbox, outbox, tasks, results)
-
-
-def _serve_items(
-    function: Callable[[Any], Any],
-    transfer: Transfer | None,
-    inbox: list[mmap.mmap],
-    outbox: list[mmap.mmap],
-    tasks: Connection,
-    results: Connection,
-) -> None:
-    while True:
-        try:
-            message = tasks.recv_bytes()
-        except EOFError:
-            return
-        if not message:  # the parent has no more items
-            return
-        slot, length = _TASK.unpack_from(message)
-        if len(message) > _TASK.size:
-            item = pickle.loads(memoryview(message)[_TASK.size :])
-        else:
-            item = pickle.loads(memoryview(inbox[slot])[:length])
-        reply = _answer(function, transfer, item, outbox[slot] if outbox else None)
-        try:
-            results.send_bytes(reply)
-        except OSError:  # the parent stopped listening
-            return
+    with contextlib.suppress(KeyboardInterrupt), stopping:
+        while True:
+            try:
+                message = tasks.recv_bytes()
+            except EOFError:
+                return
+            if not message:  # the parent has no more items
+                return
+            slot, length = _TASK.unpack_from(message)
+            if len(message) > _TASK.size:
+                item = pickle.loads(memoryview(message)[_TASK.size :])
+            else:
+                item = pickle.loads(memoryview(inbox[slot])[:length])
+            reply = _answer(function, transfer, item, outbox[slot] if outbox else None)
+            try:
+                results.send_bytes(reply)
+            except OSError:  # the parent stopped listening
+                return
 
 
 def _answer(

@@ -164,3 +164,21 @@ def test_the_handlers_are_restored_after_main_returns(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_signal_lost_in_a_finalizer_is_raised_again() -> None:
+    """Python drops an exception raised in `__del__`; a handler that runs there loses the stop,
+    and the step's per-sample check raises it again."""
+    from shardflow.steps.signals import Terminated, raise_if_stopped, stop_signals_raise
+
+    class SignalledWhileFinalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, inside the finalizer
+
+    with stop_signals_raise():
+        SignalledWhileFinalized()
+        with pytest.raises(Terminated):
+            raise_if_stopped()
+    raise_if_stopped()  # outside the block: nothing pending any more

@@ -7,7 +7,6 @@ import json
 import multiprocessing
 import os
 import signal
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -84,33 +83,31 @@ def test_stopping_early_leaves_no_worker_behind() -> None:
     assert multiprocessing.active_children() == []
 
 
+def killing_recipe(folder: Path, key: str) -> Path:
+    """A recipe whose plugin (killer.py in `folder`) kills its process at sample `key`."""
+    (folder / "killer.py").write_text(
+        "import os, signal\n"
+        "def kill_at(sample):\n"
+        f"    if sample['__key__'] == {key!r}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return sample\n"
+    )
+    steps = [
+        {"map": {"function": "killer:kill_at"}},
+        {"image": {"from": "jpg"}},
+        {"encode": {"members": {"png": "image"}}},
+    ]
+    recipe = folder / "recipe.json"
+    recipe.write_text(json.dumps(steps))
+    return recipe
+
+
 def test_a_worker_killed_mid_shard_fails_the_step_with_137_and_publishes_nothing(
     tmp_path: Path,
 ) -> None:
     """In a pod, the out-of-memory killer picks the largest process, often a worker: the step
     exits 137 (Argo's retry then doubles the memory), names the shard, and leaves no output."""
-    (tmp_path / "killer.py").write_text(
-        textwrap.dedent(
-            f"""
-            import os, signal
-
-            def kill_on_fifth(sample):
-                if sample["__key__"] == {KEY_OF_FIFTH!r}:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return sample
-            """
-        )
-    )
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(
-        json.dumps(
-            [
-                {"map": {"function": "killer:kill_on_fifth"}},
-                {"image": {"from": "jpg"}},
-                {"encode": {"members": {"png": "image"}}},
-            ]
-        )
-    )
+    recipe = killing_recipe(tmp_path, KEY_OF_FIFTH)
     source = good_shard(tmp_path / "in.tar", count=9)
     out = tmp_path / "out"
     out.mkdir()
@@ -131,23 +128,7 @@ def test_a_worker_killed_while_writing_a_whole_shard_fails_that_shard_only(
     """Two shards, two workers, each writing a whole shard: the killed worker's shard fails
     (137, nothing published), the other is written."""
     fatal = f"a{4:015x}"
-    (tmp_path / "killer.py").write_text(
-        "import os, signal\n"
-        "def kill_in_first_shard(sample):\n"
-        f"    if sample['__key__'] == {fatal!r}:\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return sample\n"
-    )
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(
-        json.dumps(
-            [
-                {"map": {"function": "killer:kill_in_first_shard"}},
-                {"image": {"from": "jpg"}},
-                {"encode": {"members": {"png": "image"}}},
-            ]
-        )
-    )
+    recipe = killing_recipe(tmp_path, fatal)
     keys = [f"a{index:015x}" for index in range(9)]  # only this shard holds the fatal key
     write_tar(tmp_path / "in-0.tar", [m for k in keys for m in sample_members(k, seed=1)])
     good_shard(tmp_path / "in-1.tar", count=9)
