@@ -24,6 +24,7 @@ from . import storage
 from .errors import ShardflowError
 from .key_lists import load_keys
 from .manifest import ManifestError, manifest_url, read_manifest
+from .output_names import OutputNames
 from .redact import REDACTED
 from .reshard_inventory import read_inventory
 from .reshard_plan import KeyFilter, key_hash, read_lines, read_summary
@@ -33,7 +34,13 @@ _SHOWN = 3
 
 
 def plan_outputs(work: str, options: storage.StorageOptions) -> list[str]:
-    """The outputs the plan names, in order."""
+    """The outputs the plan names, in order: from the summary's pattern (a verify batch of a
+    plan of 10^9 samples reads one small file), or the plan lines of a plan without one."""
+    summary = read_summary(work, options)
+    pattern = summary.get("output_pattern")
+    if isinstance(pattern, str):
+        names = OutputNames(pattern)
+        return [names.url(index) for index in range(summary["outputs"])]
     return [line["url"] for line in read_lines(work, options)]
 
 
