@@ -300,7 +300,7 @@ def _finish(
     rows = [row for part in parts for row in part.sheet]
     if inputs:
         check_pairing(reports, inputs)
-    lineage = check_lineage(args.plan, reports, options) if args.plan else None
+    lineage = check_lineage(args.plan, reports, options, args.threads) if args.plan else None
     seconds = sum(part.seconds for part in parts)
     read, failed = (sum(r.counts.get(name, 0) for r in reports) for name in ("read", "failed"))
     failures = (

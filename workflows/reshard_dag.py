@@ -143,7 +143,7 @@ def _templates() -> tuple[Any, Any, Any, Any, Any, Any]:
         active_deadline_seconds="43200",
         retry_strategy=retry,
     )
-    work = (["--plan={{inputs.parameters.work}}"], [])
+    work: tuple[list[str], list[str]] = (["--plan={{inputs.parameters.work}}"], [])
     verify = dag._step(
         "verify",
         dag.verify_batch_args(*work),
