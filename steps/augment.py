@@ -10,6 +10,7 @@ batch go on.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from . import storage
-from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_KILLED, EXIT_OK, DataError, ShardError
 from .failures import every_sample_failed
 from .input_identity import difference
 from .manifest import (
@@ -36,6 +37,7 @@ from .samples import SampleReader
 from .tar_reader import TarReader
 from .tar_writer import Pieces, TarWriter, UnsafeMemberName
 from .verify import ManifestView, manifest_view, verify_shard
+from .worker_processes import WorkerDied
 
 OnError = Literal["skip", "fail"]
 
@@ -159,6 +161,11 @@ def augment_shard(
         manifest = _write_shard(input_url, output_url, pipeline, options, progress, started)
     except ShardError as exc:
         error, exit_code = redact_text(str(exc)), exc.exit_code
+    except WorkerDied as exc:
+        key = getattr(exc.item, "key", None)
+        died = ShardError(input_url, str(exc), key=key if isinstance(key, str) else None)
+        error = redact_text(str(died))
+        exit_code = EXIT_KILLED if exc.signal_number == signal.SIGKILL else EXIT_FAILED
     except Exception as exc:  # a back-end or library failure must not end the batch
         error = redact_text(f"{input_url}: unexpected {type(exc).__name__}: {exc}")
         exit_code = EXIT_FAILED
@@ -316,11 +323,14 @@ def record_outcome(
 
 def batch_exit_code(results: list[ShardResult]) -> int:
     """0 when no shard failed; 3 when every failure is the data's (a retry would fail the
-    same way); otherwise 1, so a retry redoes the shards that may pass (and only those
-    without output: --skip-existing)."""
+    same way); 137 when a worker process was killed (most likely for memory: the retry gets
+    more); otherwise 1, so a retry redoes the shards that may pass (and only those without
+    output: --skip-existing)."""
     codes = {r.exit_code for r in results if r.status == "failed"}
     if not codes:
         return EXIT_OK
+    if EXIT_KILLED in codes:
+        return EXIT_KILLED
     return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILED
 
 
