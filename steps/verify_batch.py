@@ -32,12 +32,12 @@ from PIL import Image
 from . import storage
 from .contact_sheet import TILE, SheetRow, Tile, make_tile, wanted_extension
 from .cpus import io_threads
-from .dataset_report import Stats
-from .errors import ShardError
+from .dataset_report import Stats, write_dataset_report
+from .errors import ShardError, ShardflowError
 from .manifest import manifest_url
 from .progress import ARGO_PROGRESS_FILE, Progress
 from .sample_table import RowSink, RowStaging, duplicate_lines, write_table
-from .spool_sort import Opener, SortedSpool
+from .spool_sort import Opener, SortedSpool, merge_sorted
 from .verify import Problem, ShardReport, missing_problem, verify_shard
 from .verify_identity import check_input_identity
 
@@ -240,6 +240,23 @@ def read_part(parts: str, task: int, shards: list[str], options: storage.Storage
         raise ShardError(url, f"not a valid part: {exc}") from None
     part.duplicates = _remote_lines(part_url(parts, task, ".dups"), options)
     return part
+
+
+def write_merged_report(
+    directory: str, parts: list[Part], options: storage.StorageOptions
+) -> list[str]:
+    """The dataset report of every batch (verify --merge, index --merge): the batches' stats
+    summed, their sorted image hashes merged, their per-sample tables listed; the lines
+    saying what was written."""
+    stats = Stats()
+    for part in parts:
+        stats.merge(part.stats)
+    tables = [table for part in parts for table in part.tables]
+    sources = [part.duplicates for part in parts if part.duplicates is not None]
+    try:
+        return write_dataset_report(directory, stats, merge_sorted(sources), tables, options)
+    except (ShardError, OSError) as exc:
+        raise ShardflowError(f"cannot write the dataset report: {exc}") from None
 
 
 def remove_part(parts: str, task: int, options: storage.StorageOptions) -> None:
