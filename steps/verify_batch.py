@@ -36,6 +36,7 @@ from .dataset_report import Stats, write_dataset_report
 from .errors import ShardError, ShardflowError
 from .manifest import manifest_url
 from .progress import ARGO_PROGRESS_FILE, Progress
+from .redact import redact_text, redact_url
 from .sample_table import RowSink, RowStaging, duplicate_lines, write_table
 from .spool_sort import Opener, SortedSpool, merge_sorted
 from .verify import Problem, ShardReport, missing_problem, verify_shard
@@ -193,11 +194,12 @@ def write_part(
     document = {
         "format": PART_FORMAT,
         "task": part.task,
-        "shards": part.shards,
+        "shards": [redact_url(url) for url in part.shards],
         "seconds": part.seconds,
         "reports": [_report_state(r) for r in part.reports],
         "sheet": [
-            {"shard": row.shard, "tiles": [_tile_state(t) for t in row.tiles]} for row in part.sheet
+            {"shard": redact_url(row.shard), "tiles": [_tile_state(t) for t in row.tiles]}
+            for row in part.sheet
         ],
         "stats": part.stats.to_dict(),
         "tables": part.tables,
@@ -284,16 +286,18 @@ def _remote_lines(url: str, options: storage.StorageOptions) -> Opener:
 
 
 def _report_state(report: ShardReport) -> dict[str, Any]:
+    """A report as a part holds it: URLs without their credentials (the merge compares them
+    as manifests record them, storage.comparable_url), so a part holds no secret."""
     return {
-        "output": report.output,
-        "input": report.input,
+        "output": redact_url(report.output),
+        "input": None if report.input is None else redact_url(report.input),
         "manifest_input": report.manifest_input,
         "samples": report.samples,
         "members": report.members,
         "bytes": report.bytes,
         "sha256": report.sha256,
         "counts": report.counts,
-        "problems": [[p.kind, p.message] for p in report.problems],
+        "problems": [[p.kind, redact_text(p.message)] for p in report.problems],
     }
 
 
