@@ -26,9 +26,9 @@ def add_dag_arguments(
 ) -> None:
     """The patterns as positionals (optional with a `patterns_note` saying when: a template
     without them, such as the index's, takes every parameter as -p) and the options."""
-    optional = {"nargs": "?"} if patterns_note else {}
-    parser.add_argument("input", metavar="INPUTS", help=_help("input") + patterns_note, **optional)
-    parser.add_argument("output", metavar="OUTPUTS", help=_help("output"), **optional)
+    nargs = "?" if patterns_note else None
+    parser.add_argument("input", metavar="INPUTS", help=_help("input") + patterns_note, nargs=nargs)
+    parser.add_argument("output", metavar="OUTPUTS", help=_help("output"), nargs=nargs)
     for name in OPTIONS:
         parameter = BY_NAME[name]
         note = recipe_note if name == "recipe" else ""
