@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import accuracy
 import data
 import reshard_bench
 
@@ -323,6 +324,7 @@ def markdown(report: dict) -> str:
         "images identical "
         f"(largest difference {pixels['max_difference']} levels)"
     )
+    lines += accuracy.markdown(report["accuracy"])
     scaled = report["scaling"]
     table = scaled["table"]
     threads = list(table["seed"]["speedup"])
@@ -422,6 +424,8 @@ def main() -> None:
     print("per core (1 thread each) ...", file=sys.stderr)
     report["per_core"] = per_core(shards[: args.shards], work, args.rounds)
     report["pixels"] = compare_pixels(shards[: args.shards], work)
+    print("train-224 accuracy against an exact area average ...", file=sys.stderr)
+    report["accuracy"] = accuracy.measure(shards[0], args.samples)
     print("thread scaling ...", file=sys.stderr)
     report["scaling"] = scaling(shards, work, args.scaling_rounds, cores)
     print("CLI over several shards ...", file=sys.stderr)
