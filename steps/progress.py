@@ -13,8 +13,6 @@ import sys
 import time
 from typing import TextIO
 
-from tqdm import tqdm
-
 UNITS_PER_SHARD = 100
 ARGO_PROGRESS_FILE = "ARGO_PROGRESS_FILE"
 INTERVAL_VARIABLE = "SHARDFLOW_PROGRESS_INTERVAL"
@@ -52,8 +50,11 @@ class Progress:
         self._samples = 0
         self._started = time.monotonic()
         self._last_file_write = float("-inf")
-        self._bar = (
-            tqdm(
+        self._bar = None
+        if bar:  # tqdm's import costs a step that shows no bar (a pod's) tens of milliseconds
+            from tqdm import tqdm
+
+            self._bar = tqdm(
                 total=self.total,
                 desc=desc,
                 unit="%",
@@ -61,9 +62,6 @@ class Progress:
                 file=stream or sys.stderr,
                 mininterval=bar_interval,
             )
-            if bar
-            else None
-        )
         self._report(force=True)
 
     @property
