@@ -106,13 +106,17 @@ def opencv_path(reduced: bool) -> Path_:
     return run
 
 
-def recipe_path(recipe: str | dict) -> Path_:
+def recipe_path(recipe: str | dict, resizer: str | None = None) -> Path_:
     """A shardflow recipe through the real pipeline: the image field after the last pixel
-    operation, and the JPEG the encode operation writes from it."""
+    operation, and the JPEG the encode operation writes from it; `resizer`: the one
+    `resample: area` runs (default: the installed one)."""
     if isinstance(recipe, dict):
         recipe = json.dumps(recipe)
     pipeline = Pipeline(load_recipe(recipe), max_pixels=64_000_000, allowed_plugins=[])
     ops = pipeline.recipe.ops
+    for op in ops:
+        if resizer is not None and getattr(op, "resizer", None) is not None:
+            op.resizer = resizer  # type: ignore[attr-defined]
 
     def run(jpeg: bytes) -> tuple[np.ndarray, bytes]:
         sample: dict = {"jpg": jpeg, "json": b'{"cls": 0}', "__key__": "k"}
@@ -139,7 +143,8 @@ def paths() -> dict[str, Path_]:
     return {
         "img2dataset-style (OpenCV full decode + INTER_AREA)": opencv_path(reduced=False),
         BAR: opencv_path(reduced=True),
-        "shardflow train-224": recipe_path("train-224"),
+        "shardflow train-224 (area, OpenCV resizer)": recipe_path("train-224", "opencv"),
+        "shardflow train-224 (area, numpy resizer)": recipe_path("train-224", "numpy"),
         "shardflow, resample box (Pillow)": recipe_path(_with_resample("box")),
         "shardflow, resample bicubic (Pillow)": recipe_path(_with_resample("bicubic")),
     }
