@@ -42,6 +42,7 @@ PER_CORE = [
     "train-224-numpy",
     "train-224-box",
     "train-224-bicubic",
+    "train-224-floor",
     "img2dataset",
 ]
 SCALED = ["seed", "seed-procs", "seed-fpng-procs", "train-224", "floor"]
