@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--rounds 3] [--samples 64] [--big-gb 2]
     .venv/bin/python benchmarks/run.py --only reshard   # the reshard rows alone
+    .venv/bin/python benchmarks/run.py --only train-224 --rounds 5   # its rows and accuracy
 
 Each measurement runs in its own process (so peak RSS is that pipeline's own), and the rounds
 interleave the pipelines (so a neighbour's load on this shared machine falls on all of them
@@ -45,6 +46,7 @@ PER_CORE = [
     "train-224-floor",
     "img2dataset",
 ]
+TRAIN_224 = [name for name in PER_CORE if name.startswith(("train-224", "img2dataset"))]
 SCALED = ["seed", "seed-procs", "seed-fpng-procs", "train-224", "floor"]
 SEED_PROCESSES = "seed, N processes"
 
@@ -106,13 +108,16 @@ def summarise(runs: list[dict]) -> dict:
         "out_per_sample": first["bytes_out"] / first["samples"],
         "in_per_sample": first["bytes_in"] / first["samples"],
         "rounds": len(runs),
+        "each_round": [r["samples"] / r["cpu_seconds"] for r in runs],
     }
 
 
-def per_core(shards: list[Path], work: Path, rounds: int) -> dict[str, dict]:
-    runs: dict[str, list[dict]] = {name: [] for name in PER_CORE}
+def per_core(
+    shards: list[Path], work: Path, rounds: int, names: list[str] = PER_CORE
+) -> dict[str, dict]:
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_index in range(rounds):
-        for name in PER_CORE:
+        for name in names:
             result = run_pipeline(name, shards, work / name, threads=1)
             runs[name].append(result)
             print(
@@ -121,6 +126,19 @@ def per_core(shards: list[Path], work: Path, rounds: int) -> dict[str, dict]:
                 file=sys.stderr,
             )
     return {name: summarise(results) for name, results in runs.items()}
+
+
+def train_224_markdown(rows: dict[str, dict], accuracy_rows: dict[str, dict]) -> list[str]:
+    """The train-224 rows against the img2dataset-style pipeline, and their accuracy."""
+    i2d = rows["img2dataset"]["per_core"]
+    lines = [
+        "| pipeline | samples/s per core (median) | each round | vs img2dataset-style |",
+        "|---|---:|---|---:|",
+    ]
+    for name, row in rows.items():
+        each = ", ".join(f"{value:.1f}" for value in row["each_round"])
+        lines.append(f"| {name} | {row['per_core']:.1f} | {each} | {row['per_core'] / i2d:.2f}x |")
+    return lines + accuracy.markdown(accuracy_rows)
 
 
 def compare_pixels(shards: list[Path], work: Path) -> dict:
@@ -401,7 +419,9 @@ def main() -> None:
     parser.add_argument("--big-gb", type=float, default=0, help="also run a shard this big")
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument(
-        "--only", choices=("reshard",), help="run only these rows (reshard: reshard_bench.py)"
+        "--only",
+        choices=("reshard", "train-224"),
+        help="run only these rows (reshard: reshard_bench.py; train-224: its rows and accuracy)",
     )
     parser.add_argument(
         "--reshard-mb", type=float, default=400, help="input size of the reshard rows"
@@ -418,6 +438,11 @@ def main() -> None:
     shards = data.build_shards(args.data, shards=max(4, args.shards), samples=args.samples)
     work = args.data / "out"
     shutil.rmtree(work, ignore_errors=True)
+    if args.only == "train-224":
+        rows = per_core(shards[: args.shards], work, args.rounds, TRAIN_224)
+        print(f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        print("\n".join(train_224_markdown(rows, accuracy.measure(shards[0], args.samples))))
+        return
     report: dict = {
         "machine": f"{cores} cores, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}",
