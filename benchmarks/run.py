@@ -49,6 +49,11 @@ PER_CORE = [
 TRAIN_224 = [name for name in PER_CORE if name.startswith(("train-224", "img2dataset"))]
 SCALED = ["seed", "seed-procs", "seed-fpng-procs", "train-224", "floor"]
 SEED_PROCESSES = "seed, N processes"
+ONE_SHARD = ["seed-procs", "seed-fpng-procs"]
+
+
+def scaled_rows() -> list[str]:
+    return [*SCALED, SEED_PROCESSES, *(f"{name}, one shard" for name in ONE_SHARD)]
 
 
 def _command(name: str, inputs: list[Path], out_dir: Path, threads: int) -> list[str]:
@@ -172,19 +177,27 @@ def compare_pixels(shards: list[Path], work: Path) -> dict:
     return {"samples": total, "identical": same, "max_difference": worst}
 
 
-def scaling(shards: list[Path], work: Path, rounds: int, cores: int) -> dict:
-    """Wall-clock samples/s at 1..cores threads, the pipelines interleaved in each round.
+def scaling(shards: list[Path], one_shard: Path, work: Path, rounds: int, cores: int) -> dict:
+    """Wall-clock samples/s at 1..cores workers, the pipelines interleaved in each round.
 
-    The control runs first and last in every round. A round is clean when the control scaled
-    to at least 90% of linear both times (no neighbour was using the cores meanwhile); the
-    medians are over the clean rounds, or over all rounds, flagged, when none was clean.
+    SCALED run over the batch of shards (with worker processes and as many shards as workers,
+    each worker writes whole shards); the ONE_SHARD rows over one shard of as many samples,
+    its samples shared by the workers. The control runs first and last in every round. A
+    round is clean when the control scaled to at least 90% of linear both times (no
+    neighbour was using the cores meanwhile); the medians are over the clean rounds, or over
+    all rounds, flagged, when none was clean. Outputs go to `work`: main() puts it in memory
+    (/dev/shm) when it can, so that the disk's flush, which no number of cores speeds up, is
+    not what is measured.
     """
 
-    def measure(name: str, run: Callable[..., dict] = run_pipeline) -> dict[int, float]:
+    def measure(
+        name: str, run: Callable[..., dict] = run_pipeline, inputs: list[Path] = shards
+    ) -> dict[int, float]:
         """Samples/s with 1..cores threads (run_pipeline) or processes (run_processes)."""
         rates = {}
         for count in range(1, cores + 1):
-            result = run(name, shards, work / f"{name}-{run.__name__}-{count}", count)
+            result = run(name, inputs, work / f"{name}-{run.__name__}-{count}", count)
+            shutil.rmtree(work / f"{name}-{run.__name__}-{count}", ignore_errors=True)
             rates[count] = result["samples"] / result["seconds"]
         return rates
 
@@ -193,14 +206,14 @@ def scaling(shards: list[Path], work: Path, rounds: int, cores: int) -> dict:
         record = {"control-before": measure("control")}
         record.update({name: measure(name) for name in SCALED})
         record[SEED_PROCESSES] = measure("seed", run_processes)
+        for name in ONE_SHARD:
+            record[f"{name}, one shard"] = measure(name, inputs=[one_shard])
         record["control-after"] = measure("control")
         rounds_seen.append(record)
         control = [record[k][cores] / record[k][1] for k in ("control-before", "control-after")]
         print(
             f"  round {index + 1}/{rounds}: control x{control[0]:.2f} / x{control[1]:.2f}, "
-            + ", ".join(
-                f"{n} x{record[n][cores] / record[n][1]:.2f}" for n in [*SCALED, SEED_PROCESSES]
-            ),
+            + ", ".join(f"{n} x{record[n][cores] / record[n][1]:.2f}" for n in scaled_rows()),
             file=sys.stderr,
         )
 
@@ -210,7 +223,7 @@ def scaling(shards: list[Path], work: Path, rounds: int, cores: int) -> dict:
 
     used = [r for r in rounds_seen if clean(r)] or rounds_seen
     table = {}
-    for name in ("control", *SCALED, SEED_PROCESSES):
+    for name in ("control", *scaled_rows()):
         keys = ("control-before", "control-after") if name == "control" else (name,)
         runs = [r[k] for r in used for k in keys]
         table[name] = {
@@ -219,11 +232,23 @@ def scaling(shards: list[Path], work: Path, rounds: int, cores: int) -> dict:
             "speedup_each_round": {t: [round(r[t] / r[1], 2) for r in runs] for t in runs[0]},
         }
     return {
+        "shards": len(shards),
+        "scratch": "memory (/dev/shm)" if str(work).startswith("/dev/shm") else "disk",
         "rounds": rounds,
         "clean_rounds": sum(map(clean, rounds_seen)),
         "table": table,
         "all_rounds": rounds_seen,
     }
+
+
+def _memory_scratch(fallback: Path) -> Path:
+    """A folder in memory for the scaling runs' outputs (see scaling), else `fallback`."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        scratch = shm / f"shardflow-bench-{os.getpid()}"
+        scratch.mkdir(exist_ok=True)
+        return scratch
+    return fallback
 
 
 def cli_runs(shards: list[Path], work: Path) -> dict[str, dict]:
@@ -355,7 +380,9 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         "Scaling: wall-clock samples/s and speedup over 1 worker (threads; for the -procs "
-        "rows, worker processes over one shard's samples), medians of "
+        f"rows, worker processes: each writes whole shards of the {scaled['shards']}, or, in "
+        "the one-shard rows, they share the samples of one shard as long as all of them), "
+        f"outputs written to {scaled['scratch']}, medians of "
         + (
             f"the {clean} clean rounds of {scaled['rounds']} (rounds where the control, pure C "
             "work in threads, scaled to at least 90% of linear before and after: no neighbour "
@@ -457,7 +484,13 @@ def main() -> None:
     print("train-224 accuracy against an exact area average ...", file=sys.stderr)
     report["accuracy"] = accuracy.measure(shards[0], args.samples)
     print("thread scaling ...", file=sys.stderr)
-    report["scaling"] = scaling(shards, work, args.scaling_rounds, cores)
+    one_shard = data.build_shards(args.data / "one", shards=1, samples=4 * args.samples)[0]
+    scratch = _memory_scratch(work)
+    try:
+        report["scaling"] = scaling(shards, one_shard, scratch, args.scaling_rounds, cores)
+    finally:
+        if scratch != work:
+            shutil.rmtree(scratch, ignore_errors=True)
     print("CLI over several shards ...", file=sys.stderr)
     report["cli"] = cli_runs(shards, work)
     print("dataset report memory ...", file=sys.stderr)

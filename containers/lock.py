@@ -1,8 +1,9 @@
 """Pin the image's Python dependencies to the versions installed here.
 
-The image installs shardflow[s3,gcs] with `--constraint containers/constraints.txt`, and
-`make test` installs the development environment with the same file, so the image runs the
-versions the tests ran with. Regenerate after changing dependencies (`make constraints`):
+The image installs shardflow with the extras of ROOT and `--constraint
+containers/constraints.txt`, and `make test` installs the development environment with the
+same file, so the image runs the versions the tests ran with. Regenerate after changing
+dependencies (`make constraints`):
 
     .venv/bin/python containers/lock.py > containers/constraints.txt
 """
@@ -15,7 +16,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = "shardflow[s3,gcs,fast-png,strict-jpeg,fpng]"
+ROOT = "shardflow[s3,gcs,fast-png,strict-jpeg,fpng,parquet]"
 
 
 def closure(root: str = ROOT) -> dict[str, str]:

@@ -10,14 +10,15 @@ batch go on.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from . import storage
-from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, DataError, ShardError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_KILLED, EXIT_OK, DataError, ShardError
 from .failures import every_sample_failed
 from .input_identity import difference
 from .manifest import (
@@ -30,12 +31,14 @@ from .manifest import (
 )
 from .parallel import Transfer, ordered_map
 from .pipeline import Outcome, Pipeline
-from .progress import Progress
+from .progress import ShardProgress
 from .redact import redact_text, redact_url
 from .samples import SampleReader
+from .signals import raise_if_stopped
 from .tar_reader import TarReader
 from .tar_writer import Pieces, TarWriter, UnsafeMemberName
 from .verify import ManifestView, manifest_view, verify_shard
+from .worker_processes import WorkerDied
 
 OnError = Literal["skip", "fail"]
 
@@ -139,7 +142,7 @@ def augment_shard(
     output_url: str,
     pipeline: Pipeline,
     options: AugmentOptions,
-    progress: Progress | None = None,
+    progress: ShardProgress | None = None,
 ) -> ShardResult:
     """Process one shard; never raises for shard-level problems (they are in the result)."""
     started = time.monotonic()
@@ -159,6 +162,11 @@ def augment_shard(
         manifest = _write_shard(input_url, output_url, pipeline, options, progress, started)
     except ShardError as exc:
         error, exit_code = redact_text(str(exc)), exc.exit_code
+    except WorkerDied as exc:
+        key = getattr(exc.item, "key", None)
+        died = ShardError(input_url, str(exc), key=key if isinstance(key, str) else None)
+        error = redact_text(str(died))
+        exit_code = EXIT_KILLED if exc.signal_number == signal.SIGKILL else EXIT_FAILED
     except Exception as exc:  # a back-end or library failure must not end the batch
         error = redact_text(f"{input_url}: unexpected {type(exc).__name__}: {exc}")
         exit_code = EXIT_FAILED
@@ -186,7 +194,7 @@ def _write_shard(
     output_url: str,
     pipeline: Pipeline,
     options: AugmentOptions,
-    progress: Progress | None,
+    progress: ShardProgress | None,
     started: float,
 ) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -224,10 +232,12 @@ def _write_shard(
                     processes=options.processes,
                     transfer=OutcomeTransfer(),
                 )
-                for outcome in outcomes:
-                    record_outcome(outcome, writer, builder, input_url, options.on_error)
-                    if progress is not None:
-                        progress.advance(tar.offset, 1)
+                with contextlib.closing(outcomes):  # workers stopped now, also on failure
+                    for outcome in outcomes:
+                        raise_if_stopped()
+                        record_outcome(outcome, writer, builder, input_url, options.on_error)
+                        if progress is not None:
+                            progress.advance(tar.offset, 1)
                 if every_sample_failed(builder.counts):  # raised here: nothing is published
                     first = builder.failed.first
                     assert first is not None
@@ -317,23 +327,12 @@ def record_outcome(
 
 def batch_exit_code(results: list[ShardResult]) -> int:
     """0 when no shard failed; 3 when every failure is the data's (a retry would fail the
-    same way); otherwise 1, so a retry redoes the shards that may pass (and only those
-    without output: --skip-existing)."""
+    same way); 137 when a worker process was killed (most likely for memory: the retry gets
+    more); otherwise 1, so a retry redoes the shards that may pass (and only those without
+    output: --skip-existing)."""
     codes = {r.exit_code for r in results if r.status == "failed"}
     if not codes:
         return EXIT_OK
+    if EXIT_KILLED in codes:
+        return EXIT_KILLED
     return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILED
-
-
-def augment_all(
-    pairs: list[tuple[str, str]],
-    pipeline: Pipeline,
-    options: AugmentOptions,
-    progress: Progress | None = None,
-) -> Iterator[ShardResult]:
-    """Each shard in turn; a failed shard does not stop the others."""
-    for input_url, output_url in pairs:
-        result = augment_shard(input_url, output_url, pipeline, options, progress)
-        if progress is not None:
-            progress.shard_finished()
-        yield result

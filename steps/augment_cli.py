@@ -10,7 +10,8 @@ import sys
 import time
 
 from . import storage
-from .augment import AugmentOptions, ShardResult, augment_all, batch_exit_code
+from .augment import AugmentOptions, ShardResult, batch_exit_code
+from .augment_batch import augment_all
 from .cli_common import (
     add_batch_arguments,
     add_command,

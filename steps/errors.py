@@ -13,6 +13,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DATA = 3
+# A worker process was killed outright (SIGKILL: in a pod, the cgroup's out-of-memory killer
+# picks the largest process, often a worker). The step exits as the pod would have if its
+# main process had been killed, so Argo's retry gives the next attempt twice the memory.
+EXIT_KILLED = 137
 
 
 class ShardflowError(Exception):

@@ -8,14 +8,32 @@ every shard the same. In a terminal a bar shows the same count with samples and 
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable
+from typing import Protocol, TextIO
 
 UNITS_PER_SHARD = 100
 ARGO_PROGRESS_FILE = "ARGO_PROGRESS_FILE"
 INTERVAL_VARIABLE = "SHARDFLOW_PROGRESS_INTERVAL"
+
+
+class ShardProgress(Protocol):
+    """What writing one shard reports: its size when opened, then bytes read and samples."""
+
+    def shard_started(self, size: int | None) -> None: ...
+
+    def advance(self, bytes_read: int, samples: int = 0) -> None: ...
+
+
+def shard_units(bytes_read: int, size: int | None) -> int:
+    """A shard's progress in units: the share of its bytes read, short of the last unit
+    (which only its end gives)."""
+    if not size:
+        return 0
+    return min(UNITS_PER_SHARD - 1, UNITS_PER_SHARD * bytes_read // size)
 
 
 def write_progress_file(path: str, done: int, total: int) -> None:
@@ -74,9 +92,14 @@ class Progress:
 
     def advance(self, bytes_read: int, samples: int = 0) -> None:
         self._samples += samples
-        if self._size:
-            units = min(UNITS_PER_SHARD - 1, UNITS_PER_SHARD * bytes_read // self._size)
-            self._current_units = max(self._current_units, units)
+        self._current_units = max(self._current_units, shard_units(bytes_read, self._size))
+        self._report()
+
+    def show_running(self, units: int, samples: int) -> None:
+        """Shards being written by worker processes (SharedShardProgress): the units of
+        those not finished yet, and every sample read so far, in place of advance()."""
+        self._current_units = units
+        self._samples = samples
         self._report()
 
     def shard_finished(self) -> None:
@@ -126,3 +149,37 @@ def _interval_from_env() -> float:
         return float(os.environ.get(INTERVAL_VARIABLE, "3"))
     except ValueError:
         return 3.0
+
+
+class SharedShardProgress:
+    """The progress of shards written in worker processes: two counters a shard (units,
+    samples) in memory shared with the workers, which write them as they go; the parent sums
+    them for its bar and Argo's file while it waits."""
+
+    def __init__(self, shards: int) -> None:
+        self._memory = mmap.mmap(-1, max(1, shards) * 16)  # mapped before the fork
+        self._cells = memoryview(self._memory).cast("q")
+
+    def for_shard(self, index: int) -> _SharedShard:
+        return _SharedShard(self._cells, index)
+
+    def totals(self, unfinished: Iterable[int]) -> tuple[int, int]:
+        """(units of the unfinished shards, samples read in every shard)."""
+        units = sum(self._cells[2 * index] for index in unfinished)
+        return units, sum(self._cells[1::2])
+
+
+class _SharedShard:
+    """One shard's counters, written by the worker that writes the shard."""
+
+    def __init__(self, cells: memoryview, index: int) -> None:
+        self._cells, self._index = cells, index
+        self._size: int | None = None
+
+    def shard_started(self, size: int | None) -> None:
+        self._size = size
+
+    def advance(self, bytes_read: int, samples: int = 0) -> None:
+        at = 2 * self._index
+        self._cells[at] = shard_units(bytes_read, self._size)
+        self._cells[at + 1] += samples

@@ -39,10 +39,12 @@ from .reshard_inventory import count_batch, read_inventory
 from .reshard_plan import KeyFilter, PlanSettings, Sizing, make_plan, read_summary
 from .reshard_write import WriteOptions, refuse_message, write_output
 from .shard_index import index_outputs
+from .verify_files import VerifyFiles, verify_batch_size
 
 STEPS = ("all", "count", "plan", "write")
 T = TypeVar("T")
 WORK_NAME = ".reshard"
+VERIFY_PARTS_NAME = "verify-parts"  # in WORK: the verify batches' parts, merged, then removed
 OUTPUTS_AT_ONCE = 3
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?")
 
@@ -177,7 +179,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--write-plan",
         metavar="DIR",
         help="with --step count: only write DIR/tasks and DIR/work; with --step plan: also "
-        "write DIR/tasks (the write batches) after planning",
+        "write, after planning, DIR/tasks (the write batches), DIR/verify-tasks and "
+        "DIR/verify-shards-per-task (the verify batches), and where verify writes: "
+        "DIR/report, DIR/sample-sheet, DIR/report-dir and DIR/verify-parts",
     )
     add_storage_arguments(parser)
     add_output_arguments(parser)
@@ -229,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     if args.step == "plan":
         summary = _plan(args, inputs, names, work, options)
         if args.write_plan:
-            _write_tasks(args.write_plan, task_count(summary["outputs"], args.shards_per_task))
+            values = plan_parameters(summary["outputs"], args.shards_per_task, inputs, names, work)
+            _write_parameters(args.write_plan, values)
         return EXIT_OK
     write_options = _write_options(args, options)
     write_options.inputs = frozenset(inputs)
@@ -280,7 +285,7 @@ def _count_step(
 ) -> int:
     tasks = task_count(len(inputs), args.inputs_per_task)
     if args.write_plan:
-        _write_tasks(args.write_plan, tasks, work=work)
+        _write_parameters(args.write_plan, {"tasks": str(tasks), "work": work})
         return EXIT_OK
     batches = [args.task_index] if args.task_index is not None else range(tasks)
     for task in batches:
@@ -293,13 +298,32 @@ def _count_step(
     return EXIT_OK
 
 
-def _write_tasks(directory: str, tasks: int, work: str | None = None) -> None:
+def _write_parameters(directory: str, values: dict[str, str]) -> None:
     """Argo's output parameters, read from the pod's file system."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tasks").write_text(str(tasks))
-    if work is not None:
-        (folder / "work").write_text(work)
+    for name, value in values.items():
+        (folder / name).write_text(value)
+
+
+def plan_parameters(
+    count: int, shards_per_task: int, inputs: list[str], names: OutputNames, work: str
+) -> dict[str, str]:
+    """What the DAG's write and verify fan-outs need for `count` outputs written
+    `shards_per_task` to a pod (`--step plan --write-plan`): the write batches, the verify
+    batches (sized as the augment DAG's, verify_files.py) and where verify writes, beside the
+    outputs (its parts in WORK). A verify file at a shard's location is refused here, before
+    any output is written."""
+    outputs = [names.url(index) for index in range(count)]
+    files = VerifyFiles.beside(outputs, parts=f"{work}/{VERIFY_PARTS_NAME}")
+    refuse_aliases([*inputs, *outputs], files.writes())
+    verify_per_task = verify_batch_size(count, shards_per_task)
+    return {
+        "tasks": str(task_count(count, shards_per_task)),
+        "verify-tasks": str(task_count(len(outputs), verify_per_task)),
+        "verify-shards-per-task": str(verify_per_task),
+        **files.parameters(),
+    }
 
 
 def _plan(

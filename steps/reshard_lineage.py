@@ -21,9 +21,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import storage
+from .cpus import io_threads
 from .errors import ShardflowError
 from .key_lists import load_keys
 from .manifest import ManifestError, manifest_url, read_manifest
+from .output_names import OutputNames
+from .parallel import ordered_map
 from .redact import REDACTED
 from .reshard_inventory import read_inventory
 from .reshard_plan import KeyFilter, key_hash, read_lines, read_summary
@@ -33,30 +36,46 @@ _SHOWN = 3
 
 
 def plan_outputs(work: str, options: storage.StorageOptions) -> list[str]:
-    """The outputs the plan names, in order."""
+    """The outputs the plan names, in order: from the summary's pattern (a verify batch of a
+    plan of 10^9 samples reads one small file), or the plan lines of a plan without one."""
+    summary = read_summary(work, options)
+    pattern = summary.get("output_pattern")
+    if isinstance(pattern, str):
+        names = OutputNames(pattern)
+        return [names.url(index) for index in range(summary["outputs"])]
     return [line["url"] for line in read_lines(work, options)]
 
 
 def check_lineage(
-    work: str, reports: list[ShardReport], options: storage.StorageOptions
+    work: str,
+    reports: list[ShardReport],
+    options: storage.StorageOptions,
+    threads: int | None = None,
 ) -> str | None:
     """Add a `lineage` problem to each output that does not hold what its plan line says;
     the sentence saying what is wrong across outputs (samples missing or planned twice), or
-    None."""
+    None. The manifests are read `threads` at a time (default: cpus.io_threads): one small
+    request each, 100,000 of them for a large reshard."""
     import numpy
 
     summary = read_summary(work, options)
     planned = array("Q")
     by_url = {storage.comparable_url(r.output): r for r in reports}
-    for line in read_lines(work, options):
+
+    def check(line: dict[str, Any]) -> tuple[list[int], ShardReport | None, Problem | None]:
         refs = [ref["url"] for ref in line["inputs"]]
         entries = [(refs[s[0]], s[1], s[2] or s[1]) for s in line["samples"]]
-        planned.extend(key_hash(shard, key) for shard, key, _ in entries)
         report = by_url.get(storage.comparable_url(line["url"]))
+        problem = None
         if report is not None and report.status != "missing":
             problem = _output_problem(line["url"], entries, options)
-            if problem is not None:
-                report.problems.append(problem)
+        return [key_hash(shard, key) for shard, key, _ in entries], report, problem
+
+    lines = read_lines(work, options)
+    for hashes, report, problem in ordered_map(check, lines, threads=io_threads(threads)):
+        planned.extend(hashes)
+        if report is not None and problem is not None:
+            report.problems.append(problem)
     plan = numpy.sort(numpy.frombuffer(planned, dtype=numpy.uint64))
     twice = int((plan[1:] == plan[:-1]).sum()) if len(plan) else 0
     if twice:

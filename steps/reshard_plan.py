@@ -10,7 +10,8 @@ in the work folder, the last written last (its presence means the plan is comple
   data offset, size], ...]], ...], "bytes", "oversized"}`;
 - `plan.offsets`: the byte offset of each line and the end, little-endian uint64, so a task
   reads its own line with one ranged read (the plan of 10^6 shards is never loaded whole);
-- `plan.json`: the summary (counts, sizing, seed, key list, outputs).
+- `plan.json`: the summary (counts, sizing, seed, key list, outputs and their pattern: a
+  verify batch names the outputs from it without reading plan.jsonl).
 
 Rules:
 - Samples keep INPUTS order (input by input, then archive order) unless `--shuffle SEED`:
@@ -365,6 +366,7 @@ def make_plan(
         "oversized": oversized,
         "first_output": outputs[0],
         "last_output": outputs[-1],
+        "output_pattern": names.pattern,  # output j is OutputNames(pattern).url(j)
     }
     storage.write_atomically(summary_url, json.dumps(summary, indent=1).encode() + b"\n", options)
     return summary

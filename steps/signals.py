@@ -37,13 +37,30 @@ def stop_signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
+        _received.clear()
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+_received: list[int] = []  # the stop signal that arrived, once handled
+
+
+def raise_if_stopped() -> None:
+    """Raise again for a stop signal whose exception was lost: Python drops an exception
+    raised in a finalizer (`__del__`, a collected generator), and a handler can run inside
+    one. Called at points a step passes often (each sample), so a stop is never ignored."""
+    if _received:
+        _raise_for(_received[0])
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     for number in _STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+    _received[:] = [signum]
+    _raise_for(signum)
+
+
+def _raise_for(signum: int) -> None:
     if signum == signal.SIGTERM:
         raise Terminated()
     raise KeyboardInterrupt()

@@ -247,8 +247,9 @@ def remove_part(parts: str, task: int, options: storage.StorageOptions) -> None:
         storage.remove(part_url(parts, task, suffix), options)
 
 
-# The merge reads every batch's hashes at once (MAX_VERIFY_TASKS <= spool_sort.FAN_IN, so in
-# one pass, with no spill to disk): small reads keep the buffers to a few MB in all.
+# The merge reads every batch's hashes at once (verify_files.MAX_VERIFY_TASKS <=
+# spool_sort.FAN_IN, so in one pass, with no spill to disk): small reads keep the buffers to a
+# few MB in all.
 HASH_READ_BLOCK = 1 << 18
 
 

@@ -20,7 +20,7 @@ from .cli_common import (
     storage_options,
 )
 from .contact_sheet import SheetRow, choose_shards, render_sheet
-from .dataset_report import DUPLICATES_NAME, PLOTS, REPORT_NAME, Stats, write_dataset_report
+from .dataset_report import Stats, write_dataset_report
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
@@ -40,6 +40,7 @@ from .shard_index import ShardIndex, default_index_url, write_counts
 from .spool_sort import SortedSpool, merge_sorted
 from .verify import ShardReport, check_pairing
 from .verify_batch import Part, Settings, check_batch, part_url, read_part, remove_part, write_part
+from .verify_files import dataset_report_writes
 from .verify_report import TABLE_ROWS, format_table, report_document, summary_line
 
 DESCRIPTION = """\
@@ -183,10 +184,7 @@ def run(args: argparse.Namespace) -> int:
         if url
     ]
     if args.dataset_report:
-        writes += [
-            Write(f"{args.dataset_report.rstrip('/')}/{name}", "the dataset report")
-            for name in (REPORT_NAME, DUPLICATES_NAME, *PLOTS.values())
-        ]
+        writes += dataset_report_writes(args.dataset_report)
     for write in writes:
         storage.check_url(write.url, writing=True)
     if args.parts:
@@ -302,7 +300,7 @@ def _finish(
     rows = [row for part in parts for row in part.sheet]
     if inputs:
         check_pairing(reports, inputs)
-    lineage = check_lineage(args.plan, reports, options) if args.plan else None
+    lineage = check_lineage(args.plan, reports, options, args.threads) if args.plan else None
     seconds = sum(part.seconds for part in parts)
     read, failed = (sum(r.counts.get(name, 0) for r in reports) for name in ("read", "failed"))
     failures = (

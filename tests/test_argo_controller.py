@@ -459,8 +459,8 @@ def test_a_value_outside_an_enum_is_refused_by_plan(cluster: Cluster) -> None:
 def test_the_reshard_template_splits_merges_and_shuffles(cluster: Cluster, tmp_path: Path) -> None:
     """The reshard WorkflowTemplate (argo/reshard-workflowtemplate.yaml) by reference: 3 inputs
     of 4 samples into 6 outputs of 2, shuffled; count, plan and write run as the controller
-    schedules them, verify checks the lineage; Succeeded, and every input sample is in exactly
-    one output."""
+    schedules them, verify in 3 batches of 2 outputs, then report merges them and checks the
+    lineage; Succeeded, and every input sample is in exactly one output."""
     template = rendered(RESHARD_TEMPLATE)
     cluster.api.create(f"{cluster.namespaced}/workflowtemplates", template)
     bucket = cluster.s3.new_bucket()
@@ -478,15 +478,29 @@ def test_the_reshard_template_splits_merges_and_shuffles(cluster: Cluster, tmp_p
         reference,
         inputs=f"s3://{bucket}/in/in-{{000000..000002}}.tar",
         outputs=f"s3://{bucket}/re/out-%06d.tar",
-        **{"samples-per-shard": "2", "shuffle": "7", "storage-options": storage(cluster)},
+        **{
+            "samples-per-shard": "2",
+            "shuffle": "7",
+            "shards-per-task": "2",
+            "storage-options": storage(cluster),
+        },
     )
     workflow = cluster.wait_finished(name)
     assert workflow["status"]["phase"] == "Succeeded", cluster.describe(name)
     display = sorted(n["displayName"] for n in nodes(workflow, "Retry"))
-    assert [d for d in display if d.startswith("write-")], display
-    written = sorted(
-        k for k in cluster.s3.keys(bucket) if k.startswith("re/out-") and k.endswith(".tar")
-    )
+    assert [d for d in display if d.startswith("write-")] == ["write-0", "write-1", "write-2"]
+    assert [d for d in display if d.startswith("verify-")] == ["verify-0", "verify-1", "verify-2"]
+    (report,) = nodes(workflow, "Pod", "report")
+    assert report["phase"] == "Succeeded"
+    summary = global_output(workflow, "verify-summary")
+    assert summary.startswith("verify: OK: 6 of 6 shards passed"), summary
+    stored = set(cluster.s3.keys(bucket))
+    for beside in ("verify-report.json", "dataset-report.json", "out.shardindex.json"):
+        assert f"re/{beside}" in stored, sorted(stored)
+    tables = sorted(k for k in stored if k.startswith("re/dataset-samples/") and ".jsonl" in k)
+    assert tables == [f"re/dataset-samples/part-{i:06d}.jsonl" for i in range(3)]
+    assert not [k for k in stored if k.startswith("re/.reshard/verify-parts/")]  # merged
+    written = sorted(k for k in stored if k.startswith("re/out-") and k.endswith(".tar"))
     assert written == [f"re/out-{index:06d}.tar" for index in range(6)]
     lineage = []
     for output in written:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "containers" / "Dockerfile"
 CONSTRAINTS = ROOT / "containers" / "constraints.txt"
 # The image's extras that the test environment also installs.
-TEST_EXTRAS = "s3,fast-png,strict-jpeg,fpng"
+TEST_EXTRAS = "s3,fast-png,strict-jpeg,fpng,parquet"
 
 
 def _offline_pip_env() -> dict[str, str]:
@@ -124,8 +124,11 @@ def test_constraints_pin_every_runtime_dependency_at_the_tested_version():
     stale = {name: (pins.get(name), version) for name, version in installed.items()
              if pins.get(name) != version}  # fmt: skip
     assert not stale, f"regenerate containers/constraints.txt (make constraints): {stale}"
-    for extra_package in ("s3fs", "gcsfs", "isal", "simplejpeg", "fpng"):  # the image's extras
-        assert extra_package in pins
+    for extra_package in ("s3fs", "gcsfs", "isal", "simplejpeg", "fpng", "pyarrow"):
+        assert extra_package in pins  # the image's extras
+    extras = re.search(r"shardflow-\*\.whl\)(\[[a-z0-9,-]+\])", DOCKERFILE.read_text())
+    assert extras is not None and f"shardflow{extras[1]}" == lock.ROOT  # pins what it installs
+    assert set(TEST_EXTRAS.split(",")) <= set(extras[1].strip("[]").split(","))
 
 
 def test_dockerfile_matches_what_the_manifests_expect():

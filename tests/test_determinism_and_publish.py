@@ -53,6 +53,32 @@ def test_the_same_bytes_whatever_the_workers_processes_or_threads(
     assert manifests[0]["counts"]["written"] == 9
 
 
+def test_a_batch_is_the_same_bytes_whether_workers_take_whole_shards_or_samples(
+    tmp_path: Path,
+) -> None:
+    """Three shards: one worker; two worker processes (a whole shard each, then the third
+    over both, sample by sample); three (a whole shard each); two threads."""
+    for index in range(3):
+        good_shard(tmp_path / f"in-{index}.tar", count=5 + index)
+    runs = {
+        "serial": ["--threads", "1"],
+        "two": ["--threads", "2", "--parallel", "processes"],
+        "three": ["--threads", "3", "--parallel", "processes"],
+        "threads": ["--threads", "2", "--parallel", "threads"],
+    }
+    for name, options in runs.items():
+        output = tmp_path / name / "out-{0..2}.tar"
+        result = run_cli(
+            "augment", tmp_path / "in-{0..2}.tar", output, "--recipe", "seed", *options
+        )
+        assert result.returncode == 0, result.stderr
+    for index in range(3):
+        shards = {(tmp_path / n / f"out-{index}.tar").read_bytes() for n in runs}
+        assert len(shards) == 1
+        samples = {(tmp_path / n / f"out-{index}.manifest.json").read_text() for n in runs}
+        assert len({json.dumps(json.loads(m)["samples"]) for m in samples}) == 1
+
+
 def test_worker_processes_do_the_work_in_order() -> None:
     from shardflow.steps.parallel import ordered_map, processes_available
 

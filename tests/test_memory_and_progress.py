@@ -220,3 +220,25 @@ def test_worker_processes_count_their_own_memory(tmp_path: Path) -> None:
     (tmp_path / "memory.max").write_text(f"{4 << 30}\n")
     assert threads_for_memory(16, 64_000_000, tmp_path) == 7
     assert threads_for_memory(16, 64_000_000, tmp_path, processes=True) == 6
+
+
+def test_progress_of_shards_written_by_worker_processes(tmp_path: Path) -> None:
+    """Workers writing whole shards count in shared memory; the parent shows the sum."""
+    from shardflow.steps.progress import SharedShardProgress
+    from shardflow.steps.worker_processes import map_in_processes
+
+    shared = SharedShardProgress(3)
+
+    def write_half(index: int) -> int:
+        counter = shared.for_shard(index)
+        counter.shard_started(1000)
+        counter.advance(500, 7)
+        return index
+
+    assert list(map_in_processes(write_half, range(2), 2, 3)) == [0, 1]
+    path = tmp_path / "progress"
+    progress = Progress(3, bar=False, argo_file=str(path), interval=0)
+    progress.shard_finished()  # shard 0 came back; 1 is half done, 2 not started
+    progress.show_running(*shared.totals([1, 2]))
+    assert path.read_text() == "150/300"
+    assert shared.totals(range(3)) == (100, 14)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from reshard_helpers import make_inputs
 
-from helpers import run_cli, sample_members, write_tar
+from shardflow.steps.reshard_lineage import plan_outputs
+
+from helpers import comparable_report, run_cli, sample_members, write_tar
 
 
 def resharded(tmp_path: Path, *args: str) -> tuple[str, Path]:
@@ -107,3 +109,42 @@ def test_samples_a_recipe_fails_are_accounted_for(tmp_path: Path):
     assert [f["key"] for f in manifest["failed"]] == ["broken"]
     checked = run_cli("verify", "--plan", tmp_path / "out" / ".reshard", "--max-failed", "0.5")
     assert checked.returncode == 0, checked.stdout
+
+
+def test_in_batches_only_the_merge_checks_the_lineage_and_finds_what_one_process_finds(
+    tmp_path: Path,
+):
+    """The reshard DAG's verify: batches (--plan --task-index) exit 0 with their parts, the
+    merge names the output whose manifest holds another's samples, as one process does."""
+    _, work = resharded(tmp_path)
+    out = work.parent
+    for suffix in (".tar", ".manifest.json"):
+        shutil.copy(out / f"o-01{suffix}", out / f"o-00{suffix}")
+    parts = ["--shards-per-task", "2", "--parts", work / "verify-parts"]
+    for task in range(2):
+        batch = run_cli("verify", "--plan", work, "--task-index", task, *parts)
+        assert batch.returncode == 0, batch.stderr
+        assert "lineage" not in batch.stdout + batch.stderr
+    merged = run_cli("verify", "--plan", work, "--merge", *parts, "--report", tmp_path / "m.json")
+    single = run_cli("verify", "--plan", work, "--report", tmp_path / "s.json")
+    assert merged.returncode == single.returncode == 1
+    report = comparable_report(tmp_path / "m.json")
+    assert report == comparable_report(tmp_path / "s.json")
+    problems = [[p["kind"] for p in s["problems"]] for s in report["shards"]]
+    assert problems == [["lineage"], [], []]
+
+
+def test_a_plan_names_its_outputs_without_its_lines(tmp_path: Path):
+    """A verify batch reads plan.json only; a plan written before it recorded the pattern
+    is read line by line, with the same result."""
+    _, work = resharded(tmp_path)
+    expected = [str(work.parent / f"o-{index:02d}.tar") for index in range(3)]
+    lines = work / "plan.jsonl"
+    kept = lines.read_bytes()
+    lines.write_bytes(b"")  # not read
+    assert plan_outputs(str(work), {}) == expected
+    lines.write_bytes(kept)
+    summary = json.loads((work / "plan.json").read_text())
+    del summary["output_pattern"]
+    (work / "plan.json").write_text(json.dumps(summary))
+    assert plan_outputs(str(work), {}) == expected

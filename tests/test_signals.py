@@ -69,6 +69,33 @@ def test_a_signal_in_mid_shard_leaves_no_partial_file_and_no_output(
     assert files_under(out) == []
 
 
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGTERM, 1), (signal.SIGINT, 130)], ids=["TERM", "INT"]
+)
+def test_a_signal_while_workers_write_whole_shards_leaves_nothing_partial(
+    slow_shard: Path, tmp_path: Path, signum: int, status: int
+) -> None:
+    """Two shards, two worker processes: each worker writes a whole shard. The signal goes to
+    the step alone (as the kubelet sends it); the step stops its workers, which remove their
+    own temporary files, and waits for them."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(2):
+        os.link(slow_shard, inputs / f"in-{index}.tar")
+    out = tmp_path / "out"
+    process = start_shardflow(
+        "augment", f"{inputs}/in-{{0..1}}.tar", f"{out}/out-{{0..1}}.tar", "--threads", "2"
+    )
+    wait_for(lambda: bool(out.is_dir() and len(partial_files(out)) == 2), "both workers' files")
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == status, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "nothing partial was published" in stderr.splitlines()[-1], stderr
+    assert processes_mentioning(str(tmp_path)) == []
+    assert files_under(out) == []
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
     with S3Server() as server:
@@ -137,3 +164,21 @@ def test_the_handlers_are_restored_after_main_returns(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_signal_lost_in_a_finalizer_is_raised_again() -> None:
+    """Python drops an exception raised in `__del__`; a handler that runs there loses the stop,
+    and the step's per-sample check raises it again."""
+    from shardflow.steps.signals import Terminated, raise_if_stopped, stop_signals_raise
+
+    class SignalledWhileFinalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, inside the finalizer
+
+    with stop_signals_raise():
+        SignalledWhileFinalized()
+        with pytest.raises(Terminated):
+            raise_if_stopped()
+    raise_if_stopped()  # outside the block: nothing pending any more

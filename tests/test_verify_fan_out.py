@@ -5,7 +5,6 @@ what one process verifying every shard writes."""
 from __future__ import annotations
 
 import json
-import re
 import tarfile
 from pathlib import Path
 
@@ -13,22 +12,29 @@ import pytest
 import yaml
 
 from shardflow.steps import spool_sort
+from shardflow.steps.errors import UsageError
+from shardflow.steps.output_names import OutputNames
+from shardflow.steps.reshard_cli import plan_parameters
 from shardflow.workflows import argo_vars
 from shardflow.workflows.plan import MAX_NODES, plan_tasks
 
-from helpers import good_shard, run_cli
+from helpers import comparable_report, good_shard, run_cli
 
 ARGO = Path(__file__).resolve().parents[1] / "argo"
 SHARDS = 5
 
 
-def _nodes(manifest: dict, outputs: dict[str, str]) -> int:
+def _nodes(manifest: dict, outputs: dict[str, dict[str, str]]) -> int:
     """Nodes of the workflow when every pod succeeds at once, as the controller makes them:
     the DAG's, a retry node and a pod per task or loop item (every template retries), and a
-    group node per loop."""
+    group node per loop. `outputs`: the output parameters of each planning task."""
     templates = {t["name"]: t for t in manifest["spec"]["templates"]}
     main = templates[manifest["spec"]["entrypoint"]]
-    scope = {f"tasks.plan.outputs.parameters.{k}": v for k, v in outputs.items()}
+    scope = {
+        f"tasks.{task}.outputs.parameters.{name}": value
+        for task, values in outputs.items()
+        for name, value in values.items()
+    }
     count = 1
     for task in main["dag"]["tasks"]:
         assert "retryStrategy" in templates[task["template"]]
@@ -46,7 +52,7 @@ def test_a_workflow_stays_under_the_node_limit_whatever_its_size(shards: int) ->
     last = shards - 1
     plan = plan_tasks(f"s3://b/in/{{0..{last}}}.tar", f"s3://b/out/{{0..{last}}}.tar")
     manifest = yaml.safe_load((ARGO / "workflow.yaml").read_text())
-    nodes = _nodes(manifest, plan.parameters())
+    nodes = _nodes(manifest, {"plan": plan.parameters()})
     assert nodes < MAX_NODES
     assert plan.verify_tasks <= spool_sort.FAN_IN  # the merge reads every batch's hashes at once
     if shards == 100_000:
@@ -54,12 +60,26 @@ def test_a_workflow_stays_under_the_node_limit_whatever_its_size(shards: int) ->
         assert plan.verify_shards_per_task == 556  # no verify pod reads more than its batch
 
 
-def _report(path: Path) -> dict:
-    """A verify report without what differs between any two runs: the seconds taken."""
-    document = json.loads(path.read_text())
-    document["summary"].pop("seconds")
-    line = document["summary"].pop("line")
-    return {**document, "line": re.sub(r"checked in [\d.]+ s", "checked in S s", line)}
+def test_a_reshard_of_100000_outputs_verifies_in_180_batches_under_the_node_limit() -> None:
+    """The reshard plan step's outputs (the function `reshard --step plan --write-plan`
+    writes) for 100,000 outputs in write batches of 200, counted in the rendered template."""
+    inputs = [f"s3://b/in/{index:05d}.tar" for index in range(10_000)]
+    work = "s3://b/out/.reshard"
+    written = plan_parameters(100_000, 200, inputs, OutputNames("s3://b/out/%06d.tar"), work)
+    assert (written["tasks"], written["verify-tasks"]) == ("500", "180")
+    assert written["verify-shards-per-task"] == "556"  # no verify pod reads more than its batch
+    assert written["report"] == "s3://b/out/verify-report.json"
+    assert written["report-dir"] == "s3://b/out"
+    assert written["verify-parts"] == f"{work}/verify-parts"
+    manifest = yaml.safe_load((ARGO / "reshard-workflowtemplate.yaml").read_text())
+    batches = {"tasks": "100", "work": work}  # inputs-per-task 100
+    assert _nodes(manifest, {"batches": batches, "plan": written}) < MAX_NODES
+
+
+def test_the_reshard_plan_refuses_a_verify_file_at_an_output() -> None:
+    names = OutputNames("s3://b/out/{a.tar,verify-report.json}")
+    with pytest.raises(UsageError, match=r"verify-report.json' \(the verify report\)"):
+        plan_parameters(2, 1, ["s3://b/in/x.tar"], names, "s3://b/out/.reshard")
 
 
 @pytest.fixture
@@ -86,13 +106,13 @@ def run_outputs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_merged_report_is_the_single_process_report(run_outputs: Path) -> None:
+def test_merged_report_is_the_single_processcomparable_report(run_outputs: Path) -> None:
     tmp, out = run_outputs, run_outputs / "out"
     fanned = {
         name: (out / name).read_bytes()
         for name in ("verify-samples.png", "out.shardindex.json", "sizes.json")
     }
-    merged = _report(out / "verify-report.json")
+    merged = comparable_report(out / "verify-report.json")
     merged_dataset = json.loads((out / "dataset-report.json").read_text())
     table = sorted((out / "dataset-samples").iterdir())
     assert [p.name for p in table if p.suffix == ".jsonl"] == [
@@ -115,7 +135,7 @@ def test_merged_report_is_the_single_process_report(run_outputs: Path) -> None:
         out / "out-{0..4}.tar",
     )
     assert single.returncode == 0, single.stdout + single.stderr
-    assert _report(tmp / "single" / "verify-report.json") == merged
+    assert comparable_report(tmp / "single" / "verify-report.json") == merged
     for name, data in fanned.items():
         assert (out / name).read_bytes() == data, name  # rewritten identically
     alone = json.loads((tmp / "single" / "dataset-report.json").read_text())
@@ -153,8 +173,9 @@ def test_merged_failures_match_and_a_missing_part_is_named(tmp_path: Path) -> No
     merged = run_cli("verify", *merge, "--report", tmp_path / "merged.json", *common)
     single = run_cli("verify", "--report", tmp_path / "single.json", *common)
     assert merged.returncode == single.returncode == 1
-    assert _report(tmp_path / "merged.json") == _report(tmp_path / "single.json")
-    statuses = [s["status"] for s in _report(tmp_path / "merged.json")["shards"]]
+    report = comparable_report(tmp_path / "merged.json")
+    assert report == comparable_report(tmp_path / "single.json")
+    statuses = [s["status"] for s in report["shards"]]
     assert statuses == ["ok", "failed", "failed", "missing"]
     again = run_cli("verify", *merge, *common)  # the parts were removed by the merge
     assert again.returncode == 1

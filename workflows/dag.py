@@ -235,6 +235,51 @@ def planning_step(
     )
 
 
+def verify_batch_args(head: list[str], tail: list[str]) -> list[str]:
+    """`verify` of batch `task-index` (a pod of the verify fan-out), leaving its part in
+    `verify-parts` and its per-sample table in `report-dir`; HEAD and TAIL name the shards
+    (`--inputs=... -- OUTPUTS`, or the reshard's `--plan=WORK`)."""
+    return [
+        "verify",
+        *head,
+        "--task-index={{inputs.parameters.task-index}}",
+        "--shards-per-task={{inputs.parameters.shards-per-task}}",
+        "--parts={{inputs.parameters.verify-parts}}",
+        "--sample-sheet={{inputs.parameters.sample-sheet}}",
+        "--dataset-report={{inputs.parameters.report-dir}}",
+        "--quiet",
+        *tail,
+    ]
+
+
+def verify_merge_args(head: list[str], tail: list[str]) -> list[str]:
+    """`verify --merge` of every batch's part (the last step): the report, sample sheet,
+    dataset report, index and the summary file (verify_summary_output)."""
+    return [
+        "verify",
+        "--merge",
+        *head,
+        "--max-failed={{workflow.parameters.max-failed}}",
+        "--shards-per-task={{inputs.parameters.verify-shards-per-task}}",
+        "--parts={{inputs.parameters.verify-parts}}",
+        "--report={{inputs.parameters.report}}",
+        "--sample-sheet={{inputs.parameters.sample-sheet}}",
+        "--dataset-report={{inputs.parameters.report-dir}}",
+        f"--summary-file={SUMMARY_FILE}",
+        "--write-index",
+        *tail,
+    ]
+
+
+def verify_summary_output() -> Parameter:
+    """The merge's one-line summary, the workflow output `verify-summary`."""
+    return Parameter(
+        name="summary",
+        global_name="verify-summary",
+        value_from=ValueFrom(path=SUMMARY_FILE, default="verification did not finish"),
+    )
+
+
 def _templates() -> tuple[Container, Container, Container, Container]:
     plan = _step(
         "plan",
@@ -285,20 +330,10 @@ def _templates() -> tuple[Container, Container, Container, Container]:
         active_deadline_seconds="43200",
         retry_strategy=_retry(RETRY_UNLESS_USAGE_OR_DATA),
     )
+    shards = (["--inputs={{workflow.parameters.input}}"], ["--", "{{inputs.parameters.outputs}}"])
     verify = _step(
         "verify",
-        [
-            "verify",
-            "--inputs={{workflow.parameters.input}}",
-            "--task-index={{inputs.parameters.task-index}}",
-            "--shards-per-task={{inputs.parameters.shards-per-task}}",
-            "--parts={{inputs.parameters.verify-parts}}",
-            "--sample-sheet={{inputs.parameters.sample-sheet}}",
-            "--dataset-report={{inputs.parameters.report-dir}}",
-            "--quiet",
-            "--",
-            "{{inputs.parameters.outputs}}",
-        ],
+        verify_batch_args(*shards),
         inputs=[
             Parameter(name="task-index"),
             Parameter(name="shards-per-task"),
@@ -315,29 +350,9 @@ def _templates() -> tuple[Container, Container, Container, Container]:
     # Reads the batches' parts only (never a shard): small and fixed, whatever the dataset.
     report = _step(
         "report",
-        [
-            "verify",
-            "--merge",
-            "--inputs={{workflow.parameters.input}}",
-            "--max-failed={{workflow.parameters.max-failed}}",
-            "--shards-per-task={{inputs.parameters.verify-shards-per-task}}",
-            "--parts={{inputs.parameters.verify-parts}}",
-            "--report={{inputs.parameters.report}}",
-            "--sample-sheet={{inputs.parameters.sample-sheet}}",
-            "--dataset-report={{inputs.parameters.report-dir}}",
-            f"--summary-file={SUMMARY_FILE}",
-            "--write-index",
-            "--",
-            "{{inputs.parameters.outputs}}",
-        ],
+        verify_merge_args(*shards),
         inputs=[Parameter(name=name) for name in REPORT_INPUTS],
-        outputs=[
-            Parameter(
-                name="summary",
-                global_name="verify-summary",
-                value_from=ValueFrom(path=SUMMARY_FILE, default="verification did not finish"),
-            )
-        ],
+        outputs=[verify_summary_output()],
         resources=Resources(cpu_request="1", memory_request="1Gi", memory_limit="4Gi"),
         active_deadline_seconds="7200",
         retry_strategy=_retry(RETRY_VERIFY),

@@ -93,7 +93,8 @@ PARAMETERS: tuple[DagParameter, ...] = (
     ),
     DagParameter(
         "cpu",
-        "CPU cores per augment and verify pod (request = limit); the step runs this many threads.",
+        "CPU cores per augment and verify pod (request = limit); augment runs one worker "
+        "process per core.",
         default="2",
         enum=CPU_CHOICES,
         checked_by_plan=True,

@@ -10,25 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shardflow.steps.dataset_report import DUPLICATES_NAME, PLOTS
-from shardflow.steps.dataset_report import REPORT_NAME as DATASET_REPORT_NAME
 from shardflow.steps.errors import UsageError
-from shardflow.steps.pairing import Write, pair_shards, refuse_aliases, task_count
 from shardflow.steps.pairing import check_urls as check_schemes
+from shardflow.steps.pairing import pair_shards, refuse_aliases, task_count
 from shardflow.steps.redact import redact_url
+from shardflow.steps.verify_files import VerifyFiles, verify_batch_size
 
 AUTO = "auto"
 # The UI and controller slow down past about 2,000 nodes. Every task of a fan-out is two Argo
 # nodes (a retry node and its pod) and each fan-out adds a group node; with the DAG's own
-# node, plan (2) and the last step (2), 800 augment and 180 verify tasks make at most 1,967.
-# Verify reads without decoding, so its batches may be larger than augment's.
+# node, plan (2) and the last step (2), 800 augment and 180 verify tasks
+# (verify_files.MAX_VERIFY_TASKS) make at most 1,967.
 MAX_NODES = 2000
 MAX_TASKS = 800
-MAX_VERIFY_TASKS = 180
-REPORT_NAME = "verify-report.json"
-SAMPLE_SHEET_NAME = "verify-samples.png"
-PARTS_NAME = ".verify-parts"  # the verify batches' parts, removed by the last step
-DATASET_FILES = (DATASET_REPORT_NAME, DUPLICATES_NAME, *PLOTS.values())
 
 
 @dataclass(frozen=True)
@@ -37,12 +31,17 @@ class TaskPlan:
     shards_per_task: int
     tasks: int
     outputs: str
-    report: str
-    sample_sheet: str
     verify_tasks: int
     verify_shards_per_task: int
-    report_dir: str  # the dataset report and per-sample table
-    parts: str
+    files: VerifyFiles  # the verify report, sample sheet, dataset report and parts
+
+    @property
+    def report(self) -> str:
+        return self.files.report
+
+    @property
+    def sample_sheet(self) -> str:
+        return self.files.sample_sheet
 
     def parameters(self) -> dict[str, str]:
         """The plan pod's Argo output parameters, by name."""
@@ -50,12 +49,9 @@ class TaskPlan:
             "tasks": str(self.tasks),
             "shards-per-task": str(self.shards_per_task),
             "outputs": self.outputs,
-            "report": self.report,
-            "sample-sheet": self.sample_sheet,
             "verify-tasks": str(self.verify_tasks),
             "verify-shards-per-task": str(self.verify_shards_per_task),
-            "report-dir": self.report_dir,
-            "verify-parts": self.parts,
+            **self.files.parameters(),
         }
 
     def describe(self) -> str:
@@ -94,32 +90,18 @@ def plan_tasks(
             f"{task_count(len(pairs), max_tasks)} or more (or {AUTO}), or split the dataset into "
             "several workflows (README: scaling)"
         )
-    directory = _common_directory([output for _, output in pairs])
-    report, sample_sheet = directory + REPORT_NAME, directory + SAMPLE_SHEET_NAME
-    report_dir = directory.rstrip("/") or "."
+    files = VerifyFiles.beside([output for _, output in pairs])
     # verify writes these: they must not land on a shard either.
-    refuse_aliases(
-        [url for pair in pairs for url in pair],
-        [
-            Write(report, "the verify report"),
-            Write(sample_sheet, "the sample sheet"),
-            *(Write(f"{report_dir}/{name}", "the dataset report") for name in DATASET_FILES),
-        ],
-    )
-    # Never smaller than augment's batches: verifying a shard costs less than augmenting it,
-    # so a verify pod needs at least as many shards to be worth its start-up.
-    verify_per_task = max(per_task, task_count(len(pairs), MAX_VERIFY_TASKS))
+    refuse_aliases([url for pair in pairs for url in pair], files.writes())
+    verify_per_task = verify_batch_size(len(pairs), per_task)
     return TaskPlan(
         shards=len(pairs),
         shards_per_task=per_task,
         tasks=tasks,
         outputs=_outputs_pattern(input_pattern, output_pattern),
-        report=report,
-        sample_sheet=sample_sheet,
         verify_tasks=task_count(len(pairs), verify_per_task),
         verify_shards_per_task=verify_per_task,
-        report_dir=report_dir,
-        parts=f"{report_dir}/{PARTS_NAME}",
+        files=files,
     )
 
 
@@ -132,20 +114,6 @@ def _shards_per_task(text: str, shards: int, max_tasks: int) -> int:
         raise UsageError(
             f"shards-per-task {text!r} is neither a positive integer nor {AUTO!r}"
         ) from None
-
-
-def _common_directory(urls: list[str]) -> str:
-    """The deepest directory holding every URL, with its trailing slash ("" for the cwd).
-
-    The common prefix of the smallest and largest URL is every URL's common prefix: two
-    comparisons instead of a million when the pattern is large.
-    """
-    first, last = min(urls), max(urls)
-    size = 0
-    while size < min(len(first), len(last)) and first[size] == last[size]:
-        size += 1
-    head, slash, _ = first[:size].rpartition("/")
-    return head + slash
 
 
 def _outputs_pattern(input_pattern: str, output_pattern: str) -> str:

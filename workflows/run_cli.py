@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _last_tasks(manifest: dict) -> frozenset[str]:
-    """The tasks no other task waits for (augment's report step, reshard's verify): a run
+    """The tasks no other task waits for (the report step of augment and of reshard): a run
     ends with what they print, verify's table and summary."""
     templates = {t.get("name"): t for t in manifest.get("spec", {}).get("templates", [])}
     entry = templates.get(manifest.get("spec", {}).get("entrypoint"), {})
