@@ -19,7 +19,6 @@ either side of a half.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
@@ -33,8 +32,13 @@ _SCRATCH = Scratch()
 
 
 def installed_resizer() -> str:
-    """The resizer `area` uses on this install: OpenCV when importable, else numpy."""
-    return "opencv" if importlib.util.find_spec("cv2") is not None else "numpy"
+    """The resizer `area` uses on this install: OpenCV when it imports (a broken OpenCV, say
+    a non-headless build without its system libraries, falls back too), else numpy."""
+    try:
+        _opencv()
+    except ImportError:
+        return "numpy"
+    return "opencv"
 
 
 def _opencv() -> Any:
