@@ -10,9 +10,11 @@ comparison with an exact area average of the full-resolution image is benchmarks
 Two implementations of the same geometry, chosen like the PNG encoders (the fastest
 installed, recorded in the manifest since their bytes may differ):
 - `opencv` (the `fast-resize` extra, opencv-python-headless): cv2.resize with INTER_AREA, on
-  one thread (shardflow runs one worker per core).
+  one thread (shardflow runs one worker per core; the setting is process-wide). It resizes
+  the whole image: INTER_AREA has no region of interest that keeps the geometry.
 - `numpy`: the same weights, separable, in float32, over only the region a following centre
-  crop keeps. Several times slower than OpenCV.
+  crop keeps: a gather, a multiply and an add per tap and axis, slower than OpenCV's SIMD
+  loops all the same (benchmarks/README.md, train-224).
 Both round to the nearest level; they can differ by one level where float rounding falls on
 either side of a half.
 """
