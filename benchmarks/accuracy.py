@@ -130,6 +130,18 @@ def recipe_path(recipe: str | dict, resizer: str | None = None) -> Path_:
     return run
 
 
+def pillow_reducing_gap(jpeg: bytes) -> tuple[np.ndarray, bytes]:
+    """Pillow's own shortcut: the full decode, reduce() by the whole factor (an exact mean of
+    whole blocks), then box (`reducing_gap=1`), the crop, Pillow's JPEG."""
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    target, (left, top) = geometry(*image.size)
+    resized = image.resize(target, Image.Resampling.BOX, reducing_gap=1.0)
+    cropped = resized.crop((left, top, left + CROP, top + CROP))
+    buffer = io.BytesIO()
+    cropped.save(buffer, "JPEG", quality=90)
+    return np.asarray(cropped), buffer.getvalue()
+
+
 def _with_resample(resample: str) -> dict:
     recipe = load_recipe("train-224")
     ops = [{op.name: op.params()} for op in recipe.ops]
@@ -147,6 +159,7 @@ def paths() -> dict[str, Path_]:
         "shardflow train-224 (area, numpy resizer)": recipe_path("train-224", "numpy"),
         "shardflow, resample box (Pillow)": recipe_path(_with_resample("box")),
         "shardflow, resample bicubic (Pillow)": recipe_path(_with_resample("bicubic")),
+        "Pillow full decode, reduce() + box (reducing_gap=1)": pillow_reducing_gap,
     }
 
 

@@ -145,6 +145,31 @@ def train_224_stages(jpegs: list[bytes]) -> None:
         crops,
         lambda p: cv2.imencode(".jpg", p, [cv2.IMWRITE_JPEG_QUALITY, 90]),
     )
+    row(
+        "3 JPEG q90",
+        "simplejpeg, 4:2:0 as Pillow's",
+        crops,
+        lambda p: simplejpeg.encode_jpeg(p, quality=90, colorsubsampling="420"),
+    )
+
+    def pillow_jpeg(pixels: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+        return buffer.getvalue()
+
+    sizes = {
+        "Pillow": [len(pillow_jpeg(p)) for p in crops],
+        "OpenCV": [len(cv2.imencode(".jpg", p, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]) for p in crops],
+        "simplejpeg": [
+            len(simplejpeg.encode_jpeg(p, quality=90, colorsubsampling="420")) for p in crops
+        ],
+    }
+    row(
+        "2 shrink + crop",
+        "Pillow reduce() by the whole factor, then box (reducing_gap=1), of the full decode",
+        list(zip(full, [t for _, t, _, _ in items], strict=True)),
+        lambda i: Image.fromarray(i[0]).resize(i[1], Image.Resampling.BOX, reducing_gap=1.0),
+    )
     factors = [f for _, _, f, _ in items]
     print(
         f"\ntrain-224: {len(items)} photos, decoded at 1/2 for {factors.count(2)}, "
@@ -152,6 +177,10 @@ def train_224_stages(jpegs: list[bytes]) -> None:
         "CPU ms per image (best of 3 passes)\n"
     )
     print_rows(rows)
+    print(
+        "\nJPEG q90 sizes, mean per image: "
+        + ", ".join(f"{name} {np.mean(s) / 1e3:.1f} kB" for name, s in sizes.items())
+    )
 
 
 def seed_stages(jpegs: list[bytes]) -> None:
