@@ -10,6 +10,7 @@ from typing import Any
 
 from .cpus import IO_THREADS_HELP
 from .errors import UsageError
+from .pairing import AUTO, per_task_value
 from .storage import StorageOptions
 
 STORAGE_OPTIONS_VARIABLE = "SHARDFLOW_STORAGE_OPTIONS"
@@ -122,6 +123,16 @@ def add_io_threads_argument(parser: argparse.ArgumentParser, *, doing: str) -> N
 def show_bar(args: argparse.Namespace) -> bool:
     """A progress bar only for a person at a terminal."""
     return not (args.quiet or args.json) and sys.stderr.isatty()
+
+
+def auto_or_positive_int(text: str) -> str | int:
+    """argparse type of a batch size: `auto` or a positive integer (pairing.Fanout)."""
+    try:
+        return per_task_value(text)
+    except UsageError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a positive integer nor {AUTO!r}"
+        ) from None
 
 
 def _int_at_least(text: str, minimum: int) -> int:

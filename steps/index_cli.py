@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,13 @@ from .cli_common import (
 )
 from .cpus import io_threads
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
+from .images import rely_on_own_pixel_limit
 from .index_parts import read_parts, remove_parts, write_part
 from .manifest import ManifestError, manifest_url, read_manifest
 from .pairing import Batch, index_writes, refuse_aliases, shards_to_read, task_count
 from .progress import ARGO_PROGRESS_FILE, Progress
+from .redact import redact_url
+from .report_cli import default_report_dir, report_batch
 from .shard_index import (
     ShardIndex,
     default_index_url,
@@ -35,8 +39,12 @@ from .shard_index import (
     write_counts,
     write_dali_indexes,
 )
+from .spool_sort import SortedSpool
 from .storage_faults import describe
 from .verify import manifest_view
+from .verify_batch import Part, read_part, remove_part, write_merged_report
+from .verify_batch import write_part as write_report_part
+from .verify_files import dataset_report_writes
 
 DESCRIPTION = """\
 Index shards: count each shard's samples and locate every member's data, then write
@@ -47,8 +55,13 @@ A shard with a shardflow manifest of the same size is indexed from the manifest 
 read; any other shard from its headers only, seeking over member data (ranged reads on
 object stores), several shards at once. A damaged shard is reported and nothing is written.
 
+With --dataset-report DIR, every shard is also streamed in full and the dataset report
+written in DIR, as `shardflow report --out DIR` writes it (per-sample table, counts, plots,
+duplicate images).
+
 On Argo, the WorkflowTemplate shardflow-index fans this out: --task-index I --parts URL per
-batch, then --merge --parts URL.
+batch (with a dataset report, the batch's table and a part in PARTS/report/), then --merge
+--parts URL.
 
 exit status: 0 index written; nothing is written otherwise: 1 a shard could not be read
 (storage, network: a retry may pass), 2 usage error, 3 every failed shard is damaged or
@@ -92,8 +105,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument(
         "--write-plan",
         metavar="DIR",
-        help="only write DIR/tasks (the number of batches) and DIR/parts (the parts URL: "
-        "--parts, or .INDEX.parts/ beside the index), the fan-out's first step",
+        help="only write DIR/tasks (the number of batches), DIR/parts (the parts URL: "
+        "--parts, or .INDEX.parts/ beside the index) and DIR/report-dir (with --report=yes, "
+        "the folder of the first shard; else empty), the fan-out's first step",
+    )
+    batch.add_argument(
+        "--report",
+        choices=("yes", "no"),
+        default="no",
+        help="with --write-plan: whether the fan-out writes the dataset report (default: no)",
+    )
+    parser.add_argument(
+        "--dataset-report",
+        metavar="DIR",
+        help="also stream every shard in full and write the dataset report in DIR, as "
+        "`shardflow report --out DIR` does (empty: none)",
     )
     parser.add_argument(
         "--headers-only",
@@ -110,9 +136,20 @@ def run(args: argparse.Namespace) -> int:
     shards = shards_to_read(args.shards)
     index_url = args.index or default_index_url(shards)
     storage.check_url(index_url, writing=True)
-    refuse_aliases([*shards, *map(manifest_url, shards)], index_writes(shards, index_url))
+    report_dir = (args.dataset_report or "").rstrip("/") or None
+    if args.write_plan and args.report == "yes":
+        report_dir = default_report_dir(shards)  # as `shardflow report`
+    elif args.report == "yes":
+        raise UsageError("--report=yes goes with --write-plan; else give --dataset-report DIR")
+    report_writes = dataset_report_writes(report_dir) if report_dir is not None else []
+    for write in report_writes:
+        storage.check_url(write.url, writing=True)
+    writes = [*index_writes(shards, index_url), *report_writes]
+    refuse_aliases([*shards, *map(manifest_url, shards)], writes)
+    if report_dir is not None:
+        rely_on_own_pixel_limit()  # headers of any size are read, never decoded
     if args.write_plan:
-        return _write_plan(args, shards, index_url)
+        return _write_plan(args, shards, index_url, report_dir)
     if (args.task_index is not None or args.merge) != bool(args.parts):
         raise UsageError("--parts goes with --task-index (one batch) or --merge (all parts)")
     if args.task_index is not None and args.merge:
@@ -120,7 +157,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.merge:
             indexes = read_parts(args.parts, shards, args.shards_per_task, options)
+            reports = _read_report_parts(args, shards, options) if report_dir else []
             written = write_counts(indexes, index_url, options)
+            if report_dir is not None:
+                written += write_merged_report(report_dir, reports, options)
+                for part in reports:
+                    remove_part(report_parts(args.parts), part.task, options)
             remove_parts(args.parts, len(shards), args.shards_per_task, options)
         else:
             batch = (
@@ -130,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
             )
             threads = io_threads(args.threads)
             indexes, status = _index_or_report(batch, options, threads, args)
+            if status == EXIT_OK and report_dir is not None:
+                reported, status = _dataset_report(args, batch, report_dir, options, threads)
             if status != EXIT_OK:
                 return status
             written = write_dali_indexes(indexes, index_url, options) if args.dali == "yes" else []
@@ -137,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
                 written += write_counts(indexes, index_url, options)
             else:
                 written.append(write_part(args.parts, args.task_index, indexes, options))
+            if report_dir is not None:
+                written += reported
     except ShardError as exc:
         print(f"shardflow index: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -146,9 +192,59 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> int:
-    """The fan-out's plan: how many batches, and where their parts go (local files: Argo
-    reads output parameters from the pod's file system)."""
+def report_parts(parts: str) -> str:
+    """Where the batches' dataset report parts go (verify's part format, verify_batch.py)."""
+    return f"{parts.rstrip('/')}/report"
+
+
+def _dataset_report(
+    args: argparse.Namespace,
+    batch: list[str],
+    directory: str,
+    options: storage.StorageOptions,
+    threads: int,
+) -> tuple[list[str], int]:
+    """Stream the batch in full for the dataset report (report_cli.report_batch): in one
+    process, the report itself; in a pod (--task-index), its table and its part, merged by
+    --merge. (What was written, EXIT_OK), or EXIT_FAILED after a line per shard that could
+    not be read whole."""
+    task = args.task_index or 0
+    duplicates = SortedSpool()
+    try:
+        started = time.monotonic()
+        stats, tables, problems = report_batch(
+            batch, directory, task, options, duplicates, threads=threads, bar=show_bar(args)
+        )
+        for shard, problem in problems:
+            print(f"shardflow index: error: {redact_url(shard)}: {problem}", file=sys.stderr)
+        if problems:
+            return [], EXIT_FAILED
+        part = Part(task, batch, [], [], stats, time.monotonic() - started, tables=tables)
+        if args.task_index is not None:
+            return [write_report_part(report_parts(args.parts), part, duplicates, options)], EXIT_OK
+        part.duplicates = duplicates.opener()
+        return write_merged_report(directory, [part], options), EXIT_OK
+    finally:
+        duplicates.close()
+
+
+def _read_report_parts(
+    args: argparse.Namespace, shards: list[str], options: storage.StorageOptions
+) -> list[Part]:
+    """Every batch's dataset report part, checked against the batch it must describe."""
+    return [
+        read_part(
+            report_parts(args.parts), task, Batch(task, args.shards_per_task).of(shards), options
+        )
+        for task in range(task_count(len(shards), args.shards_per_task))
+    ]
+
+
+def _write_plan(
+    args: argparse.Namespace, shards: list[str], index_url: str, report_dir: str | None
+) -> int:
+    """The fan-out's plan: how many batches, where their parts go and the dataset report's
+    folder (local files: Argo reads output parameters from the pod's file system)."""
     tasks = task_count(len(shards), args.shards_per_task)
     directory, _, name = index_url.rpartition("/")
     parts = args.parts or (f"{directory}/" if directory else "") + f".{name}.parts/"
@@ -157,6 +253,7 @@ def _write_plan(args: argparse.Namespace, shards: list[str], index_url: str) -> 
     plan_directory.mkdir(parents=True, exist_ok=True)
     (plan_directory / "tasks").write_text(str(tasks))
     (plan_directory / "parts").write_text(parts)
+    (plan_directory / "report-dir").write_text(report_dir or "")
     if not (args.quiet or args.json):
         print(f"index plan: {len(shards)} shards in {tasks} batches; parts in {parts}")
     return EXIT_OK

@@ -152,6 +152,70 @@ def task_count(shards: int, per_task: int) -> int:
     return -(-shards // per_task)
 
 
+AUTO = "auto"
+# Argo's UI and controller slow down past about 2,000 nodes, two per task (workflows/plan.py
+# counts them). A workflow's fan-outs before verify hold at most MAX_TASKS tasks in all, and
+# verify at most verify_files.MAX_VERIFY_TASKS: the augment DAG's augment pods take the whole
+# MAX_TASKS; the reshard DAG's count pods (each reads only manifests or tar headers, as cheap
+# as verifying) at most MAX_COUNT_TASKS and its write pods the rest.
+MAX_TASKS = 800
+MAX_COUNT_TASKS = 180
+MAX_WRITE_TASKS = MAX_TASKS - MAX_COUNT_TASKS
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """One fan-out's batch rule: its option's name, what it batches, at most how many tasks,
+    and the smallest batch `auto` picks (a task must be worth its pod's start-up)."""
+
+    option: str  # "shards-per-task"
+    items: str  # "shards"
+    max_tasks: int = MAX_TASKS
+    smallest: int = 1
+
+    def auto_help(self) -> str:
+        """What `auto` picks, for help texts and the Argo form."""
+        return f"{AUTO}: {self.smallest} unless that makes more than {self.max_tasks} tasks"
+
+    def per_task(self, value: str | int, count: int, *, refuse: bool = True) -> int:
+        """Items per task for `count` items: `auto` gives the smallest batch (at least
+        `smallest`) that makes at most `max_tasks` tasks; a number is taken as given, but
+        refused (UsageError) when it makes more tasks than that, unless `refuse` is False (a
+        local run, whose batches are no pods). Every pod of a DAG calls this with the same
+        value and count, so they agree on the batches without passing them."""
+        if str(value).strip() == AUTO:
+            return max(self.smallest, task_count(count, self.max_tasks))
+        per_task = int(per_task_value(str(value), self.option))
+        tasks = task_count(count, per_task)
+        if refuse and tasks > self.max_tasks:
+            raise UsageError(
+                f"{count} {self.items} in batches of {per_task} make {tasks} tasks, more than "
+                f"the {self.max_tasks} a workflow handles well: use {self.option} "
+                f"{task_count(count, self.max_tasks)} or more (or {AUTO}), or split the dataset "
+                "into several workflows (README: scaling)"
+            )
+        return per_task
+
+
+# The reshard DAG's count and write fan-outs (steps/reshard_cli.py): `auto` keeps at least as
+# many inputs (a manifest or tar headers each) or outputs as make a pod worth its start-up.
+RESHARD_COUNT = Fanout("inputs-per-task", "inputs", MAX_COUNT_TASKS, smallest=100)
+RESHARD_WRITE = Fanout("shards-per-task", "outputs", MAX_WRITE_TASKS, smallest=10)
+
+
+def per_task_value(text: str, option: str = "shards-per-task") -> str | int:
+    """A batch-size option's value: `auto` or a positive integer (UsageError otherwise)."""
+    if text.strip() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{option} {text!r} is neither a positive integer nor {AUTO!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Batch:
     """Task `index` of a run split into batches of `per_task` pairs (augment), URLs (index,

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     options = storage_options(args)
     shards = shards_to_read(args.shards)
-    out = (args.out or shards[0].rpartition("/")[0] or ".").rstrip("/")
+    out = (args.out or default_report_dir(shards)).rstrip("/")
     written = [Write(f"{out}/{name}", "the report") for name in (REPORT_NAME, DUPLICATES_NAME)]
     for write in written:
         try:
@@ -87,18 +87,12 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{exc}: give --out, a folder this run may write") from None
     refuse_aliases(shards, written)
     rely_on_own_pixel_limit()  # headers of any size are read, never decoded
-    stats = Stats()
-    problems: list[tuple[str, str]] = []
     duplicates = SortedSpool()
     try:
-        with RowStaging() as staging:
-            for position, shard_stats, problem in _read_all(shards, options, args, staging):
-                stats.merge(shard_stats)
-                if problem:
-                    problems.append((shards[position], problem))
-            tables = write_table(staging, out, 0, options)
-            for line in duplicate_lines(staging):
-                duplicates.add(line)
+        threads = io_threads(args.threads)
+        stats, tables, problems = report_batch(
+            shards, out, 0, options, duplicates, threads=threads, bar=show_bar(args)
+        )
         said = write_dataset_report(out, stats, duplicates.sorted_lines(), tables, options)
     except OSError as exc:
         raise ShardflowError(f"cannot write the report: {exc}") from None
@@ -117,10 +111,43 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def default_report_dir(shards: list[str]) -> str:
+    """The folder of the first shard (the dataset report's place unless told)."""
+    return shards[0].rpartition("/")[0] or "."
+
+
+def report_batch(
+    shards: list[str],
+    directory: str,
+    task: int,
+    options: storage.StorageOptions,
+    duplicates: SortedSpool,
+    *,
+    threads: int,
+    bar: bool,
+) -> tuple[Stats, list[str], list[tuple[str, str]]]:
+    """Stream each shard once: the batch's stats, its per-sample table written in DIRECTORY
+    as part TASK (the files written) and the (shard, problem) of those that could not be read
+    whole; its image-hash lines go to `duplicates`. `shardflow report` is one batch of every
+    shard; `shardflow index --dataset-report` one per pod of its fan-out."""
+    stats = Stats()
+    problems: list[tuple[str, str]] = []
+    with RowStaging() as staging:
+        for position, shard_stats, problem in _read_all(shards, options, threads, bar, staging):
+            stats.merge(shard_stats)
+            if problem:
+                problems.append((shards[position], problem))
+        tables = write_table(staging, directory, task, options)
+        for line in duplicate_lines(staging):
+            duplicates.add(line)
+    return stats, tables, problems
+
+
 def _read_all(
     shards: list[str],
     options: storage.StorageOptions,
-    args: argparse.Namespace,
+    threads: int,
+    bar: bool,
     staging: RowStaging,
 ):
     """(position, stats, problem or None) per shard as each finishes; rows go to `staging`."""
@@ -145,8 +172,7 @@ def _read_all(
             return stats, sink, f"cannot read the shard: {exc}"
         return stats, sink, str(listing.damage) if listing.damage else None
 
-    progress = Progress(len(shards), bar=show_bar(args), desc="report")
-    threads = io_threads(args.threads)
+    progress = Progress(len(shards), bar=bar, desc="report")
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="report") as pool:
             futures = {pool.submit(read, i): i for i in range(len(shards))}

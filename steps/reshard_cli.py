@@ -18,6 +18,7 @@ from .cli_common import (
     add_command,
     add_output_arguments,
     add_storage_arguments,
+    auto_or_positive_int,
     non_negative_int,
     positive_int,
     storage_options,
@@ -28,7 +29,16 @@ from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .key_lists import load_keys
 from .output_names import OutputNames
-from .pairing import Batch, Write, check_urls, refuse_aliases, task_count
+from .pairing import (
+    AUTO,
+    RESHARD_COUNT,
+    RESHARD_WRITE,
+    Batch,
+    Write,
+    check_urls,
+    refuse_aliases,
+    task_count,
+)
 from .parallel import ordered_map
 from .pipeline import Pipeline
 from .plugins import allowed_modules
@@ -163,17 +173,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     steps.add_argument("--task-index", type=non_negative_int, metavar="I", help="batch I only")
     steps.add_argument(
         "--inputs-per-task",
-        type=positive_int,
-        default=100,
+        type=auto_or_positive_int,
+        default=AUTO,
         metavar="N",
-        help="inputs counted per count batch (default: 100)",
+        help=f"inputs counted per count task, or {RESHARD_COUNT.auto_help()} (the default; with "
+        "--step, a number making more is refused)",
     )
     steps.add_argument(
         "--shards-per-task",
-        type=positive_int,
-        default=10,
+        type=auto_or_positive_int,
+        default=AUTO,
         metavar="N",
-        help="outputs written per write batch (default: 10)",
+        help=f"outputs written per write task, or {RESHARD_WRITE.auto_help()} (the default; with "
+        "--step, a number making more is refused)",
     )
     steps.add_argument(
         "--write-plan",
@@ -223,6 +235,10 @@ def run(args: argparse.Namespace) -> int:
     names = OutputNames(args.outputs)
     work = (args.work or default_work(names)).rstrip("/")
     check_urls([(url, names.url(0)) for url in inputs])
+    # Every pod expands INPUTS alike, so each computes the same count batches.
+    fanout = args.step != "all"  # the batches are Argo pods: too many are refused
+    per_task = RESHARD_COUNT.per_task(args.inputs_per_task, len(inputs), refuse=fanout)
+    args.inputs_per_task = per_task
     storage.check_url(f"{work}/plan.json", writing=True)
     if names.count is not None:
         refuse_aliases(inputs, [Write(url, "an output") for url in storage.expand(args.outputs)])
@@ -243,7 +259,9 @@ def run(args: argparse.Namespace) -> int:
         summary = read_summary(work, options)
         outputs: Sequence[int] = range(summary["outputs"])
         if args.task_index is not None:
-            outputs = Batch(args.task_index, args.shards_per_task).of(outputs)
+            # the number of outputs from the plan: the batches plan_parameters counted
+            per_task = RESHARD_WRITE.per_task(args.shards_per_task, len(outputs))
+            outputs = Batch(args.task_index, per_task).of(outputs)
         return _write_all(args, work, outputs, write_options)
     started = time.monotonic()
     threads = args.threads or 8
@@ -307,19 +325,20 @@ def _write_parameters(directory: str, values: dict[str, str]) -> None:
 
 
 def plan_parameters(
-    count: int, shards_per_task: int, inputs: list[str], names: OutputNames, work: str
+    count: int, shards_per_task: str | int, inputs: list[str], names: OutputNames, work: str
 ) -> dict[str, str]:
     """What the DAG's write and verify fan-outs need for `count` outputs written
-    `shards_per_task` to a pod (`--step plan --write-plan`): the write batches, the verify
-    batches (sized as the augment DAG's, verify_files.py) and where verify writes, beside the
-    outputs (its parts in WORK). A verify file at a shard's location is refused here, before
-    any output is written."""
+    `shards_per_task` (a number or `auto`, WRITE) to a pod (`--step plan --write-plan`): the
+    write batches, the verify batches (sized as the augment DAG's, verify_files.py) and where
+    verify writes, beside the outputs (its parts in WORK). Too many write batches, or a verify
+    file at a shard's location, are refused here, before any output is written."""
+    per_task = RESHARD_WRITE.per_task(shards_per_task, count)
     outputs = [names.url(index) for index in range(count)]
     files = VerifyFiles.beside(outputs, parts=f"{work}/{VERIFY_PARTS_NAME}")
     refuse_aliases([*inputs, *outputs], files.writes())
-    verify_per_task = verify_batch_size(count, shards_per_task)
+    verify_per_task = verify_batch_size(count, per_task)
     return {
-        "tasks": str(task_count(count, shards_per_task)),
+        "tasks": str(task_count(count, per_task)),
         "verify-tasks": str(task_count(len(outputs), verify_per_task)),
         "verify-shards-per-task": str(verify_per_task),
         **files.parameters(),

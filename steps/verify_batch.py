@@ -32,12 +32,13 @@ from PIL import Image
 from . import storage
 from .contact_sheet import TILE, SheetRow, Tile, make_tile, wanted_extension
 from .cpus import io_threads
-from .dataset_report import Stats
-from .errors import ShardError
+from .dataset_report import Stats, write_dataset_report
+from .errors import ShardError, ShardflowError
 from .manifest import manifest_url
 from .progress import ARGO_PROGRESS_FILE, Progress
+from .redact import redact_text, redact_url
 from .sample_table import RowSink, RowStaging, duplicate_lines, write_table
-from .spool_sort import Opener, SortedSpool
+from .spool_sort import Opener, SortedSpool, merge_sorted
 from .verify import Problem, ShardReport, missing_problem, verify_shard
 from .verify_identity import check_input_identity
 
@@ -193,11 +194,12 @@ def write_part(
     document = {
         "format": PART_FORMAT,
         "task": part.task,
-        "shards": part.shards,
+        "shards": [redact_url(url) for url in part.shards],
         "seconds": part.seconds,
         "reports": [_report_state(r) for r in part.reports],
         "sheet": [
-            {"shard": row.shard, "tiles": [_tile_state(t) for t in row.tiles]} for row in part.sheet
+            {"shard": redact_url(row.shard), "tiles": [_tile_state(t) for t in row.tiles]}
+            for row in part.sheet
         ],
         "stats": part.stats.to_dict(),
         "tables": part.tables,
@@ -242,6 +244,23 @@ def read_part(parts: str, task: int, shards: list[str], options: storage.Storage
     return part
 
 
+def write_merged_report(
+    directory: str, parts: list[Part], options: storage.StorageOptions
+) -> list[str]:
+    """The dataset report of every batch (verify --merge, index --merge): the batches' stats
+    summed, their sorted image hashes merged, their per-sample tables listed; the lines
+    saying what was written."""
+    stats = Stats()
+    for part in parts:
+        stats.merge(part.stats)
+    tables = [table for part in parts for table in part.tables]
+    sources = [part.duplicates for part in parts if part.duplicates is not None]
+    try:
+        return write_dataset_report(directory, stats, merge_sorted(sources), tables, options)
+    except (ShardError, OSError) as exc:
+        raise ShardflowError(f"cannot write the dataset report: {exc}") from None
+
+
 def remove_part(parts: str, task: int, options: storage.StorageOptions) -> None:
     for suffix in (".json", ".dups"):
         storage.remove(part_url(parts, task, suffix), options)
@@ -267,16 +286,18 @@ def _remote_lines(url: str, options: storage.StorageOptions) -> Opener:
 
 
 def _report_state(report: ShardReport) -> dict[str, Any]:
+    """A report as a part holds it: URLs without their credentials (the merge compares them
+    as manifests record them, storage.comparable_url), so a part holds no secret."""
     return {
-        "output": report.output,
-        "input": report.input,
+        "output": redact_url(report.output),
+        "input": None if report.input is None else redact_url(report.input),
         "manifest_input": report.manifest_input,
         "samples": report.samples,
         "members": report.members,
         "bytes": report.bytes,
         "sha256": report.sha256,
         "counts": report.counts,
-        "problems": [[p.kind, p.message] for p in report.problems],
+        "problems": [[p.kind, redact_text(p.message)] for p in report.problems],
     }
 
 

@@ -20,7 +20,6 @@ from .cli_common import (
     storage_options,
 )
 from .contact_sheet import SheetRow, choose_shards, render_sheet
-from .dataset_report import Stats, write_dataset_report
 from .errors import EXIT_FAILED, EXIT_OK, ShardError, ShardflowError, UsageError
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
@@ -37,9 +36,18 @@ from .pairing import (
 from .redact import redact_url
 from .reshard_lineage import check_lineage, plan_outputs
 from .shard_index import ShardIndex, default_index_url, write_counts
-from .spool_sort import SortedSpool, merge_sorted
+from .spool_sort import SortedSpool
 from .verify import ShardReport, check_pairing
-from .verify_batch import Part, Settings, check_batch, part_url, read_part, remove_part, write_part
+from .verify_batch import (
+    Part,
+    Settings,
+    check_batch,
+    part_url,
+    read_part,
+    remove_part,
+    write_merged_report,
+    write_part,
+)
 from .verify_files import dataset_report_writes
 from .verify_report import TABLE_ROWS, format_table, report_document, summary_line
 
@@ -329,26 +337,12 @@ def _finish(
     if args.write_index:
         written += _write_index(outputs, reports, options)
     if args.dataset_report:
-        written += _write_dataset_report(args.dataset_report, parts, options)
+        written += write_merged_report(args.dataset_report, parts, options)
     if not (args.json or args.quiet):
         for line in written:
             print(line)
         print(summary, flush=True)  # the last line: what the DAG shows
     return EXIT_OK if document["passed"] else EXIT_FAILED
-
-
-def _write_dataset_report(
-    directory: str, parts: list[Part], options: storage.StorageOptions
-) -> list[str]:
-    stats = Stats()
-    for part in parts:
-        stats.merge(part.stats)
-    tables = [table for part in parts for table in part.tables]
-    sources = [part.duplicates for part in parts if part.duplicates is not None]
-    try:
-        return write_dataset_report(directory, stats, merge_sorted(sources), tables, options)
-    except (ShardError, OSError) as exc:
-        raise ShardflowError(f"cannot write the dataset report: {exc}") from None
 
 
 def _shards(

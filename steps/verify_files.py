@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .dataset_report import DUPLICATES_NAME, PLOTS
 from .dataset_report import REPORT_NAME as DATASET_REPORT_NAME
-from .pairing import Write, task_count
+from .pairing import AUTO, Fanout, Write
 
 REPORT_NAME = "verify-report.json"
 SAMPLE_SHEET_NAME = "verify-samples.png"
@@ -31,7 +31,9 @@ def verify_batch_size(shards: int, per_task: int) -> int:
     Never smaller than the writing step's batches: verifying a shard costs less than writing
     it, so a verify pod needs at least as many shards to be worth its start-up.
     """
-    return max(per_task, task_count(shards, MAX_VERIFY_TASKS))
+    return Fanout("shards-per-task", "shards", MAX_VERIFY_TASKS, smallest=per_task).per_task(
+        AUTO, shards
+    )
 
 
 def dataset_report_writes(directory: str) -> list[Write]:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import mmap
 import multiprocessing
 import os
 import pickle
 import signal
 import struct
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
@@ -130,6 +132,7 @@ def map_in_processes(
                 result = pool.receive(worker, slot, waiting)
             except WorkerDied as death:
                 result = died(worker, item, death)
+        pool.forget_spilled(slot)
         free.append(slot)  # refilled only after the caller asks for the next result
         return result
 
@@ -181,6 +184,7 @@ class _Pool:
     ) -> None:
         self.inbox, self.outbox, self.transfer = inbox, outbox, transfer
         self.workers_clean_up = workers_clean_up
+        self.spilled: dict[int, str] = {}  # slot: the file holding its item
         self.tasks: list[Connection] = []
         self.results: list[Connection] = []
         self.processes: list[Any] = []
@@ -188,6 +192,9 @@ class _Pool:
         # SIGTERM or Ctrl-C during a fork would run Python's handler in the middle of it; they
         # wait, blocked, until every worker exists, then arrive as usual.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP)
+        # The objects that exist now move out of the collector's reach, so a collection in a
+        # worker does not write to (and copy) every page of the parent's heap it shares.
+        gc.freeze()
         try:
             for _ in range(workers):
                 task_reader, task_writer = context.Pipe(duplex=False)
@@ -212,6 +219,7 @@ class _Pool:
             self.close()
             raise
         finally:
+            gc.unfreeze()
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def send(self, worker: int, slot: int, item: Any) -> None:
@@ -220,12 +228,25 @@ class _Pool:
         if len(data) <= len(buffer):
             buffer[: len(data)] = data
             message = _TASK.pack(slot, len(data))
-        else:  # larger than a slot (rare): through the pipe, which may wait for the worker
-            message = _TASK.pack(slot, len(data)) + data
+        else:
+            # Larger than a slot (rare): through a file the worker removes once read. Not
+            # through the pipe: the parent would wait for a worker that may itself be waiting
+            # for the parent to take a result too large for its slot.
+            with tempfile.NamedTemporaryFile(prefix="shardflow-item-", delete=False) as file:
+                file.write(data)
+            self.spilled[slot] = file.name
+            message = _TASK.pack(slot, len(data)) + os.fsencode(file.name)
         try:
             self.tasks[worker].send_bytes(message)
         except OSError:  # its end of the pipe is closed: it has died
             raise _death(self.processes[worker]) from None
+
+    def forget_spilled(self, slot: int) -> None:
+        """The item of `slot` is answered (or will never be): its file, if any, is gone."""
+        name = self.spilled.pop(slot, None)
+        if name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
     def receive(self, worker: int, slot: int, waiting: Callable[[], None] | None) -> Any:
         results = self.results[worker]
@@ -271,6 +292,8 @@ class _Pool:
                 process.join()
         for connection in self.results:
             connection.close()
+        for slot in list(self.spilled):  # items never read: the parent stopped early
+            self.forget_spilled(slot)
 
 
 def _death(process: Any) -> WorkerDied:
@@ -318,8 +341,11 @@ def _serve(
             if not message:  # the parent has no more items
                 return
             slot, length = _TASK.unpack_from(message)
-            if len(message) > _TASK.size:
-                item = pickle.loads(memoryview(message)[_TASK.size :])
+            if len(message) > _TASK.size:  # spilled to a file (Pool.send)
+                name = os.fsdecode(message[_TASK.size :])
+                with open(name, "rb") as file:
+                    os.unlink(name)
+                    item = pickle.load(file)
             else:
                 item = pickle.loads(memoryview(inbox[slot])[:length])
             reply = _answer(function, transfer, item, outbox[slot] if outbox else None)

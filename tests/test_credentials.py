@@ -42,6 +42,18 @@ def test_credentials_in_input_urls_are_never_written_or_printed(tmp_path: Path) 
             "verify", f"{out}/in-{{000000..000002}}.tar", "--inputs", inputs,
             "--report", out / "report.json",
         )  # fmt: skip
+        parts = tmp_path / "parts"  # verify in batches: a part is written per batch
+        batch = ("--shards-per-task", "2", "--parts", parts)
+        batches = [
+            shardflow("verify", f"{out}/in-{{000000..000002}}.tar", "--inputs", inputs,
+                      "--task-index", str(task), *batch)
+            for task in (0, 1)
+        ]  # fmt: skip
+        part_texts = [p.read_text(errors="replace") for p in parts.iterdir()]
+        merge = shardflow(
+            "verify", f"{out}/in-{{000000..000002}}.tar", "--inputs", inputs,
+            "--merge", "--shards-per-task", "2", "--parts", parts, "--json",
+        )  # fmt: skip
         plan = shardflow("plan", inputs, f"{out}/", "--json")
         missing = shardflow("augment", f"{web.url}/nothing.tar{QUERY}", out / "x.tar")
     assert augment.returncode == 1, augment.stderr  # in-000001 failed, the others written
@@ -63,11 +75,15 @@ def test_credentials_in_input_urls_are_never_written_or_printed(tmp_path: Path) 
     report = json.loads((out / "report.json").read_text())
     statuses = [shard["status"] for shard in report["shards"]]
     assert statuses == ["ok", "missing", "ok"]  # the redacted inputs still pair up
+    assert [b.returncode for b in batches] == [0, 0], batches[0].stderr
+    assert len(part_texts) >= 2
+    merged = json.loads(merge.stdout)  # the parts' redacted inputs still pair up
+    assert [shard["status"] for shard in merged["shards"]] == statuses
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["outputs"] == f"{out}/in-{{000000..000002}}.tar"
     assert missing.returncode == 1
-    texts = [p.read_text() for p in out.glob("*.json")] + names
-    for result in (augment, verify, plan, missing):
+    texts = [p.read_text() for p in out.glob("*.json")] + names + part_texts
+    for result in (augment, verify, *batches, merge, plan, missing):
         texts += [result.stdout, result.stderr]
     assert_no_secret(*texts)
 

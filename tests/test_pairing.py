@@ -11,7 +11,11 @@ import pytest
 
 from shardflow.steps.errors import UsageError
 from shardflow.steps.pairing import (
+    AUTO,
+    RESHARD_COUNT,
+    RESHARD_WRITE,
     Batch,
+    Fanout,
     Write,
     location,
     pair_shards,
@@ -220,3 +224,38 @@ def test_reshard_write_batches_cover_every_output_of_the_plan_exactly_once(outpu
     assert all(len(Batch(task, per_task).of(range(outputs))) for task in range(count))
     with pytest.raises(UsageError, match="out of range"):
         Batch(count, per_task).of(range(outputs))
+
+
+@pytest.mark.parametrize("items", [0, 1, 99, 100, 101, 18_000, 18_001, 100_000, 10**6])
+@pytest.mark.parametrize(
+    "fanout", [RESHARD_COUNT, RESHARD_WRITE, Fanout("shards-per-task", "shards")]
+)
+def test_auto_batches_are_the_smallest_that_keep_a_fan_out_under_its_cap(fanout, items):
+    per_task = fanout.per_task(AUTO, items)
+    assert per_task >= fanout.smallest
+    assert task_count(items, per_task) <= fanout.max_tasks
+    if per_task > fanout.smallest:  # one fewer per task would make too many tasks
+        assert task_count(items, per_task - 1) > fanout.max_tasks
+
+
+def test_the_reshard_fan_outs_share_the_augment_fan_outs_cap():
+    """Count and write tasks come before verify as augment tasks do: together, no more."""
+    assert RESHARD_COUNT.max_tasks + RESHARD_WRITE.max_tasks == MAX_TASKS
+    assert (RESHARD_COUNT.per_task(AUTO, 1000), RESHARD_WRITE.per_task(AUTO, 1000)) == (100, 10)
+    assert RESHARD_COUNT.per_task(AUTO, 100_000) == 556  # 180 count tasks
+    assert RESHARD_WRITE.per_task(AUTO, 100_000) == 162  # 618 write tasks
+
+
+def test_a_number_of_tasks_above_the_cap_is_refused_with_the_number_that_fits():
+    with pytest.raises(UsageError) as refused:
+        RESHARD_COUNT.per_task("100", 100_000)
+    assert str(refused.value) == (
+        "100000 inputs in batches of 100 make 1000 tasks, more than the 180 a workflow handles "
+        "well: use inputs-per-task 556 or more (or auto), or split the dataset into several "
+        "workflows (README: scaling)"
+    )
+    assert RESHARD_COUNT.per_task(556, 100_000) == 556
+    assert RESHARD_WRITE.per_task("1", 100_000, refuse=False) == 1  # a local run: no pods
+    for bad in ("0", "-3", "ten", "1.5", ""):
+        with pytest.raises(UsageError, match=f"shards-per-task {bad!r} is neither"):
+            RESHARD_WRITE.per_task(bad, 10)

@@ -203,6 +203,37 @@ def test_steps_one_at_a_time_as_argo_runs_them(tmp_path: Path):
     assert beyond.returncode == 2 and "out of range" in beyond.stderr
 
 
+def test_auto_batches_by_default_and_too_many_write_pods_refused_before_writing(
+    tmp_path: Path,
+):
+    """700 outputs: `auto` writes them in 70 batches of 10 (under the 620 pods a workflow
+    allows); an explicit 1 would make 700 write pods, refused by the plan step (exit 2) with
+    the number that fits, before any output exists."""
+    inputs = make_inputs(tmp_path / "in", 2, 350, size=10)
+    out = str(tmp_path / "out" / "o-%04d.tar")
+    sizing = ["--samples-per-shard", "1"]
+    planned = reshard(inputs, out, *sizing, "--step", "count", "--write-plan", tmp_path / "p")
+    assert planned.returncode == 0, planned.stderr
+    assert (tmp_path / "p" / "tasks").read_text() == "1"  # 2 inputs: one count pod of 100
+    assert reshard(inputs, out, *sizing, "--step", "count", "--task-index", "0").returncode == 0
+    refused = reshard(
+        inputs, out, *sizing, "--shards-per-task", "1", "--step", "plan", "--write-plan",
+        tmp_path / "q",
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "700 outputs in batches of 1 make 700 tasks, more than the 620" in refused.stderr
+    assert "use shards-per-task 2 or more (or auto)" in refused.stderr
+    assert not (tmp_path / "q").exists() and not outputs(tmp_path / "out")
+    planned = reshard(inputs, out, *sizing, "--step", "plan", "--write-plan", tmp_path / "q")
+    assert planned.returncode == 0, planned.stderr
+    assert (tmp_path / "q" / "tasks").read_text() == "70"  # auto: 10 outputs a write pod
+    last = reshard(inputs, out, *sizing, "--step", "write", "--task-index", "69")
+    assert last.returncode == 0, last.stderr
+    assert [p.name for p in outputs(tmp_path / "out")] == [
+        f"o-{i:04d}.tar" for i in range(690, 700)
+    ]
+
+
 def test_a_write_killed_with_sigkill_is_finished_by_skip_existing(tmp_path: Path):
     inputs = make_inputs(tmp_path / "in", 4, 50, size=20_000)
     out = tmp_path / "out" / "o-%03d.tar"

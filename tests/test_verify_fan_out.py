@@ -60,20 +60,41 @@ def test_a_workflow_stays_under_the_node_limit_whatever_its_size(shards: int) ->
         assert plan.verify_shards_per_task == 556  # no verify pod reads more than its batch
 
 
-def test_a_reshard_of_100000_outputs_verifies_in_180_batches_under_the_node_limit() -> None:
-    """The reshard plan step's outputs (the function `reshard --step plan --write-plan`
-    writes) for 100,000 outputs in write batches of 200, counted in the rendered template."""
-    inputs = [f"s3://b/in/{index:05d}.tar" for index in range(10_000)]
+def test_a_reshard_of_100000_inputs_into_100000_outputs_stays_under_the_node_limit(
+    tmp_path: Path,
+) -> None:
+    """The template's defaults (`auto` batches) for 100,000 inputs resharded into 100,000
+    outputs: the batches step's outputs as `reshard --step count --write-plan` writes them,
+    the plan step's as its `plan_parameters` computes them, counted in the rendered template."""
+    manifest = yaml.safe_load((ARGO / "reshard-workflowtemplate.yaml").read_text())
+    defaults = {p["name"]: p.get("value") for p in manifest["spec"]["arguments"]["parameters"]}
+    assert (defaults["inputs-per-task"], defaults["shards-per-task"]) == ("auto", "auto")
+    inputs, outputs = "in/{000000..099999}.tar", "out/%06d.tar"
+    per_task = f"--inputs-per-task={defaults['inputs-per-task']}"
+    counted = run_cli(
+        "reshard", "--step=count", "--write-plan=p", per_task, "--", inputs, outputs, cwd=tmp_path
+    )
+    assert counted.returncode == 0, counted.stderr
+    batches = {name: (tmp_path / "p" / name).read_text() for name in ("tasks", "work")}
+    assert batches["tasks"] == "180"  # 556 inputs a count pod
+    names = [f"in/{index:06d}.tar" for index in range(100_000)]
     work = "s3://b/out/.reshard"
-    written = plan_parameters(100_000, 200, inputs, OutputNames("s3://b/out/%06d.tar"), work)
-    assert (written["tasks"], written["verify-tasks"]) == ("500", "180")
+    written = plan_parameters(
+        100_000, defaults["shards-per-task"], names, OutputNames("s3://b/out/%06d.tar"), work
+    )
+    assert (written["tasks"], written["verify-tasks"]) == ("618", "180")  # 162 outputs a pod
     assert written["verify-shards-per-task"] == "556"  # no verify pod reads more than its batch
     assert written["report"] == "s3://b/out/verify-report.json"
     assert written["report-dir"] == "s3://b/out"
     assert written["verify-parts"] == f"{work}/verify-parts"
-    manifest = yaml.safe_load((ARGO / "reshard-workflowtemplate.yaml").read_text())
-    batches = {"tasks": "100", "work": work}  # inputs-per-task 100
-    assert _nodes(manifest, {"batches": batches, "plan": written}) < MAX_NODES
+    nodes = _nodes(manifest, {"batches": batches, "plan": written})
+    assert nodes == 10 + 2 * (180 + 618 + 180) < MAX_NODES
+
+
+def test_the_reshard_plan_refuses_write_batches_above_the_cap() -> None:
+    names = OutputNames("s3://b/out/%06d.tar")
+    with pytest.raises(UsageError, match="use shards-per-task 162 or more"):
+        plan_parameters(100_000, 10, ["s3://b/in/x.tar"], names, "s3://b/out/.reshard")
 
 
 def test_the_reshard_plan_refuses_a_verify_file_at_an_output() -> None:

@@ -7,6 +7,9 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,11 +25,31 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_items_larger_than_a_slot_travel_through_the_pipe_in_order() -> None:
+def test_items_larger_than_a_slot_travel_through_files_that_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     items = [bytes([n]) * (n * 1000) for n in range(1, 30)]  # slots of 8 kB: most overflow
     done = list(map_in_processes(lambda b: (len(b), os.getpid()), items, 2, 5, slot_bytes=8192))
     assert [n for n, _ in done] == [len(b) for b in items]
     assert len({pid for _, pid in done}) == 2 and os.getpid() not in {pid for _, pid in done}
+    assert list(tmp_path.iterdir()) == []
+    stopped = map_in_processes(len, items, 2, 5, slot_bytes=8192)
+    assert next(stopped) == 1000
+    stopped.close()  # items dealt but never read: their files go too
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_items_and_large_results_at_once_do_not_deadlock() -> None:
+    """Both directions too large for the shared slots, one worker: the parent must never wait
+    to hand an item to a worker that waits for the parent to take its result."""
+    code = (
+        "from shardflow.steps.worker_processes import map_in_processes\n"
+        "items = [bytes(300_000)] * 12\n"
+        "done = list(map_in_processes(lambda b: b + b, items, 1, 4, slot_bytes=1024))\n"
+        "assert [len(d) for d in done] == [600_000] * 12\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 class _Upper(Transfer[bytes]):

@@ -69,10 +69,10 @@ from hera.workflows.models import (
 
 from shardflow.steps import __version__
 from shardflow.steps.cli_common import STORAGE_OPTIONS_VARIABLE
+from shardflow.steps.pairing import MAX_TASKS
 
 from . import yamltext
 from .parameters import DEFAULT_IMAGE, PARAMETERS, PATCHED, PLAN_CHECKED
-from .plan import MAX_TASKS
 
 NAME = "shardflow-augment"
 ENTRYPOINT = "main"

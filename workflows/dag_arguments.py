@@ -21,9 +21,14 @@ OPTIONS = ("recipe", "shards-per-task", "on-error")
 _METAVARS = {"shards-per-task": "N"}
 
 
-def add_dag_arguments(parser: argparse.ArgumentParser, *, recipe_note: str = "") -> None:
-    parser.add_argument("input", metavar="INPUTS", help=_help("input"))
-    parser.add_argument("output", metavar="OUTPUTS", help=_help("output"))
+def add_dag_arguments(
+    parser: argparse.ArgumentParser, *, recipe_note: str = "", patterns_note: str = ""
+) -> None:
+    """The patterns as positionals (optional with a `patterns_note` saying when: a template
+    without them, such as the index's, takes every parameter as -p) and the options."""
+    optional = {"nargs": "?"} if patterns_note else {}
+    parser.add_argument("input", metavar="INPUTS", help=_help("input") + patterns_note, **optional)
+    parser.add_argument("output", metavar="OUTPUTS", help=_help("output"), **optional)
     for name in OPTIONS:
         parameter = BY_NAME[name]
         note = recipe_note if name == "recipe" else ""
@@ -50,7 +55,8 @@ def _help(name: str) -> str:
 
 def given_parameters(args: argparse.Namespace) -> dict[str, str]:
     """Workflow parameter values given on the command line (the rest keep their defaults)."""
-    given = {"input": args.input, "output": args.output}
+    given = {name: getattr(args, name) for name in ("input", "output")}
+    given = {name: value for name, value in given.items() if value is not None}
     for name in OPTIONS:
         value = getattr(args, name.replace("-", "_"))
         if value is not None:
@@ -67,9 +73,16 @@ def patterns_named_for(manifest: dict[str, Any], given: dict[str, str]) -> dict[
     """INPUTS and OUTPUTS under the names the manifest declares: `input`/`output` (augment)
     or `inputs`/`outputs` (the reshard template, argo/reshard-workflowtemplate.yaml)."""
     declared = {p.get("name") for p in manifest["spec"].get("arguments", {}).get("parameters", [])}
+    if {"input", "output"} & set(given) and not {"input", "inputs"} & declared:
+        raise UsageError(
+            "this template takes no INPUTS and OUTPUTS: give its parameters with -p NAME=VALUE "
+            f"({', '.join(sorted(str(name) for name in declared))})"
+        )
     if "input" not in declared and {"inputs", "outputs"} <= declared:
         given = dict(given)
-        given["inputs"], given["outputs"] = given.pop("input"), given.pop("output")
+        for name in ("input", "output"):
+            if name in given:
+                given[name + "s"] = given.pop(name)
     return given
 
 

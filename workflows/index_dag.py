@@ -7,14 +7,21 @@ each shard's headers can be read independently, so the work fans out like augmen
          ├─> index-1 ├──> merge   (the wids index and sizes.json)
          └─> ...     ┘
 
-- **plan** expands the pattern and outputs the number of batches and where their parts go,
-  so the manifest does not grow with the dataset (each task expands the pattern itself).
+- **plan** expands the pattern and outputs the number of batches, where their parts go and,
+  with `report=yes`, the dataset report's folder (the first shard's, as `shardflow report`;
+  empty otherwise), so the manifest does not grow with the dataset (each task expands the
+  pattern itself).
 - **index** runs `shardflow index --task-index=I --parts=URL`: it reads its batch's headers
   (ranged reads, member data skipped), writes its DALI `.idx` files if asked, and publishes
-  one part atomically. A retry redoes the batch; a damaged shard (exit 3) or a bad
-  parameter (exit 2) is not retried.
+  one part atomically. With a report folder it also streams the batch in full
+  (report_cli.report_batch: every member hashed, image headers read), writes the batch's
+  per-sample table there and a part in verify's format (verify_batch.py) in PARTS/report/.
+  A retry redoes the batch; a damaged shard (exit 3) or a bad parameter (exit 2) is not
+  retried.
 - **merge** runs `shardflow index --merge`: it checks that every batch's part is there and
-  describes the expected shards, then writes `PREFIX.shardindex.json` and `sizes.json`.
+  describes the expected shards, then writes `PREFIX.shardindex.json` and `sizes.json`, and
+  with a report folder the dataset report merged from the report parts (as `verify --merge`
+  does, verify_batch.write_merged_report): what `shardflow report` writes on the same shards.
 
 It shares the augment DAG's pod settings (`dag.py`: image, credentials Secret, security
 context, retries with backoff; values bound as `--option=value`, positionals after `--`).
@@ -36,6 +43,9 @@ FILE = "index-workflowtemplate.yaml"
 PLAN_DIR = f"{dag.TMP}/index-plan"
 BACKOFF = "30s"  # fixed: a retry-backoff parameter would need the plan pod's check
 SHARED_PARAMETERS = ("retries", "image", "service-account", "storage-options")
+# The plan's outputs: the number of batches, where their parts go, the dataset report's folder
+# (empty: no report); every task after plan gets the last two.
+PLAN_OUTPUTS = ("tasks", "parts", "report-dir")
 TITLE = "shardflow: index WebDataset shards"
 DESCRIPTION = """\
 Writes the sample counts of a WebDataset for its readers: `PREFIX.shardindex.json` (wids),
@@ -43,8 +53,10 @@ Writes the sample counts of a WebDataset for its readers: `PREFIX.shardindex.jso
 
 1. **plan** expands `shards` and counts the batches.
 2. **index** reads each batch's tar headers only (member data is skipped by ranged reads) and
-   writes one part per batch.
-3. **merge** checks that every batch is there and writes the index.
+   writes one part per batch; with `report=yes` it also streams the batch in full, writing
+   its per-sample table and a report part.
+3. **merge** checks that every batch is there and writes the index (and, with `report=yes`,
+   `dataset-report.json`, its plots and duplicate images, beside the first shard).
 
 Patterns use braces: `s3://bucket/train/train-{000000..000554}.tar`."""
 
@@ -75,6 +87,14 @@ def _parameters(image: str) -> list[Parameter]:
             enum=["no", "yes"],
             description="Also write DALI's .idx beside each shard (wds2idx v1.2 format).",
         ),
+        Parameter(
+            name="report",
+            value="no",
+            enum=["no", "yes"],
+            description="Also write the dataset report beside the first shard (each pod "
+            "streams its shards in full): per-sample table, counts, plots, duplicate images, "
+            "as `shardflow report` writes them.",
+        ),
         *shared,
     ]
 
@@ -88,10 +108,17 @@ def _templates() -> tuple[Any, Any, Any]:
     ]
     plan = dag.planning_step(
         "index-plan",
-        [*common, f"--write-plan={PLAN_DIR}", "--", "{{workflow.parameters.shards}}"],
+        [
+            *common,
+            f"--write-plan={PLAN_DIR}",
+            "--report={{workflow.parameters.report}}",
+            "--",
+            "{{workflow.parameters.shards}}",
+        ],
         PLAN_DIR,
-        ("tasks", "parts"),
+        PLAN_OUTPUTS,
     )
+    report = "--dataset-report={{inputs.parameters.report-dir}}"
     batch = dag._step(
         "index",
         [
@@ -99,12 +126,14 @@ def _templates() -> tuple[Any, Any, Any]:
             "--dali={{workflow.parameters.dali}}",
             "--task-index={{inputs.parameters.task-index}}",
             "--parts={{inputs.parameters.parts}}",
+            report,
             "--quiet",
             "--",
             "{{workflow.parameters.shards}}",
         ],
-        inputs=[Parameter(name="task-index"), Parameter(name="parts")],
+        inputs=[Parameter(name="task-index"), *(Parameter(name=name) for name in PLAN_OUTPUTS[1:])],
         resources=Resources(cpu_request="1", memory_request="512Mi", memory_limit="2Gi"),
+        tmp_size=dag.VERIFY_TMP,  # with a report: the batch's per-sample rows, spooled
         active_deadline_seconds="43200",
         retry_strategy=dag._retry(dag.RETRY_UNLESS_USAGE_OR_DATA, backoff=BACKOFF),
     )
@@ -114,10 +143,11 @@ def _templates() -> tuple[Any, Any, Any]:
             *common,
             "--merge",
             "--parts={{inputs.parameters.parts}}",
+            report,
             "--",
             "{{workflow.parameters.shards}}",
         ],
-        inputs=[Parameter(name="parts")],
+        inputs=[*(Parameter(name=name) for name in PLAN_OUTPUTS[1:])],
         resources=small,
         active_deadline_seconds="3600",
         retry_strategy=dag._retry(dag.RETRY_UNLESS_USAGE_OR_DATA, backoff=BACKOFF),
@@ -129,6 +159,7 @@ def build(settings: dag.RenderSettings | None = None) -> WorkflowTemplate:
     settings = settings or dag.RenderSettings()
     parameters = _parameters(settings.image)
     planned = "{{tasks.plan.outputs.parameters.%s}}"
+    passed = {name: planned % name for name in PLAN_OUTPUTS[1:]}
     with WorkflowTemplate(
         **dag.template_options(
             NAME, TITLE, DESCRIPTION, parameters, settings, deadline_seconds=24 * 3600
@@ -142,13 +173,13 @@ def build(settings: dag.RenderSettings | None = None) -> WorkflowTemplate:
                 template=batch,
                 depends="plan.Succeeded",
                 with_sequence=Sequence(count=planned % "tasks"),
-                arguments={"task-index": "{{item}}", "parts": planned % "parts"},
+                arguments={"task-index": "{{item}}", **passed},
             )
             Task(
                 name="merge",
                 template=merge,
                 depends="index.Succeeded",
-                arguments={"parts": planned % "parts"},
+                arguments=passed,
             )
     return template
 

@@ -16,9 +16,10 @@ import itertools
 import re
 from typing import Any
 
+from shardflow.steps.pairing import MAX_TASKS
+
 from . import argo_vars
 from .depends import DependsError, ancestors, upstream
-from .plan import MAX_TASKS
 
 _LOOPS = ("withSequence", "withItems", "withParam")
 DISPLAY_NAME = "workflows.argoproj.io/display-name"

@@ -27,9 +27,8 @@ from shardflow.steps.failures import (
     ON_ERROR_HELP,
     fraction,
 )
+from shardflow.steps.pairing import AUTO, MAX_TASKS, RESHARD_COUNT, RESHARD_WRITE
 from shardflow.steps.recipe import DEFAULT_RECIPE, RECIPE_HELP
-
-from .plan import AUTO, MAX_TASKS
 
 # Go durations Argo's backoff accepts, kept to whole seconds or minutes, at most a day: a
 # typo fails the plan pod instead of the controller's retry bookkeeping.
@@ -164,8 +163,10 @@ RESHARD_PARAMETERS: tuple[DagParameter, ...] = (
                  "no: it is an error naming both shards.", "no", ("no", "yes")),
     DagParameter("recipe", "A recipe applied on the way (empty: members copied byte for byte).",
                  ""),
-    DagParameter("inputs-per-task", "Inputs counted per count pod.", "100"),
-    DagParameter("shards-per-task", "Outputs written per write pod.", "10"),
+    DagParameter("inputs-per-task", f"Inputs counted per count pod, or "
+                 f"{RESHARD_COUNT.auto_help()}.", AUTO),
+    DagParameter("shards-per-task", f"Outputs written per write pod, or "
+                 f"{RESHARD_WRITE.auto_help()}.", AUTO),
     DagParameter("work", "Folder of the inventory and the plan (empty: .reshard/ beside the "
                  "outputs).", ""),
 )  # fmt: skip

@@ -11,18 +11,18 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shardflow.steps.errors import UsageError
+from shardflow.steps.pairing import AUTO, MAX_TASKS, Fanout, pair_shards, refuse_aliases, task_count
 from shardflow.steps.pairing import check_urls as check_schemes
-from shardflow.steps.pairing import pair_shards, refuse_aliases, task_count
 from shardflow.steps.redact import redact_url
 from shardflow.steps.verify_files import VerifyFiles, verify_batch_size
 
-AUTO = "auto"
 # The UI and controller slow down past about 2,000 nodes. Every task of a fan-out is two Argo
 # nodes (a retry node and its pod) and each fan-out adds a group node; with the DAG's own
 # node, plan (2) and the last step (2), 800 augment and 180 verify tasks
-# (verify_files.MAX_VERIFY_TASKS) make at most 1,967.
+# (pairing.MAX_TASKS, verify_files.MAX_VERIFY_TASKS) make at most 1,967. The reshard DAG's
+# count and write fan-outs share those 800 (pairing.MAX_COUNT_TASKS, MAX_WRITE_TASKS):
+# with its batches step and one more group node, at most 1,970.
 MAX_NODES = 2000
-MAX_TASKS = 800
 
 
 @dataclass(frozen=True)
@@ -81,15 +81,7 @@ def plan_tasks(
     pairs = pair_shards(input_pattern, output_pattern)
     if check_urls:
         check_schemes(pairs)
-    per_task = _shards_per_task(shards_per_task, len(pairs), max_tasks)
-    tasks = task_count(len(pairs), per_task)
-    if tasks > max_tasks:
-        raise UsageError(
-            f"{len(pairs)} shards in batches of {per_task} make {tasks} tasks, more than the "
-            f"{max_tasks} a workflow handles well: use shards-per-task "
-            f"{task_count(len(pairs), max_tasks)} or more (or {AUTO}), or split the dataset into "
-            "several workflows (README: scaling)"
-        )
+    per_task = Fanout("shards-per-task", "shards", max_tasks).per_task(shards_per_task, len(pairs))
     files = VerifyFiles.beside([output for _, output in pairs])
     # verify writes these: they must not land on a shard either.
     refuse_aliases([url for pair in pairs for url in pair], files.writes())
@@ -97,23 +89,12 @@ def plan_tasks(
     return TaskPlan(
         shards=len(pairs),
         shards_per_task=per_task,
-        tasks=tasks,
+        tasks=task_count(len(pairs), per_task),
         outputs=_outputs_pattern(input_pattern, output_pattern),
         verify_tasks=task_count(len(pairs), verify_per_task),
         verify_shards_per_task=verify_per_task,
         files=files,
     )
-
-
-def _shards_per_task(text: str, shards: int, max_tasks: int) -> int:
-    if text.strip() == AUTO:
-        return max(1, task_count(shards, max_tasks))
-    try:
-        return int(text)  # pairing.task_count refuses one below 1
-    except ValueError:
-        raise UsageError(
-            f"shards-per-task {text!r} is neither a positive integer nor {AUTO!r}"
-        ) from None
 
 
 def _outputs_pattern(input_pattern: str, output_pattern: str) -> str:

@@ -7,15 +7,19 @@
 
 - **batches** expands INPUTS and outputs the number of count batches and the work folder
   (`WORK`, `.reshard/` beside the outputs by default): the manifest never grows with the
-  dataset.
+  dataset. `inputs-per-task` and `shards-per-task` default to `auto` (steps/pairing.py:
+  count and write share the augment DAG's 800 tasks, at most 180 and 620), so every size
+  stays under 2,000 nodes; each pod computes its batch size from the same values (the
+  inputs from INPUTS, the outputs from the plan), and a number making too many pods is
+  refused (exit 2) by batches (count) or plan (write).
 - **count** (`reshard --step count --task-index I`): each batch's inputs described from their
   manifests, or from their tar headers only (ranged reads), one inventory part per batch.
 - **plan** (`reshard --step plan`): the key list applied, duplicates checked, the seeded
   shuffle drawn, outputs sized; the plan is written as files in WORK (one JSON line per
   output, and their offsets), never as a parameter: a plan of 10^6 outputs is a file a task
   reads one line of. It outputs the number of write batches, the number and size of the
-  verify batches (the augment DAG's rule, steps/verify_files.py: at most 180, so 100,000
-  outputs stay under 2,000 nodes with write batches of 200 or more) and where verify writes;
+  verify batches (the augment DAG's rule, steps/verify_files.py: at most 180) and where
+  verify writes;
   too few OUTPUTS names stop it (exit 2) before anything is written.
 - **write** (`reshard --step write --task-index I --skip-existing`): each output of the batch
   from its plan line, published atomically with its manifest; a retry redoes only missing

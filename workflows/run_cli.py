@@ -45,7 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         DESCRIPTION,
         "run the Argo DAG locally: plan, augment and verify in parallel, report",
     )
-    add_dag_arguments(parser)
+    add_dag_arguments(
+        parser,
+        patterns_note=" Left out for a template without patterns (argo/index-workflowtemplate"
+        ".yaml: -p shards=...).",
+    )
     parser.add_argument(
         "--workers",
         type=positive_int,
