@@ -69,7 +69,7 @@ class Progress:
         self._started = time.monotonic()
         self._last_file_write = float("-inf")
         self._bar = None
-        if bar:  # tqdm's import costs a step that shows no bar (a pod's) tens of milliseconds
+        if bar:  # imported only here: a step that shows no bar (a pod's) skips tqdm's import
             from tqdm import tqdm
 
             self._bar = tqdm(
