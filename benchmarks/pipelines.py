@@ -16,8 +16,12 @@ starts after imports, so every pipeline is charged for its work, not its start-u
   GIL and stays within 1.25x of the docs recipe's size), tarfile in and out.
 - floor-fpng: the same with fpng, the fastest PNG encoder found; it holds the GIL and
   ignores encoder failures, so it stands for a one-core floor only.
-- train-224: `shardflow augment --recipe train-224` (shorter side 256 with box resampling,
-  center crop 224, JPEG q90); train-224-bicubic: the same with bicubic resampling.
+- train-224: `shardflow augment --recipe train-224` (shorter side 256 by exact area
+  averaging, center crop 224, JPEG q90) with the fast-resize extra (OpenCV's INTER_AREA);
+  train-224-numpy: the same without it (the numpy resizer); train-224-box and
+  train-224-bicubic: the same with Pillow's box and bicubic filters instead.
+- train-224-floor: the bar's accuracy (a reduced decode, then an exact area average) at the
+  least cost found: simplejpeg, OpenCV's INTER_AREA and JPEG encoder, no checks at all.
 - img2dataset: the same job as img2dataset's resizer does it: OpenCV full decode, resize
   with INTER_AREA, center crop, OpenCV JPEG encode; webdataset in, TarWriter out.
 """
@@ -139,27 +143,45 @@ def seed_pillow(inputs: list[str], outputs: list[str], threads: int) -> int:
 
 @pipeline("train-224")
 def train_224(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """With the fast-resize extra (OpenCV), which `resample: area` then uses."""
+    from shardflow.steps import resample_area
+
+    if resample_area.installed_resizer() != "opencv":
+        raise SystemExit("train-224 needs the fast-resize extra; train-224-numpy runs without")
     return _shardflow("train-224", inputs, outputs, threads)
 
 
-TRAIN_224_BICUBIC = json.dumps(
-    {
-        "name": "train-224-bicubic",
-        "ops": [
-            {"image": {"from": "jpg;png;webp", "mode": "RGB"}},
-            {"resize": {"shorter": 256, "resample": "bicubic"}},
-            {"center_crop": {"size": 224}},
-            {"label": {"from": "json", "path": "cls"}},
-            {"encode": {"members": {"jpg": {"from": "image", "quality": 90}, "cls": "cls"}}},
-        ],
-    }
-)
+@pipeline("train-224-numpy")
+def train_224_numpy(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """Without it: the numpy area resizer (the same geometry, pixels within a level)."""
+    from shardflow.steps import resample_area
+
+    resample_area.installed_resizer = lambda: "numpy"
+    return _shardflow("train-224", inputs, outputs, threads)
+
+
+def train_224_with(resample: str) -> str:
+    """The train-224 recipe with another `resample`, as an inline recipe."""
+    ops = [
+        {"image": {"from": "jpg;png;webp", "mode": "RGB"}},
+        {"resize": {"shorter": 256, "resample": resample}},
+        {"center_crop": {"size": 224}},
+        {"label": {"from": "json", "path": "cls"}},
+        {"encode": {"members": {"jpg": {"from": "image", "quality": 90}, "cls": "cls"}}},
+    ]
+    return json.dumps({"name": f"train-224-{resample}", "ops": ops})
 
 
 @pipeline("train-224-bicubic")
 def train_224_bicubic(inputs: list[str], outputs: list[str], threads: int) -> int:
-    """train-224 with Pillow's bicubic filter instead of the built-in's box (area averaging)."""
-    return _shardflow(TRAIN_224_BICUBIC, inputs, outputs, threads)
+    """train-224 with Pillow's bicubic filter instead of exact area averaging."""
+    return _shardflow(train_224_with("bicubic"), inputs, outputs, threads)
+
+
+@pipeline("train-224-box")
+def train_224_box(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """train-224 with Pillow's box filter (what the recipe used before `area`)."""
+    return _shardflow(train_224_with("box"), inputs, outputs, threads)
 
 
 def _tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -227,6 +249,41 @@ def floor_fpng(inputs: list[str], outputs: list[str], threads: int) -> int:
     import fpng
 
     return _floor(fpng.from_ndarray)(inputs, outputs, threads)
+
+
+@pipeline("train-224-floor")
+def train_224_floor(inputs: list[str], outputs: list[str], threads: int) -> int:
+    """The bar's accuracy at the least cost found, with nothing else: simplejpeg's reduced
+    decode (the largest DCT reduction that still covers the target), OpenCV's INTER_AREA,
+    OpenCV's JPEG q90, tarfile in and out; no checks, no manifest, no hashing."""
+    import cv2
+    import simplejpeg
+
+    cv2.setNumThreads(1)
+    size, crop = 256, 224
+
+    def resize(jpeg: bytes) -> bytes:
+        height, width = simplejpeg.decode_jpeg_header(jpeg)[:2]
+        scale = size / min(width, height)
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        factor = max(
+            f for f in (1, 2, 4, 8) if -(-width // f) >= target[0] and -(-height // f) >= target[1]
+        )
+        reduced = {"min_width": -(-width // factor), "min_height": -(-height // factor)}
+        image = simplejpeg.decode_jpeg(jpeg, colorspace="BGR", min_factor=factor, **reduced)
+        image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
+        top, left = (target[1] - crop) // 2, (target[0] - crop) // 2
+        image = image[top : top + crop, left : left + crop]
+        return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+    count = 0
+    for url, output in zip(inputs, outputs, strict=True):
+        with tarfile.open(output, "w", format=tarfile.GNU_FORMAT) as tar:
+            for key, fields in _tar_samples(url):
+                _tar_add(tar, f"{key}.jpg", resize(fields["jpg"]))
+                _tar_add(tar, f"{key}.cls", str(json.loads(fields["json"])["cls"]).encode())
+                count += 1
+    return count
 
 
 @pipeline("img2dataset")

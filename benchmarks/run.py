@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--rounds 3] [--samples 64] [--big-gb 2]
     .venv/bin/python benchmarks/run.py --only reshard   # the reshard rows alone
+    .venv/bin/python benchmarks/run.py --only train-224 --rounds 5   # its rows and accuracy
 
 Each measurement runs in its own process (so peak RSS is that pipeline's own), and the rounds
 interleave the pipelines (so a neighbour's load on this shared machine falls on all of them
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import accuracy
 import data
 import reshard_bench
 
@@ -38,9 +40,13 @@ PER_CORE = [
     "floor",
     "floor-fpng",
     "train-224",
+    "train-224-numpy",
+    "train-224-box",
     "train-224-bicubic",
+    "train-224-floor",
     "img2dataset",
 ]
+TRAIN_224 = [name for name in PER_CORE if name.startswith(("train-224", "img2dataset"))]
 SCALED = ["seed", "seed-procs", "seed-fpng-procs", "train-224", "floor"]
 SEED_PROCESSES = "seed, N processes"
 ONE_SHARD = ["seed-procs", "seed-fpng-procs"]
@@ -107,13 +113,16 @@ def summarise(runs: list[dict]) -> dict:
         "out_per_sample": first["bytes_out"] / first["samples"],
         "in_per_sample": first["bytes_in"] / first["samples"],
         "rounds": len(runs),
+        "each_round": [r["samples"] / r["cpu_seconds"] for r in runs],
     }
 
 
-def per_core(shards: list[Path], work: Path, rounds: int) -> dict[str, dict]:
-    runs: dict[str, list[dict]] = {name: [] for name in PER_CORE}
+def per_core(
+    shards: list[Path], work: Path, rounds: int, names: list[str] = PER_CORE
+) -> dict[str, dict]:
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_index in range(rounds):
-        for name in PER_CORE:
+        for name in names:
             result = run_pipeline(name, shards, work / name, threads=1)
             runs[name].append(result)
             print(
@@ -122,6 +131,19 @@ def per_core(shards: list[Path], work: Path, rounds: int) -> dict[str, dict]:
                 file=sys.stderr,
             )
     return {name: summarise(results) for name, results in runs.items()}
+
+
+def train_224_markdown(rows: dict[str, dict], accuracy_rows: dict[str, dict]) -> list[str]:
+    """The train-224 rows against the img2dataset-style pipeline, and their accuracy."""
+    i2d = rows["img2dataset"]["per_core"]
+    lines = [
+        "| pipeline | samples/s per core (median) | each round | vs img2dataset-style |",
+        "|---|---:|---|---:|",
+    ]
+    for name, row in rows.items():
+        each = ", ".join(f"{value:.1f}" for value in row["each_round"])
+        lines.append(f"| {name} | {row['per_core']:.1f} | {each} | {row['per_core'] / i2d:.2f}x |")
+    return lines + accuracy.markdown(accuracy_rows)
 
 
 def compare_pixels(shards: list[Path], work: Path) -> dict:
@@ -339,7 +361,9 @@ def markdown(report: dict) -> str:
         f"- seed / floor: **{floor['per_core'] / seed['per_core']:.2f}x** slower than the floor "
         f"({fpng['per_core'] / seed['per_core']:.2f}x slower than floor-fpng)",
         f"- train-224 / img2dataset-style: **{train['per_core'] / i2d['per_core']:.2f}x** "
-        f"(with resample bicubic instead of the built-in's box: "
+        f"(without the fast-resize extra, numpy's area: "
+        f"{rows['train-224-numpy']['per_core'] / i2d['per_core']:.2f}x; Pillow's box instead "
+        f"of area: {rows['train-224-box']['per_core'] / i2d['per_core']:.2f}x, bicubic: "
         f"{rows['train-224-bicubic']['per_core'] / i2d['per_core']:.2f}x)",
     ]
     pixels = report["pixels"]
@@ -348,6 +372,7 @@ def markdown(report: dict) -> str:
         "images identical "
         f"(largest difference {pixels['max_difference']} levels)"
     )
+    lines += accuracy.markdown(report["accuracy"])
     scaled = report["scaling"]
     table = scaled["table"]
     threads = list(table["seed"]["speedup"])
@@ -421,7 +446,9 @@ def main() -> None:
     parser.add_argument("--big-gb", type=float, default=0, help="also run a shard this big")
     parser.add_argument("--data", type=Path, default=HERE / "data")
     parser.add_argument(
-        "--only", choices=("reshard",), help="run only these rows (reshard: reshard_bench.py)"
+        "--only",
+        choices=("reshard", "train-224"),
+        help="run only these rows (reshard: reshard_bench.py; train-224: its rows and accuracy)",
     )
     parser.add_argument(
         "--reshard-mb", type=float, default=400, help="input size of the reshard rows"
@@ -438,6 +465,11 @@ def main() -> None:
     shards = data.build_shards(args.data, shards=max(4, args.shards), samples=args.samples)
     work = args.data / "out"
     shutil.rmtree(work, ignore_errors=True)
+    if args.only == "train-224":
+        rows = per_core(shards[: args.shards], work, args.rounds, TRAIN_224)
+        print(f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        print("\n".join(train_224_markdown(rows, accuracy.measure(shards[0], args.samples))))
+        return
     report: dict = {
         "machine": f"{cores} cores, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}",
@@ -449,6 +481,8 @@ def main() -> None:
     print("per core (1 thread each) ...", file=sys.stderr)
     report["per_core"] = per_core(shards[: args.shards], work, args.rounds)
     report["pixels"] = compare_pixels(shards[: args.shards], work)
+    print("train-224 accuracy against an exact area average ...", file=sys.stderr)
+    report["accuracy"] = accuracy.measure(shards[0], args.samples)
     print("thread scaling ...", file=sys.stderr)
     one_shard = data.build_shards(args.data / "one", shards=1, samples=4 * args.samples)[0]
     scratch = _memory_scratch(work)

@@ -266,6 +266,7 @@ def _write_shard(
         },
         threads=options.threads,
         png_encoders=pipeline.png_encoders,
+        implementations=pipeline.implementations,
     )
     try:
         write_manifest(manifest_at, manifest, options.storage_options)

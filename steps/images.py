@@ -117,7 +117,8 @@ def decode_image_or_pixels(
 ) -> Image.Image | Pixels:
     """decode_image; with `pixels` = (mode wanted or None for the image's own, scratch
     buffers), a JPEG that libjpeg can decode straight to that mode is returned as a numpy
-    array in a reused buffer (see decode_jpeg_pixels); anything else is a Pillow image.
+    array in a reused buffer (see decode_jpeg_pixels), at reduced size if `draft` asks for it
+    (then as SizedPixels); anything else is a Pillow image.
     """
     pil_format = PIL_FORMATS.get(extension.rsplit(".", 1)[-1])
     if pil_format is None:
@@ -158,7 +159,9 @@ def decode_image_or_pixels(
             # rounds scaled sides up, which would move the target by a pixel on some images.
             image.info[SOURCE_SIZE] = (height, width) if swapped else (width, height)
             if direct and image.mode in ("RGB", "L"):
-                return _drafted_by_simplejpeg(data, extension, image, (width, height), orientation)
+                return _drafted_by_simplejpeg(
+                    data, extension, image, (width, height), orientation, pixels
+                )
     elif pixels is not None and direct:
         mode_wanted = pixels[0] or image.mode
         colorspace = _DIRECT_JPEG.get((image.mode, mode_wanted))
@@ -180,14 +183,29 @@ def decode_image_or_pixels(
 
 
 def _drafted_by_simplejpeg(
-    data: bytes, extension: str, image: Image.Image, stored: Size, orientation: object
-) -> Image.Image:
+    data: bytes,
+    extension: str,
+    image: Image.Image,
+    stored: Size,
+    orientation: object,
+    wanted: tuple[str | None, Scratch] | None,
+) -> Image.Image | Pixels:
     """The JPEG at the reduced size Pillow's draft chose (1/2, 1/4 or 1/8: libjpeg's scaled
     IDCT, the same pixels as Pillow's), decoded by simplejpeg, upright, as a Pillow image
-    carrying the header's info but the EXIF (whose orientation is applied)."""
+    carrying the header's info but the EXIF (whose orientation is applied); with `wanted`
+    (mode, scratch) that libjpeg decodes to directly, as SizedPixels in the scratch buffer."""
     width, height = stored
     factor = next(f for f in (8, 4, 2, 1) if (-(-width // f), -(-height // f)) == image.size)
     colorspace = "RGB" if image.mode == "RGB" else "GRAY"
+    if wanted is not None:
+        direct = _DIRECT_JPEG.get((image.mode, wanted[0] or image.mode))
+        if direct is not None:
+            decoded = decode_jpeg_pixels(
+                data, extension, image.size, direct, orientation, wanted[1], factor=factor
+            )
+            sized = decoded.view(SizedPixels)
+            sized.source_size = image.info[SOURCE_SIZE]
+            return sized
     pixels = decode_jpeg_pixels(
         data, extension, image.size, colorspace, orientation, None, factor=factor
     )
@@ -259,8 +277,17 @@ def pixels_mode(pixels: Pixels) -> str:
 SOURCE_SIZE = "shardflow.source_size"  # image.info key: the upright size before drafting
 
 
-def source_size(image: Image.Image) -> Size:
+class SizedPixels(np.ndarray):
+    """Pixels decoded at reduced size that know the image's upright size as stored (what a
+    resize computes its target from), as a drafted Pillow image keeps it in its info."""
+
+    source_size: Size
+
+
+def source_size(image: Image.Image | Pixels) -> Size:
     """The image's upright size as stored in its file, before any reduced-size decoding."""
+    if isinstance(image, np.ndarray):
+        return getattr(image, "source_size", None) or (image.shape[1], image.shape[0])
     return image.info.get(SOURCE_SIZE, image.size)
 
 

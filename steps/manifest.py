@@ -25,6 +25,8 @@ Format (version 1):
     versions, timings, threads
     png_encoders     per PNG member extension: {encoder: fpng|isal|pillow, version} (absent
                      when the recipe writes no PNG); bytes differ between encoders, pixels do not
+    implementations  [{operation, resizer, version}] for each `resample: area` resize: OpenCV
+                     or numpy (absent when there is none); their pixels may differ by a level
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class ManifestBuilder:
         timings: dict[str, Any],
         threads: int,
         png_encoders: dict[str, Any] | None = None,
+        implementations: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -182,6 +185,8 @@ class ManifestBuilder:
             "versions": versions(),
             # Per PNG member: the encoder that wrote it and its version (see encoders.py).
             **({"png_encoders": png_encoders} if png_encoders else {}),
+            # Per operation whose pixels depend on the install: the library that ran.
+            **({"implementations": implementations} if implementations else {}),
             "timings": timings,
             "threads": threads,
         }

@@ -92,6 +92,11 @@ class Operation:
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
         raise NotImplementedError
 
+    def implementation(self) -> dict[str, str] | None:
+        """For the manifest, after plan(): the library this operation's pixels depend on
+        when installs may differ (which one, its version), or None."""
+        return None
+
 
 def field_value(sample: Sample, name: str, ctx: SampleContext, what: str) -> Any:
     """The field `name`, or a SampleError saying which operation needed it."""

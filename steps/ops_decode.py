@@ -51,20 +51,23 @@ class DecodeImage(Operation):
 
     def plan(self, following: Sequence[Operation]) -> None:
         """A resize of the decoded field next (after converts, which keep the size): decode
-        a JPEG at reduced size (libjpeg's DCT scaling). Otherwise, when every later step
-        takes numpy pixels or leaves images alone (`takes_pixels`: normalize, label, json,
-        encode, another image step), decode a JPEG straight into a reused numpy buffer; any
-        other step (a resize, a crop, a plugin...) gets a Pillow image."""
+        a JPEG at reduced size (libjpeg's DCT scaling), into a reused numpy buffer when that
+        resize is right after and takes numpy pixels (`area`). Otherwise, when every later
+        step takes numpy pixels or leaves images alone (`takes_pixels`: normalize, label,
+        json, encode, another image step), decode a JPEG straight into a reused numpy buffer;
+        any other step (a resize, a crop, a plugin...) gets a Pillow image."""
         self._plan_draft(following)
         if self.draft is None and all(op.takes_pixels for op in following):
             self.scratch = images.Scratch()
 
     def _plan_draft(self, following: Sequence[Operation]) -> None:
-        for op in following:
+        for index, op in enumerate(following):
             if isinstance(op, Convert) and op.field_name == self.target:
                 continue
             if isinstance(op, Resize) and op.field_name == self.target:
                 self.draft = op.draft_target
+                if index == 0 and op.takes_drafted_pixels():
+                    self.scratch = images.Scratch()
             return
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:

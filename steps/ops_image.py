@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 from PIL import Image
 
-from . import images
+from . import images, resample_area
 from .errors import SampleError
 from .operation import (
     MAX_SIDE,
@@ -33,7 +34,11 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX,
+    # Exact area averaging is resample_area's; where it does not apply, Pillow's box stands
+    # in (modes other than 8-bit L, LA, RGB, RGBA), or bilinear when enlarging (_filter).
+    "area": Image.Resampling.BOX,
 }
+_AREA_MODES = ("L", "LA", "RGB", "RGBA")
 
 
 @dataclass
@@ -61,7 +66,11 @@ class Convert(Operation):
 
 @dataclass
 class Resize(Operation):
-    """Resize by the shorter side, the longer side (ratio kept) or to an exact size."""
+    """Resize by the shorter side, the longer side (ratio kept) or to an exact size.
+
+    `resample`: one of Pillow's filters, or `area`: exact area averaging when shrinking (each
+    output pixel the mean of the source over its footprint, as OpenCV's INTER_AREA; see
+    resample_area), bilinear when enlarging."""
 
     name: ClassVar[str] = "resize"
     accepted: ClassVar[tuple[str, ...]] = (
@@ -81,6 +90,8 @@ class Resize(Operation):
     field_name: str = "image"
     # Set by plan() when a center crop follows: resize only the region the crop keeps.
     crop: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    # Set by plan() for `area`: the implementation that runs (resample_area.RESIZERS).
+    resizer: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, p: Params) -> Resize:
@@ -125,6 +136,18 @@ class Resize(Operation):
         crop = following[0] if following else None
         if type(crop) is CenterCrop and crop.field_name == self.field_name:
             self.crop = (crop.width, crop.height)
+        if self.resample == "area":
+            self.resizer = resample_area.installed_resizer()
+
+    def implementation(self) -> dict[str, str] | None:
+        """For the manifest: which resizer `area` runs and its version (the bytes may differ
+        by a level between them); None for Pillow's filters."""
+        return None if self.resizer is None else resample_area.resizer_record(self.resizer)
+
+    def takes_drafted_pixels(self) -> bool:
+        """Whether a JPEG decoded at reduced size for this resize may come as numpy pixels
+        (images.SizedPixels): `area` resizes them as they are, with no Pillow image between."""
+        return self.resample == "area"
 
     def draft_target(self, size: images.Size) -> images.Size | None:
         """For JPEG DCT-scaled decoding: the size to decode at, when this resize shrinks."""
@@ -132,18 +155,58 @@ class Resize(Operation):
         return target if target[0] < size[0] and target[1] < size[1] else None
 
     def apply(self, sample: Sample, ctx: SampleContext) -> Sample:
-        image = image_field(sample, self.field_name, ctx, "resize")
+        image = image_field(sample, self.field_name, ctx, "resize", pixels=True)
         source = images.source_size(image)
         target = self.target(source)
+        if isinstance(image, np.ndarray):  # a JPEG decoded at reduced size for `area`
+            height, width = image.shape[:2]
+            if target[0] <= width and target[1] <= height and target != (width, height):
+                sample[self.field_name] = self._area(image, target)
+                return sample
+            image = Image.fromarray(np.array(image), images.pixels_mode(image))
+            image.info[images.SOURCE_SIZE] = source
         if target == source:  # nothing to resize (a JPEG is drafted only when it shrinks)
             target = image.size
-        if self.crop is not None and target[0] >= self.crop[0] and target[1] >= self.crop[1]:
+        if self._area_applies(image, target):
+            sample[self.field_name] = self._area(image, target)
+        elif self.crop is not None and target[0] >= self.crop[0] and target[1] >= self.crop[1]:
             # Only the crop is allocated, whatever the size of the virtual resized image.
             sample[self.field_name] = self._resize_crop_region(image, target, self.crop)
         elif target != image.size:
             check_output_size(target, ctx, "resize")
-            sample[self.field_name] = image.resize(target, _RESAMPLE[self.resample])
+            sample[self.field_name] = image.resize(target, self._filter(image, target))
         return sample
+
+    def _filter(self, image: Image.Image, target: images.Size) -> Image.Resampling:
+        """Pillow's filter; for `area` enlarging, bilinear (what OpenCV's INTER_AREA does)."""
+        if self.resample == "area" and (target[0] > image.width or target[1] > image.height):
+            return Image.Resampling.BILINEAR
+        return _RESAMPLE[self.resample]
+
+    def _area_applies(self, image: Image.Image, target: images.Size) -> bool:
+        return (
+            self.resample == "area"
+            and image.mode in _AREA_MODES
+            and target != image.size
+            and target[0] <= image.width
+            and target[1] <= image.height
+        )
+
+    def _area(self, image: Image.Image | images.Pixels, target: images.Size) -> Image.Image:
+        """Exact area averaging, of only the region a center crop after keeps."""
+        crop = self.crop
+        if crop is not None and (target[0] < crop[0] or target[1] < crop[1]):
+            crop = None  # the crop then fails the sample, with its own message
+        resizer = self.resizer or resample_area.installed_resizer()
+        if isinstance(image, np.ndarray):
+            pixels, mode, info = image, images.pixels_mode(image), {}
+        else:
+            pixels, mode, info = np.asarray(image), image.mode, image.info
+        result = Image.fromarray(
+            resample_area.shrink(pixels, target, crop=crop, resizer=resizer), mode
+        )
+        result.info = dict(info)
+        return result
 
     def _resize_crop_region(
         self, image: Image.Image, target: images.Size, crop: tuple[int, int]
@@ -159,7 +222,7 @@ class Resize(Operation):
             (left + crop[0]) * scale_x,
             (top + crop[1]) * scale_y,
         )
-        return image.resize(crop, _RESAMPLE[self.resample], box=box)
+        return image.resize(crop, self._filter(image, target), box=box)
 
 
 @dataclass

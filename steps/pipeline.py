@@ -48,6 +48,11 @@ class Pipeline:
         self._encoder = recipe.encoder
         # For the manifest; a PNG encoder the recipe pins but is not installed: UsageError.
         self.png_encoders = self._encoder.png_encoders()
+        # For the manifest: the libraries whose output may differ between installs (the
+        # resizer of `resample: area`), per operation in recipe order.
+        self.implementations = [
+            {"operation": op.name, **record} for op in ops if (record := op.implementation())
+        ]
 
     def wants(self, extension: str) -> bool:
         """Whether an input member must be read into memory (the rest is skipped unread)."""

@@ -15,8 +15,6 @@ import time
 from collections.abc import Iterable
 from typing import Protocol, TextIO
 
-from tqdm import tqdm
-
 UNITS_PER_SHARD = 100
 ARGO_PROGRESS_FILE = "ARGO_PROGRESS_FILE"
 INTERVAL_VARIABLE = "SHARDFLOW_PROGRESS_INTERVAL"
@@ -70,8 +68,11 @@ class Progress:
         self._samples = 0
         self._started = time.monotonic()
         self._last_file_write = float("-inf")
-        self._bar = (
-            tqdm(
+        self._bar = None
+        if bar:  # imported only here: a step that shows no bar (a pod's) skips tqdm's import
+            from tqdm import tqdm
+
+            self._bar = tqdm(
                 total=self.total,
                 desc=desc,
                 unit="%",
@@ -79,9 +80,6 @@ class Progress:
                 file=stream or sys.stderr,
                 mininterval=bar_interval,
             )
-            if bar
-            else None
-        )
         self._report(force=True)
 
     @property

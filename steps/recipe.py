@@ -41,12 +41,13 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
         ],
     },
     "train-224": {
-        "description": "Training-ready: shorter side 256 (area averaging, as img2dataset's "
-        "INTER_AREA), center crop 224x224, JPEG quality 90, class from the JSON field cls.",
+        "description": "Training-ready: shorter side 256 (exact area averaging, as "
+        "img2dataset's INTER_AREA), center crop 224x224, JPEG quality 90, class from the JSON "
+        "field cls.",
         "seed": 0,
         "ops": [
             {"image": {"from": "jpg;png;webp", "mode": "RGB"}},
-            {"resize": {"shorter": 256, "resample": "box"}},
+            {"resize": {"shorter": 256, "resample": "area"}},
             {"center_crop": {"size": 224}},
             {"label": {"from": "json", "path": "cls"}},
             {"encode": {"members": {"jpg": {"from": "image", "quality": 90}, "cls": "cls"}}},

@@ -30,13 +30,16 @@ def test_two_runs_are_byte_identical_whatever_the_thread_count(tmp_path: Path) -
     assert first == (tmp_path / "b.tar").read_bytes() == (tmp_path / "c.tar").read_bytes()
 
 
-@pytest.mark.parametrize("recipe", ["seed", "flip-crop"])
+@pytest.mark.parametrize(
+    ("recipe", "size"),
+    [("seed", (64, 48)), ("flip-crop", (64, 48)), ("train-224", (600, 400))],  # area, drafted
+)
 def test_the_same_bytes_whatever_the_workers_processes_or_threads(
-    tmp_path: Path, recipe: str
+    tmp_path: Path, recipe: str, size: tuple[int, int]
 ) -> None:
     """Worker processes over one shard's samples, the ordered writer in the parent: the shard
     and the manifest's record of every sample are what one worker writes."""
-    source = good_shard(tmp_path / "in.tar", count=9)
+    source = good_shard(tmp_path / "in.tar", count=9, width=size[0], height=size[1])
     runs = {
         "serial": ["--threads", "1"],
         "threads": ["--threads", "2", "--parallel", "threads"],
