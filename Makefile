@@ -126,7 +126,7 @@ image:
 
 # Re-pin the image's dependencies to the versions installed in .venv (after pyproject changes).
 constraints: $(VENV)/.installed-test
-	$(PIP) -e '.[s3,gcs,fast-png,strict-jpeg,fpng,parquet]'
+	$(PIP) -e '.[s3,gcs,fast-png,strict-jpeg,fpng,parquet,fast-resize]'
 	$(BIN)/python containers/lock.py > $(CONSTRAINTS)
 
 clean:

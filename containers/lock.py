@@ -16,7 +16,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = "shardflow[s3,gcs,fast-png,strict-jpeg,fpng,parquet]"
+ROOT = "shardflow[s3,gcs,fast-png,strict-jpeg,fpng,parquet,fast-resize]"
 
 
 def closure(root: str = ROOT) -> dict[str, str]:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "containers" / "Dockerfile"
 CONSTRAINTS = ROOT / "containers" / "constraints.txt"
 # The image's extras that the test environment also installs.
-TEST_EXTRAS = "s3,fast-png,strict-jpeg,fpng,parquet"
+TEST_EXTRAS = "s3,fast-png,strict-jpeg,fpng,parquet,fast-resize"
 
 
 def _offline_pip_env() -> dict[str, str]:
@@ -124,7 +124,15 @@ def test_constraints_pin_every_runtime_dependency_at_the_tested_version():
     stale = {name: (pins.get(name), version) for name, version in installed.items()
              if pins.get(name) != version}  # fmt: skip
     assert not stale, f"regenerate containers/constraints.txt (make constraints): {stale}"
-    for extra_package in ("s3fs", "gcsfs", "isal", "simplejpeg", "fpng", "pyarrow"):
+    for extra_package in (
+        "s3fs",
+        "gcsfs",
+        "isal",
+        "simplejpeg",
+        "fpng",
+        "pyarrow",
+        "opencv-python-headless",
+    ):
         assert extra_package in pins  # the image's extras
     extras = re.search(r"shardflow-\*\.whl\)(\[[a-z0-9,-]+\])", DOCKERFILE.read_text())
     assert extras is not None and f"shardflow{extras[1]}" == lock.ROOT  # pins what it installs
