@@ -53,3 +53,17 @@ class OutputNames:
 
     def first(self) -> str:
         return self.url(0)
+
+    def left_over(self, used: int, options: storage.StorageOptions, most: int = 1000) -> list[str]:
+        """The names after the first `used` that already hold a shard, in order until one is
+        free (at most `most`): an earlier run into more of these names left them, and a reader
+        globbing the folder would take them for part of this dataset."""
+        found: list[str] = []
+        index = used
+        while len(found) < most and (self.count is None or index < self.count):
+            url = self.url(index)
+            if not storage.exists(url, options):
+                break
+            found.append(url)
+            index += 1
+        return found

@@ -380,7 +380,24 @@ def _plan(
 
     summary = make_plan(inventory, inputs, names, settings, work, options)
     _report_plan(summary, args)
+    _warn_left_over(names, summary["outputs"], options)
     return summary
+
+
+def _warn_left_over(names: OutputNames, used: int, options: storage.StorageOptions) -> None:
+    """Shards an earlier, larger run left after this plan's outputs are not touched (they may
+    be someone's data) but named: they are not in this dataset's index."""
+    left = names.left_over(used, options)
+    if left:
+        more = "+" if len(left) == 1000 else ""
+        print(
+            f"shardflow reshard: warning: {len(left)}{more} shards after this plan's {used} "
+            f"outputs are left from an earlier run ({redact_url(left[0])} .. "
+            f"{redact_url(left[-1])}); they are not part of this dataset nor of its index: "
+            "remove them before reading the folder by a glob",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _report_plan(summary: dict, args: argparse.Namespace) -> None:

@@ -62,6 +62,21 @@ def test_merge_many_into_few_as_the_pattern_names(tmp_path: Path):
     assert every == [f"s{s:03d}-{i:05d}" for s in range(10) for i in range(7)]
 
 
+def test_shards_left_by_an_earlier_larger_run_are_named_not_indexed(tmp_path: Path):
+    inputs = make_inputs(tmp_path / "in", 2, 12)
+    pattern = tmp_path / "out" / "part-%04d.tar"
+    first = reshard(inputs, pattern, "--samples-per-shard", "4")  # 6 outputs
+    assert first.returncode == 0, first.stderr
+    assert "left from an earlier run" not in first.stderr
+    again = reshard(inputs, pattern, "--samples-per-shard", "6")  # 4 outputs
+    assert again.returncode == 0, again.stderr
+    warning = f"2 shards after this plan's 4 outputs are left from an earlier run ({tmp_path}"
+    assert warning in again.stderr and "part-0005.tar); they are not part" in again.stderr
+    index = json.loads((tmp_path / "out" / "part.shardindex.json").read_text())
+    assert [entry["nsamples"] for entry in index["shardlist"]] == [6] * 4
+    assert (tmp_path / "out" / "part-0005.tar").exists()  # someone's data: not removed
+
+
 @pytest.mark.parametrize("workers", [1, 7, 64])
 def test_equal_counts_for_m_workers(tmp_path: Path, workers: int):
     inputs = make_inputs(tmp_path / "in", 4, 50, size=40)
