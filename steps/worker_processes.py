@@ -12,7 +12,7 @@ and writes the shard, so two workers on two cores fell well short of twice one
 - an item (pickled) and its result's large payload travel through shared memory: one slot of
   anonymous shared memory per item in flight, mapped before the fork, so only a few bytes
   (which slot, how long) go through the pipes and no write to a pipe ever waits for a busy
-  worker;
+  worker (an item larger than its slot goes through a file the worker removes);
 - the workers are forked once, inherit the function (never pickled: a pipeline with resolved
   plugins), and serve every item of the stream.
 
