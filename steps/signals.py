@@ -55,9 +55,15 @@ def raise_if_stopped() -> None:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     for number in _STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+        # Not SIG_IGN: a signal already pending when the handler changes would then make
+        # Python raise "Signal N ignored due to race condition" in the middle of the clean-up.
+        signal.signal(number, _after_the_first)
     _received[:] = [signum]
     _raise_for(signum)
+
+
+def _after_the_first(signum: int, frame: FrameType | None) -> None:
+    """Later stop signals change nothing: the clean-up the first one started goes on."""
 
 
 def _raise_for(signum: int) -> None:

@@ -87,7 +87,15 @@ def run_cli(
     full_env = environment(env) if clean_env else {**os.environ, **(env or {})}
     if background:
         pipe = subprocess.PIPE
-        return subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, env=full_env, cwd=cwd)
+        return subprocess.Popen(
+            command,
+            stdout=pipe,
+            stderr=pipe,
+            text=True,
+            env=full_env,
+            cwd=cwd,
+            preexec_fn=preexec_fn,
+        )
     return subprocess.run(
         command,
         capture_output=True,

@@ -69,25 +69,31 @@ def test_a_signal_in_mid_shard_leaves_no_partial_file_and_no_output(
     assert files_under(out) == []
 
 
+@pytest.mark.parametrize("to", ["step", "group"])
 @pytest.mark.parametrize(
     ("signum", "status"), [(signal.SIGTERM, 1), (signal.SIGINT, 130)], ids=["TERM", "INT"]
 )
 def test_a_signal_while_workers_write_whole_shards_leaves_nothing_partial(
-    slow_shard: Path, tmp_path: Path, signum: int, status: int
+    slow_shard: Path, tmp_path: Path, signum: int, status: int, to: str
 ) -> None:
     """Two shards, two worker processes: each worker writes a whole shard. The signal goes to
-    the step alone (as the kubelet sends it); the step stops its workers, which remove their
-    own temporary files, and waits for them."""
+    the step alone (as the kubelet sends it), or to its whole process group (a terminal's
+    Ctrl-C: the workers get it too, then the step's own stop); the workers remove their own
+    temporary files, the step waits for them, and nothing prints a traceback."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     for index in range(2):
         os.link(slow_shard, inputs / f"in-{index}.tar")
     out = tmp_path / "out"
     process = start_shardflow(
-        "augment", f"{inputs}/in-{{0..1}}.tar", f"{out}/out-{{0..1}}.tar", "--threads", "2"
-    )
+        "augment", f"{inputs}/in-{{0..1}}.tar", f"{out}/out-{{0..1}}.tar", "--threads", "2",
+        preexec_fn=os.setsid,
+    )  # fmt: skip
     wait_for(lambda: bool(out.is_dir() and len(partial_files(out)) == 2), "both workers' files")
-    process.send_signal(signum)
+    if to == "group":
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     _, stderr = process.communicate(timeout=90)
     assert process.returncode == status, stderr
     assert "Traceback" not in stderr, stderr
