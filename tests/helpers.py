@@ -85,26 +85,10 @@ def run_cli(
     to it without the machine's storage set-up (`environment`)."""
     command = [*CLI, *map(str, args)]
     full_env = environment(env) if clean_env else {**os.environ, **(env or {})}
+    how: dict[str, Any] = {"text": True, "env": full_env, "cwd": cwd, "preexec_fn": preexec_fn}
     if background:
-        pipe = subprocess.PIPE
-        return subprocess.Popen(
-            command,
-            stdout=pipe,
-            stderr=pipe,
-            text=True,
-            env=full_env,
-            cwd=cwd,
-            preexec_fn=preexec_fn,
-        )
-    return subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        preexec_fn=preexec_fn,
-        cwd=cwd,
-    )
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **how)
+    return subprocess.run(command, capture_output=True, timeout=timeout, **how)
 
 
 def comparable_report(path: Path) -> dict:
