@@ -76,6 +76,23 @@ class ShardResult:
     seconds: float = 0.0
     output_size: int = 0
     exit_code: int = 0  # for a failed shard: 1 a retry may help, 3 damaged data (errors.py)
+    requests: int = 0  # read requests made (a reshard output's ranged reads)
+
+    @classmethod
+    def not_finished(
+        cls, input_url: str, output_url: str, death: WorkerDied, *, named: str | None = None
+    ) -> ShardResult:
+        """The result of a shard whose worker process died before returning it, named by
+        its input (or `named`): 137 when it was killed outright (most likely for memory:
+        Argo's retry gets more), else 1."""
+        killed = death.signal_number == signal.SIGKILL
+        return cls(
+            input_url,
+            output_url,
+            "failed",
+            error=redact_text(f"{named or input_url}: not finished: {death}"),
+            exit_code=EXIT_KILLED if killed else EXIT_FAILED,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -330,7 +347,11 @@ def batch_exit_code(results: list[ShardResult]) -> int:
     same way); 137 when a worker process was killed (most likely for memory: the retry gets
     more); otherwise 1, so a retry redoes the shards that may pass (and only those without
     output: --skip-existing)."""
-    codes = {r.exit_code for r in results if r.status == "failed"}
+    return exit_code_for({r.exit_code for r in results if r.status == "failed"})
+
+
+def exit_code_for(codes: set[int]) -> int:
+    """The step's exit status for its failed shards' codes (batch_exit_code's rule)."""
     if not codes:
         return EXIT_OK
     if EXIT_KILLED in codes:

@@ -20,16 +20,13 @@ shards it held with exit status 137, so that Argo's retry gives the step more me
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import Iterator
 from dataclasses import replace
 
 from .augment import AugmentOptions, ShardResult, augment_shard
-from .errors import EXIT_FAILED, EXIT_KILLED
 from .parallel import processes_available
 from .pipeline import Pipeline
 from .progress import Progress, SharedShardProgress
-from .redact import redact_text
 from .signals import raise_if_stopped
 from .worker_processes import WorkerDied, map_in_processes
 
@@ -76,13 +73,7 @@ def _shards_in_processes(
 
     def killed(position_and_pair: tuple[int, tuple[str, str]], death: WorkerDied) -> ShardResult:
         _, (input_url, output_url) = position_and_pair
-        return ShardResult(
-            input_url,
-            output_url,
-            "failed",
-            error=redact_text(f"{input_url}: not finished: {death}"),
-            exit_code=EXIT_KILLED if death.signal_number == signal.SIGKILL else EXIT_FAILED,
-        )
+        return ShardResult.not_finished(input_url, output_url, death)
 
     def show() -> None:
         assert progress is not None

@@ -188,9 +188,9 @@ class RequestCount:
         self._lock = threading.Lock()
         self.value = 0
 
-    def add(self) -> None:
+    def add(self, count: int = 1) -> None:
         with self._lock:
-            self.value += 1
+            self.value += count
 
 
 def fetch_spans(

@@ -4,16 +4,18 @@ key list, shuffle), each output written by an independent task."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 from . import storage
-from .augment import ShardResult
+from .augment import ShardResult, exit_code_for
 from .cli_common import (
     add_command,
     add_output_arguments,
@@ -39,7 +41,7 @@ from .pairing import (
     refuse_aliases,
     task_count,
 )
-from .parallel import ordered_map
+from .parallel import ordered_map, processes_available
 from .pipeline import Pipeline
 from .plugins import allowed_modules
 from .ranged_read import serves_ranges
@@ -49,7 +51,9 @@ from .reshard_inventory import count_batch, read_inventory
 from .reshard_plan import KeyFilter, PlanSettings, Sizing, make_plan, read_summary
 from .reshard_write import WriteOptions, refuse_message, write_output
 from .shard_index import index_outputs
+from .signals import raise_if_stopped
 from .verify_files import VerifyFiles, verify_batch_size
+from .worker_processes import map_in_processes
 
 STEPS = ("all", "count", "plan", "write")
 T = TypeVar("T")
@@ -449,10 +453,10 @@ def _write_all(
     samples = {"written": 0, "read": 0, "failed": 0}
     failed_codes: list[int] = []
     entries = []
-    for result in ordered_map(
-        lambda index: write_output(work, index, options), outputs, threads=OUTPUTS_AT_ONCE
-    ):
+    requests = 0
+    for result in _written(work, outputs, options):
         _report(result, args)
+        requests += result.requests
         status[result.status] += 1
         if result.status == "failed":
             failed_codes.append(result.exit_code)
@@ -462,14 +466,14 @@ def _write_all(
         if args.json:
             entries.append(result.to_dict())
     if args.json:
-        summary = {**status, "samples": samples["written"], "read_requests": options.requests.value}
+        summary = {**status, "samples": samples["written"], "read_requests": requests}
         json.dump({"shards": entries, "summary": summary}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif not args.quiet:
         print(
             f"{sum(status.values())} output(s): {status['written']} written, "
             f"{status['skipped']} skipped, {status['failed']} failed; {samples['written']} "
-            f"samples, {options.requests.value} read requests",
+            f"samples, {requests} read requests",
             flush=True,
         )
     code = _exit_code(set(failed_codes))
@@ -480,14 +484,42 @@ def _write_all(
     return code
 
 
+def _written(work: str, outputs: Sequence[int], options: WriteOptions) -> Iterator[ShardResult]:
+    """Each output's result, in order. Copies are written a few at a time on threads (while
+    one waits on storage, a flush or an upload, the others write; hashing and I/O release
+    the GIL). With a recipe and several CPUs, each worker process writes whole outputs, one
+    at a time, the recipe on one thread: the recipe then has a core to itself instead of
+    sharing Python's GIL (as augment's workers do, steps/augment_batch.py)."""
+    workers = available_cpus()
+    if options.pipeline is None or workers < 2 or not processes_available():
+        yield from ordered_map(
+            lambda index: write_output(work, index, options), outputs, threads=OUTPUTS_AT_ONCE
+        )
+        return
+    alone = replace(options, recipe_threads=1)
+    results = map_in_processes(
+        lambda index: write_output(work, index, alone),
+        outputs,
+        workers,
+        2 * workers + 1,
+        workers_clean_up=True,
+        on_death=lambda index, death: ShardResult.not_finished(
+            work, f"output {index} of the plan", death, named=f"output {index} of the plan"
+        ),
+    )
+    with contextlib.closing(results):  # workers stopped now, also on failure
+        for result in results:
+            raise_if_stopped()
+            yield result
+
+
 def _exit_code(codes: set[int]) -> int:
-    """augment's rule (0; 3 when every failure is the data's; else 1), and 2 when every
-    failure is a refusal (a plan of another run, an input without ranges for --shuffle)."""
-    if not codes:
-        return EXIT_OK
+    """augment's rule (0; 137 when a worker was killed; 3 when every failure is the data's;
+    else 1), and 2 when every failure is a refusal (a plan of another run, an input without
+    ranges for --shuffle)."""
     if codes == {EXIT_USAGE}:
         return EXIT_USAGE
-    return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILED
+    return exit_code_for(codes)
 
 
 def _report(result: ShardResult, args: argparse.Namespace) -> None:

@@ -46,6 +46,7 @@ COPY = "copy"  # the recipe name recorded for byte-for-byte copies
 class WriteOptions:
     storage_options: storage.StorageOptions = field(default_factory=dict)
     threads: int = 8  # requests in flight
+    recipe_threads: int | None = None  # threads running the recipe (None: `threads`)
     skip_existing: bool = False
     pipeline: Pipeline | None = None  # None: members copied byte for byte
     on_error: OnError = "skip"
@@ -55,7 +56,6 @@ class WriteOptions:
     # name only outputs of OUTPUTS (at their own position) and inputs of INPUTS.
     inputs: frozenset[str] | None = None
     output_url: Callable[[int], str] | None = None
-    requests: RequestCount = field(default_factory=RequestCount)  # read requests made
 
     @property
     def recipe_hash(self) -> str:
@@ -66,6 +66,7 @@ def write_output(work: str, index: int, options: WriteOptions) -> ShardResult:
     """Write output `index` of the plan; never raises for a shard-level problem."""
     started = time.monotonic()
     url = f"output {index} of the plan"
+    requests = RequestCount()  # this output's ranged reads (also from a worker process)
     try:
         raw = read_line(work, index, options.storage_options)
         line = json.loads(raw)
@@ -75,7 +76,7 @@ def write_output(work: str, index: int, options: WriteOptions) -> ShardResult:
         done = _already_done(url, entry, options) if options.skip_existing else None
         if done is not None:
             return ShardResult(work, url, "skipped", counts=done[0], output_size=done[1])
-        manifest = _write(work, line, entry, options, started)
+        manifest = _write(work, line, entry, options, started, requests)
     except ShardflowError as exc:  # a shard's failure, or an input refused (usage)
         return ShardResult(
             work,
@@ -84,10 +85,13 @@ def write_output(work: str, index: int, options: WriteOptions) -> ShardResult:
             error=redact_text(str(exc)),
             exit_code=exc.exit_code,
             seconds=time.monotonic() - started,
+            requests=requests.value,
         )
     except Exception as exc:  # a back-end or library failure must not end the batch
         error = redact_text(f"{url}: unexpected {type(exc).__name__}: {exc}")
-        return ShardResult(work, url, "failed", error=error, exit_code=EXIT_FAILED)
+        return ShardResult(
+            work, url, "failed", error=error, exit_code=EXIT_FAILED, requests=requests.value
+        )
     return ShardResult(
         work,
         url,
@@ -95,6 +99,7 @@ def write_output(work: str, index: int, options: WriteOptions) -> ShardResult:
         counts=manifest["counts"],
         seconds=time.monotonic() - started,
         output_size=manifest["output_size"],
+        requests=requests.value,
     )
 
 
@@ -218,7 +223,12 @@ def _outcome(pipeline: Pipeline | None, key: str, members: list[tuple[str, memor
 
 
 def _write(
-    work: str, line: dict[str, Any], entry: str, options: WriteOptions, started: float
+    work: str,
+    line: dict[str, Any],
+    entry: str,
+    options: WriteOptions,
+    started: float,
+    requests: RequestCount,
 ) -> dict[str, Any]:
     url = line["url"]
     refs = line["inputs"]
@@ -241,13 +251,13 @@ def _write(
             sources.append(open_source(ref["url"], options.storage_options, ranged=can_range))
         with storage.publish_atomically(url, options.storage_options) as sink:
             writer = TarWriter(sink, gzipped=storage.compression_of(url) == "gzip")
-            fetched = _raw_samples(line["samples"], sources, refs, threads, options.requests)
+            fetched = _raw_samples(line["samples"], sources, refs, threads, requests)
 
             def process(item: tuple[list[Any], list[tuple[str, memoryview]]]) -> Outcome:
                 sample, members = item
                 return _outcome(pipeline, sample[2] or sample[1], members)
 
-            work_threads = 1 if pipeline is None else options.threads
+            work_threads = 1 if pipeline is None else (options.recipe_threads or options.threads)
             for sample, outcome in zip(
                 line["samples"], ordered_map(process, fetched, threads=work_threads), strict=True
             ):

@@ -302,7 +302,7 @@ def _death(process: Any) -> WorkerDied:
     if code is not None and code < 0:
         how = f"was killed by {signal.Signals(-code).name}"
         if -code == signal.SIGKILL:
-            how += " (often the out-of-memory killer: see --threads and the memory limit)"
+            how += " (often the out-of-memory killer: more memory or fewer workers)"
     else:
         how = f"ended with exit code {code}"
     message = f"a worker process (pid {process.pid}) {how}"

@@ -97,3 +97,22 @@ def comparable_report(path: Path) -> dict:
     document["summary"].pop("seconds")
     line = document["summary"].pop("line")
     return {**document, "line": re.sub(r"checked in [\d.]+ s", "checked in S s", line)}
+
+
+def killing_recipe(folder: Path, key: str) -> Path:
+    """A recipe whose plugin (killer.py in `folder`) kills its process at sample `key`."""
+    (folder / "killer.py").write_text(
+        "import os, signal\n"
+        "def kill_at(sample):\n"
+        f"    if sample['__key__'] == {key!r}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return sample\n"
+    )
+    steps = [
+        {"map": {"function": "killer:kill_at"}},
+        {"image": {"from": "jpg"}},
+        {"encode": {"members": {"png": "image"}}},
+    ]
+    recipe = folder / "recipe.json"
+    recipe.write_text(json.dumps(steps))
+    return recipe

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from reshard_helpers import keys_of, make_inputs, members_of, outputs, text_shard
 
-from helpers import good_shard, run_cli, write_tar
+from helpers import good_shard, killing_recipe, run_cli, write_tar
 
 
 def reshard(*args, **kwargs):
@@ -195,6 +195,55 @@ def test_a_recipe_on_the_way(tmp_path: Path):
     assert "0000000000000000_dup1.png" in names
     checked = run_cli("verify", tmp_path / "out" / "o-{0..0}.tar")
     assert checked.returncode == 0, checked.stdout
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to compare")
+def test_a_recipe_on_the_way_is_the_same_bytes_on_one_cpu_or_in_worker_processes(
+    tmp_path: Path,
+):
+    """With a recipe and two CPUs each worker process writes whole outputs; on one CPU the
+    outputs are written on threads. Same bytes, same manifests' samples, same read count."""
+    for shard in range(3):
+        good_shard(tmp_path / "in" / f"in-{shard}.tar", count=5)
+    inputs = str(tmp_path / "in" / "in-{0..2}.tar")
+    runs = {}
+    for name, cpus in (("one", {0}), ("two", set(os.sched_getaffinity(0)))):
+        done = run_cli(
+            "reshard", inputs, tmp_path / name / "o-{0..3}.tar", "--recipe", "flip-crop",
+            "--work", tmp_path / f"work-{name}", "--json", "--rename-duplicates",
+            preexec_fn=lambda cpus=cpus: os.sched_setaffinity(0, cpus),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs[name] = json.loads(done.stdout)
+    assert [p.read_bytes() for p in outputs(tmp_path / "one")] == [
+        p.read_bytes() for p in outputs(tmp_path / "two")
+    ]
+    for index in range(4):
+        samples = [
+            json.loads((tmp_path / n / f"o-{index}.manifest.json").read_text())["samples"]
+            for n in ("one", "two")
+        ]
+        assert samples[0] == samples[1]
+    requests = [runs[n]["summary"]["read_requests"] for n in ("one", "two")]
+    assert requests[0] == requests[1] > 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two worker processes")
+def test_a_worker_killed_while_writing_an_output_fails_that_output_only(tmp_path: Path):
+    """With a recipe each worker process writes whole outputs: one killed (the OOM killer's
+    way) fails the output it held with 137; the others are written."""
+    good_shard(tmp_path / "in" / "in-0.tar", count=8)
+    recipe = killing_recipe(tmp_path, f"{1:016x}")  # the second sample: in output 0
+    done = run_cli(
+        "reshard", tmp_path / "in" / "in-0.tar", tmp_path / "out" / "o-{0..3}.tar",
+        "--recipe", recipe, "--plugins", "killer", env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 137, done.stderr
+    published = {p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".tar"}
+    assert "o-0.tar" not in published and "o-1.tar" in published  # o-1: the other worker's
+    for index in range(4):  # the killed worker's queued outputs fail with it, said so
+        if f"o-{index}.tar" not in published:
+            assert f"output {index} of the plan: not finished: a worker process" in done.stderr
 
 
 def test_steps_one_at_a_time_as_argo_runs_them(tmp_path: Path):

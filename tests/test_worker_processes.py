@@ -3,7 +3,6 @@ items larger than a slot, and no worker left behind when the caller stops early.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -17,7 +16,7 @@ import pytest
 from shardflow.steps.parallel import processes_available
 from shardflow.steps.worker_processes import Transfer, WorkerDied, map_in_processes
 
-from helpers import good_shard, run_cli, sample_members, write_tar
+from helpers import good_shard, killing_recipe, run_cli, sample_members, write_tar
 
 KEY_OF_FIFTH = f"{4:016x}"  # good_shard's keys
 pytestmark = pytest.mark.skipif(
@@ -104,25 +103,6 @@ def test_stopping_early_leaves_no_worker_behind() -> None:
     assert next(results) == 0
     results.close()
     assert multiprocessing.active_children() == []
-
-
-def killing_recipe(folder: Path, key: str) -> Path:
-    """A recipe whose plugin (killer.py in `folder`) kills its process at sample `key`."""
-    (folder / "killer.py").write_text(
-        "import os, signal\n"
-        "def kill_at(sample):\n"
-        f"    if sample['__key__'] == {key!r}:\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return sample\n"
-    )
-    steps = [
-        {"map": {"function": "killer:kill_at"}},
-        {"image": {"from": "jpg"}},
-        {"encode": {"members": {"png": "image"}}},
-    ]
-    recipe = folder / "recipe.json"
-    recipe.write_text(json.dumps(steps))
-    return recipe
 
 
 def test_a_worker_killed_mid_shard_fails_the_step_with_137_and_publishes_nothing(
