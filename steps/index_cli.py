@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
                 written += write_merged_report(report_dir, reports, options)
                 for part in reports:
                     remove_part(report_parts(args.parts), part.task, options)
+                storage.remove_empty_folder(report_parts(args.parts))
             remove_parts(args.parts, len(shards), args.shards_per_task, options)
+            storage.remove_empty_folder(args.parts)
         else:
             batch = (
                 Batch(args.task_index, args.shards_per_task).of(shards)

@@ -343,6 +343,15 @@ def remove(url: str, options: StorageOptions) -> None:
         fs.rm(path)
 
 
+def remove_empty_folder(url: str) -> None:
+    """Remove a local folder that is left empty (the hand-over folder of a fan-out's parts,
+    once merged); object stores have no folders to leave behind."""
+    if scheme(url) != "file":
+        return
+    with contextlib.suppress(OSError):  # not empty, or already gone: left as it is
+        os.rmdir(url[len("file://") :] if url.startswith("file://") else url)
+
+
 def size(url: str, options: StorageOptions, *, stored: bool = False) -> int | None:
     """The stored size in bytes, or None when unknown or (unless `stored`) not the size of
     what is read (compressed and pipe: inputs)."""

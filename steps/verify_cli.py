@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         code = _finish(args, outputs, inputs, expect, options, parts)
         for part in parts:
             remove_part(args.parts, part.task, options)
+        storage.remove_empty_folder(args.parts)
         return code
     duplicates = SortedSpool()
     try:
