@@ -154,8 +154,7 @@ def open_source(url: str, options: storage.StorageOptions, *, ranged: bool) -> S
     if storage.compression_of(url):
         return StreamSource(url, options)
     if storage.scheme(url) == "file":
-        path = url[len("file://") :] if url.startswith("file://") else url
-        return LocalSource(os.path.expanduser(path))
+        return LocalSource(os.path.expanduser(storage.local_path(url)))
     return RangedSource(url, options) if ranged else StreamSource(url, options)
 
 

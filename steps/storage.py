@@ -74,6 +74,11 @@ def scheme(url: str) -> str:
     return protocol or "file"
 
 
+def local_path(url: str) -> str:
+    """The path of a local URL (`file://` taken off, if there)."""
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
 def comparable_url(url: str) -> str:
     """Local paths as absolute paths (`in/x.tar`, `./in/x.tar` and `file:///.../in/x.tar` are
     one shard, whatever the working directory); other URLs without their credentials (a
@@ -81,8 +86,7 @@ def comparable_url(url: str) -> str:
     --skip-existing recognise an input given another way, and no manifest holds a secret."""
     if scheme(url) != "file":
         return redact_url(url)
-    path = url[len("file://") :] if url.startswith("file://") else url
-    return os.path.abspath(os.path.expanduser(path))  # fsspec writes `~/x` in $HOME too
+    return os.path.abspath(os.path.expanduser(local_path(url)))  # fsspec writes `~/x` in $HOME too
 
 
 def check_url(url: str, *, writing: bool, allow_pipe: bool = False) -> None:
@@ -349,7 +353,7 @@ def remove_empty_folder(url: str) -> None:
     if scheme(url) != "file":
         return
     with contextlib.suppress(OSError):  # not empty, or already gone: left as it is
-        os.rmdir(url[len("file://") :] if url.startswith("file://") else url)
+        os.rmdir(local_path(url))
 
 
 def size(url: str, options: StorageOptions, *, stored: bool = False) -> int | None:
@@ -380,8 +384,7 @@ def read_head(url: str, options: StorageOptions, limit: int) -> bytes:
     claims or turns out to have. Raises what the back-end raises (FileNotFoundError for a
     missing object, with fsspec's HTTP back-end's real cause chained to it)."""
     if scheme(url) == "file":
-        path = url[len("file://") :] if url.startswith("file://") else url
-        with open(path, "rb") as stream:
+        with open(local_path(url), "rb") as stream:
             return read_up_to(stream, limit)
     fs, path = _filesystem(url, options)
     # Over HTTP, a plain stream: no HEAD first and no read-ahead past the limit.
