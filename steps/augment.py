@@ -34,7 +34,6 @@ from .pipeline import Outcome, Pipeline
 from .progress import ShardProgress
 from .redact import redact_text, redact_url
 from .samples import SampleReader
-from .signals import raise_if_stopped
 from .tar_reader import TarReader
 from .tar_writer import Pieces, TarWriter, UnsafeMemberName
 from .verify import ManifestView, manifest_view, verify_shard
@@ -251,7 +250,6 @@ def _write_shard(
                 )
                 with contextlib.closing(outcomes):  # workers stopped now, also on failure
                     for outcome in outcomes:
-                        raise_if_stopped()
                         record_outcome(outcome, writer, builder, input_url, options.on_error)
                         if progress is not None:
                             progress.advance(tar.offset, 1)

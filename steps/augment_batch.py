@@ -27,7 +27,6 @@ from .augment import AugmentOptions, ShardResult, augment_shard
 from .parallel import processes_available
 from .pipeline import Pipeline
 from .progress import Progress, SharedShardProgress
-from .signals import raise_if_stopped
 from .worker_processes import WorkerDied, map_in_processes
 
 
@@ -90,7 +89,6 @@ def _shards_in_processes(
     )
     with contextlib.closing(results):  # workers stopped now, also on failure
         for result in results:
-            raise_if_stopped()
             received += 1
             if progress is not None:
                 progress.shard_finished()

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from .signals import unless_stopped
 from .worker_processes import Transfer, map_in_processes
 
 __all__ = ["Transfer", "ordered_map", "processes_available"]
@@ -50,7 +51,7 @@ def ordered_map(
     that memory until the next result is asked for."""
     if threads <= 1:
         for item in items:
-            yield function(item)
+            yield unless_stopped(function(item))
         return
     if processes and processes_available():
         # one item queued behind each worker's current one, and the result being written
@@ -65,9 +66,10 @@ def ordered_map(
             for item in items:
                 pending.append(pool.submit(function, item))
                 if len(pending) >= window:
-                    yield pending.popleft().result()
+                    yield unless_stopped(pending.popleft().result())
             while pending:
-                yield pending.popleft().result()
+                yield unless_stopped(pending.popleft().result())
         finally:
             for future in pending:
                 future.cancel()
+

@@ -51,7 +51,6 @@ from .reshard_inventory import count_batch, read_inventory
 from .reshard_plan import KeyFilter, PlanSettings, Sizing, make_plan, read_summary
 from .reshard_write import WriteOptions, refuse_message, write_output
 from .shard_index import index_outputs
-from .signals import raise_if_stopped
 from .verify_files import VerifyFiles, verify_batch_size
 from .worker_processes import map_in_processes
 
@@ -508,9 +507,7 @@ def _written(work: str, outputs: Sequence[int], options: WriteOptions) -> Iterat
         ),
     )
     with contextlib.closing(results):  # workers stopped now, also on failure
-        for result in results:
-            raise_if_stopped()
-            yield result
+        yield from results
 
 
 def _exit_code(codes: set[int]) -> int:

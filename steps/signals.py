@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import TypeVar
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -48,9 +49,20 @@ _received: list[int] = []  # the stop signal that arrived, once handled
 def raise_if_stopped() -> None:
     """Raise again for a stop signal whose exception was lost: Python drops an exception
     raised in a finalizer (`__del__`, a collected generator), and a handler can run inside
-    one. Called at points a step passes often (each sample), so a stop is never ignored."""
+    one. Called for every result of an ordered map (unless_stopped), so a step stops at its
+    next sample or shard whatever happened to the first exception."""
     if _received:
         _raise_for(_received[0])
+
+
+T = TypeVar("T")
+
+
+def unless_stopped(value: T) -> T:
+    """`value`, after raise_if_stopped(): how a stream of results (parallel.ordered_map,
+    worker_processes) stops at its next result after a stop signal, even a dropped one."""
+    raise_if_stopped()
+    return value
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

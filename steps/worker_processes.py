@@ -38,7 +38,7 @@ from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
-from .signals import stop_signals_raise
+from .signals import stop_signals_raise, unless_stopped
 
 Out = TypeVar("Out")
 
@@ -160,9 +160,9 @@ def map_in_processes(
         for item in items:
             deal(item, free.popleft())
             if len(pending) >= window - 1:  # keep a slot for the result being used
-                yield oldest()
+                yield unless_stopped(oldest())
         while pending:
-            yield oldest()
+            yield unless_stopped(oldest())
     except BaseException:
         pool.stop()
         raise
