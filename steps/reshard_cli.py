@@ -4,7 +4,6 @@ key list, shuffle), each output written by an independent task."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import sys
@@ -496,7 +495,7 @@ def _written(work: str, outputs: Sequence[int], options: WriteOptions) -> Iterat
         )
         return
     alone = replace(options, recipe_threads=1)
-    results = map_in_processes(
+    yield from map_in_processes(  # closing this generator closes that one, stopping workers
         lambda index: write_output(work, index, alone),
         outputs,
         workers,
@@ -506,8 +505,6 @@ def _written(work: str, outputs: Sequence[int], options: WriteOptions) -> Iterat
             work, f"output {index} of the plan", death, named=f"output {index} of the plan"
         ),
     )
-    with contextlib.closing(results):  # workers stopped now, also on failure
-        yield from results
 
 
 def _exit_code(codes: set[int]) -> int:
