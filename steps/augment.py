@@ -82,15 +82,13 @@ class ShardResult:
         cls, input_url: str, output_url: str, death: WorkerDied, *, named: str | None = None
     ) -> ShardResult:
         """The result of a shard whose worker process died before returning it, named by
-        its input (or `named`): 137 when it was killed outright (most likely for memory:
-        Argo's retry gets more), else 1."""
-        killed = death.signal_number == signal.SIGKILL
+        its input (or `named`), with exit_code_of(death)."""
         return cls(
             input_url,
             output_url,
             "failed",
             error=redact_text(f"{named or input_url}: not finished: {death}"),
-            exit_code=EXIT_KILLED if killed else EXIT_FAILED,
+            exit_code=exit_code_of(death),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,7 +180,7 @@ def augment_shard(
         key = getattr(exc.item, "key", None)
         died = ShardError(input_url, str(exc), key=key if isinstance(key, str) else None)
         error = redact_text(str(died))
-        exit_code = EXIT_KILLED if exc.signal_number == signal.SIGKILL else EXIT_FAILED
+        exit_code = exit_code_of(exc)
     except Exception as exc:  # a back-end or library failure must not end the batch
         error = redact_text(f"{input_url}: unexpected {type(exc).__name__}: {exc}")
         exit_code = EXIT_FAILED
@@ -346,6 +344,12 @@ def batch_exit_code(results: list[ShardResult]) -> int:
     more); otherwise 1, so a retry redoes the shards that may pass (and only those without
     output: --skip-existing)."""
     return exit_code_for({r.exit_code for r in results if r.status == "failed"})
+
+
+def exit_code_of(death: WorkerDied) -> int:
+    """137 for a worker killed outright (most likely for memory: Argo's retry gets more),
+    else 1."""
+    return EXIT_KILLED if death.signal_number == signal.SIGKILL else EXIT_FAILED
 
 
 def exit_code_for(codes: set[int]) -> int:

@@ -16,6 +16,9 @@ from .errors import UsageError
 _PRINTF = re.compile(r"%(0?\d*)d")
 
 
+MOST_LEFT_OVER = 1000  # names checked past the outputs for an earlier run's shards
+
+
 class OutputNames:
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
@@ -54,7 +57,9 @@ class OutputNames:
     def first(self) -> str:
         return self.url(0)
 
-    def left_over(self, used: int, options: storage.StorageOptions, most: int = 1000) -> list[str]:
+    def left_over(
+        self, used: int, options: storage.StorageOptions, most: int = MOST_LEFT_OVER
+    ) -> list[str]:
         """The names after the first `used` that already hold a shard, in order until one is
         free (at most `most`): an earlier run into more of these names left them, and a reader
         globbing the folder would take them for part of this dataset."""

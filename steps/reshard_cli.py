@@ -29,7 +29,7 @@ from .errors import EXIT_DATA, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ShardError, Usa
 from .failures import add_max_failed_argument, too_many_failed
 from .images import rely_on_own_pixel_limit
 from .key_lists import load_keys
-from .output_names import OutputNames
+from .output_names import MOST_LEFT_OVER, OutputNames
 from .pairing import (
     AUTO,
     RESHARD_COUNT,
@@ -391,7 +391,7 @@ def _warn_left_over(names: OutputNames, used: int, options: storage.StorageOptio
     be someone's data) but named: they are not in this dataset's index."""
     left = names.left_over(used, options)
     if left:
-        more = "+" if len(left) == 1000 else ""
+        more = "+" if len(left) == MOST_LEFT_OVER else ""
         print(
             f"shardflow reshard: warning: {len(left)}{more} shards after this plan's {used} "
             f"outputs are left from an earlier run ({redact_url(left[0])} .. "
