@@ -46,6 +46,14 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def copies_of(shard: Path, folder: Path, count: int) -> Path:
+    """`folder`/in-0.tar ... in-COUNT-1.tar, each a hard link to `shard`."""
+    folder.mkdir()
+    for index in range(count):
+        os.link(shard, folder / f"in-{index}.tar")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def slow_shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shard that takes a while with one thread, so a signal lands in mid-shard."""
@@ -80,10 +88,7 @@ def test_a_signal_while_workers_write_whole_shards_leaves_nothing_partial(
     the step alone (as the kubelet sends it), or to its whole process group (a terminal's
     Ctrl-C: the workers get it too, then the step's own stop); the workers remove their own
     temporary files, the step waits for them, and nothing prints a traceback."""
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for index in range(2):
-        os.link(slow_shard, inputs / f"in-{index}.tar")
+    inputs = copies_of(slow_shard, tmp_path / "in", 2)
     out = tmp_path / "out"
     process = start_shardflow(
         "augment", f"{inputs}/in-{{0..1}}.tar", f"{out}/out-{{0..1}}.tar", "--threads", "2",
@@ -137,10 +142,7 @@ def test_sigterm_during_an_s3_upload_aborts_it(s3: S3Server, slow_shard: Path) -
 def test_a_signal_to_run_stops_its_workers_and_they_publish_nothing_partial(
     slow_shard: Path, tmp_path: Path, signum: int, status: int
 ) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for index in range(3):
-        os.link(slow_shard, inputs / f"in-{index}.tar")
+    inputs = copies_of(slow_shard, tmp_path / "in", 3)
     out = tmp_path / "out"
     process = start_shardflow(
         "run", f"{inputs}/in-{{0..2}}.tar", f"{out}/out-{{0..2}}.tar", "--workers", "2",
